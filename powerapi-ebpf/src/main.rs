@@ -1,0 +1,258 @@
+//! Kernel side of the task sensor.
+//!
+//! Every context switch closes the slice of the task that is switching out (it is still `current`
+//! when `sched_switch` fires, so no tracepoint argument offsets are needed) and opens a new one for
+//! the CPU. `flush_cpu` does the same without a switch; userspace runs it on every CPU right before
+//! each drain (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU`), so a busy loop that is never
+//! switched out is still attributed to every interval, and idle time up to the drain is counted.
+//!
+//! Accumulators are cumulative and never reset: userspace computes deltas, so nothing is lost
+//! between a read and a delete, and the first slice after a drain is just another addition.
+//! Each thread entry has a single writer (a thread runs on one CPU at a time; idle tasks are keyed
+//! by CPU), so plain adds are race-free.
+#![no_std]
+#![no_main]
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_read_value},
+    },
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray, PerfEventArray, RingBuf},
+    programs::RawTracePointContext,
+};
+use powerapi_common::{
+    CounterReading, CpuSlice, ExitEvent, FLAG_DEAD, MAX_COUNTERS, NOT_IDLE, SensorStats, TASK_DEAD,
+    TaskKey, TaskTotals,
+};
+
+/// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
+/// and the verifier prunes the unused slots because the value is known at load time.
+#[unsafe(no_mangle)]
+static NUM_COUNTERS: u32 = 0;
+
+/// Resized by the loader (`--max-tasks`).
+#[map]
+static TASK_TOTALS: HashMap<TaskKey, TaskTotals> = HashMap::with_max_entries(65536, 0);
+#[map]
+static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static EXITS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static SENSOR_STATS: PerCpuArray<SensorStats> = PerCpuArray::with_max_entries(1, 0);
+/// Where a new task's totals are built before insertion (too large for the BPF stack).
+#[map]
+static SCRATCH: PerCpuArray<TaskTotals> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static COUNTER0: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map]
+static COUNTER1: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map]
+static COUNTER2: PerfEventArray<u32> = PerfEventArray::new(0);
+#[map]
+static COUNTER3: PerfEventArray<u32> = PerfEventArray::new(0);
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
+    //          unsigned int prev_state): the previous task's state is argument 3.
+    let prev_state: u64 = ctx.arg(3);
+    close_slice(prev_state & TASK_DEAD != 0);
+    0
+}
+
+/// Closes the current slice without a switch. Never attached: run by userspace on each CPU.
+#[raw_tracepoint]
+pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
+    close_slice(false);
+    0
+}
+
+/// After exec the thread keeps its pid but gets a new name.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let Some(slice) = CPU_SLICE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value of this CPU; nothing else runs on it while we do.
+    let socket = unsafe { (*slice).socket };
+    let key = task_key(bpf_get_current_pid_tgid(), socket, 0);
+    if let Some(totals) = TASK_TOTALS.get_ptr_mut(&key) {
+        if let Ok(comm) = bpf_get_current_comm() {
+            // SAFETY: the entry has a single writer: the CPU its thread runs on, which is this one.
+            unsafe { (*totals).comm = comm };
+        }
+    }
+    0
+}
+
+/// Does nothing: attached to `sched_switch` by `cargo xtask bench overhead` to measure the floor.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn noop_switch(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[inline(always)]
+fn task_key(pid_tgid: u64, socket: u32, cpu: u32) -> TaskKey {
+    let pid = pid_tgid as u32;
+    TaskKey {
+        tgid: (pid_tgid >> 32) as u32,
+        pid,
+        socket,
+        idle_cpu: if pid == 0 { cpu } else { NOT_IDLE },
+    }
+}
+
+#[inline(always)]
+fn count(f: impl FnOnce(&mut SensorStats)) {
+    if let Some(stats) = SENSOR_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; only this CPU writes it, and not re-entrantly.
+        f(unsafe { &mut *stats });
+    }
+}
+
+/// Reads every counter in use, adds its change since the slice opened to `totals` (when given),
+/// and stores the reading as the start of the next slice. Works in place: the BPF stack is 512
+/// bytes and these structs are large.
+#[inline(always)]
+fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
+    // SAFETY: a global written only by the loader.
+    let n = unsafe { read_volatile(&NUM_COUNTERS) } as usize;
+    let maps = [
+        addr_of!(COUNTER0) as *mut _,
+        addr_of!(COUNTER1) as *mut _,
+        addr_of!(COUNTER2) as *mut _,
+        addr_of!(COUNTER3) as *mut _,
+    ];
+    for slot in 0..MAX_COUNTERS {
+        if slot >= n {
+            break;
+        }
+        let mut value = bpf_perf_event_value { counter: 0, enabled: 0, running: 0 };
+        // SAFETY: `maps[slot]` is a PERF_EVENT_ARRAY definition (PerfEventArray is a
+        // repr(transparent) map definition); `value` is a stack buffer of the size we pass.
+        let rc = unsafe {
+            bpf_perf_event_read_value(
+                maps[slot],
+                BPF_F_CURRENT_CPU,
+                &mut value,
+                size_of::<bpf_perf_event_value>() as u32,
+            )
+        };
+        if rc != 0 {
+            // Keep the old start: the next successful read covers this slice too.
+            count(|s| s.counter_read_errors += 1);
+            continue;
+        }
+        let start = &mut slice.counters[slot];
+        if let Some(totals) = totals.as_deref_mut() {
+            let acc = &mut totals.counters[slot];
+            acc.value = acc.value.wrapping_add(value.counter.wrapping_sub(start.value));
+            acc.enabled_ns = acc.enabled_ns.wrapping_add(value.enabled.wrapping_sub(start.enabled_ns));
+            acc.running_ns = acc.running_ns.wrapping_add(value.running.wrapping_sub(start.running_ns));
+        }
+        *start = CounterReading { value: value.counter, enabled_ns: value.enabled, running_ns: value.running };
+    }
+}
+
+/// Resets `totals` for a task first seen at `now`.
+#[inline(always)]
+fn init_totals(totals: &mut TaskTotals, now: u64) {
+    // SAFETY: TaskTotals is plain integers; all-zero is a valid value.
+    unsafe { core::ptr::write_bytes(totals as *mut TaskTotals, 0, 1) };
+    totals.first_seen_ns = now;
+    if let Ok(comm) = bpf_get_current_comm() {
+        totals.comm = comm;
+    }
+}
+
+#[inline(always)]
+fn close_slice(dead: bool) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(slice) = CPU_SLICE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value of this CPU. sched_switch runs with interrupts off and flush_cpu with
+    // preemption off (or in the IPI), so nothing else touches it meanwhile.
+    let slice = unsafe { &mut *slice };
+    if slice.start_ns == 0 || now <= slice.start_ns {
+        roll_counters(slice, None);
+        slice.start_ns = now;
+        return;
+    }
+    let key = task_key(bpf_get_current_pid_tgid(), slice.socket, slice.cpu);
+    let (totals, is_new) = match TASK_TOTALS.get_ptr_mut(&key) {
+        // SAFETY: single writer per entry (see the module comment).
+        Some(totals) => (unsafe { &mut *totals }, false),
+        None => match SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU scratch, used only within this program run.
+            Some(scratch) => (unsafe { &mut *scratch }, true),
+            None => return,
+        },
+    };
+    if is_new {
+        init_totals(totals, now);
+    } else if totals.flags & FLAG_DEAD != 0 {
+        // A reused pid found its predecessor's unread final totals: start over, counted.
+        count(|s| s.overwritten_dead += 1);
+        init_totals(totals, now);
+    }
+    totals.on_cpu_ns += now - slice.start_ns;
+    totals.slices += 1;
+    // Cheap (a few pointer loads) and it follows tasks that containers move after fork.
+    // SAFETY: helper without arguments.
+    totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    roll_counters(slice, Some(totals));
+    let lost_ns = now - slice.start_ns;
+    slice.start_ns = now;
+
+    if dead {
+        if send_exit(&key, totals) {
+            if !is_new {
+                let _ = TASK_TOTALS.remove(&key);
+            }
+            return;
+        }
+        // The ring buffer is full: leave the totals in the map, flagged, for userspace to collect.
+        totals.flags |= FLAG_DEAD;
+        count(|s| s.exit_overflow += 1);
+    }
+    if is_new && TASK_TOTALS.insert(&key, totals, BPF_NOEXIST as u64).is_err() {
+        count(|s| {
+            s.lost_slices += 1;
+            s.lost_ns += lost_ns;
+        });
+    }
+}
+
+/// Sends a dead task's final totals on the ring buffer; false when it is full.
+#[inline(always)]
+fn send_exit(key: &TaskKey, totals: &TaskTotals) -> bool {
+    let Some(mut event) = EXITS.reserve::<ExitEvent>(0) else {
+        return false;
+    };
+    let event_ptr = event.as_mut_ptr();
+    // SAFETY: `event_ptr` points at a reserved ExitEvent-sized ring buffer record; copying in
+    // place keeps the 160-byte event off the BPF stack.
+    unsafe {
+        (*event_ptr).key = *key;
+        core::ptr::copy_nonoverlapping(totals as *const TaskTotals, &mut (*event_ptr).totals, 1);
+    }
+    event.submit(0);
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,194 @@
+//! Command-line definitions and the glue that assembles a pipeline from them.
+
+use std::{path::PathBuf, sync::mpsc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    doctor,
+    record::{self, Filter, Granularity, RecordConfig},
+    sensor::{self, CounterSpec, SensorConfig, default_counters},
+    sink::JsonLinesSink,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "powerapi", version, about = "eBPF software power meter: CPU time, counters and (soon) watts per process")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write per-interval, per-task measurements as JSON lines.
+    Record(RecordArgs),
+    /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
+    Doctor {
+        /// Where /sys and /proc are found.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Attach an empty sched_switch program until interrupted (overhead benchmark floor).
+    #[command(hide = true)]
+    BenchNoop,
+}
+
+#[derive(Debug, Args)]
+pub struct SensorArgs {
+    /// Sampling interval (e.g. 500ms, 1s, 2m).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Counters to read at each switch: comma-separated names (cycles, instructions, ref-cycles,
+    /// llc-misses, cache-misses, branch-misses, cpu-clock, raw:0xCONFIG) or `none`.
+    /// Default: cycles,instructions when the CPU has a PMU, else time-only mode.
+    #[arg(long, value_delimiter = ',')]
+    pub counters: Option<Vec<String>>,
+    /// Only report these processes (tgid); repeatable.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Only report processes with this exact command name; repeatable.
+    #[arg(long = "comm")]
+    pub comms: Vec<String>,
+    /// Only report tasks in this cgroup (path prefix like /system.slice, or numeric id); repeatable.
+    #[arg(long = "cgroup")]
+    pub cgroups: Vec<String>,
+    /// Most threads tracked at once; beyond it slices are counted as lost (never silently).
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
+    pub max_tasks: u32,
+    /// Where /sys and /proc are found (for containers that mount the host's elsewhere).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub sensor: SensorArgs,
+    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+    /// Output file, or - for stdout.
+    #[arg(short, long, default_value = "-")]
+    pub output: PathBuf,
+    /// One record per process (default), per thread, or per cgroup.
+    #[arg(long, value_enum, default_value_t = Granularity::Process)]
+    pub granularity: Granularity,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 1s, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(text)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err("must be between 10ms and 1h".into());
+    }
+    Ok(d)
+}
+
+impl SensorArgs {
+    pub fn sensor_config(&self) -> Result<SensorConfig> {
+        let (counters, counters_required) = match &self.counters {
+            None => (default_counters(), false),
+            Some(names) if names.iter().any(|n| n == "none") => (Vec::new(), false),
+            Some(names) => (
+                names.iter().map(|n| n.parse::<CounterSpec>()).collect::<Result<Vec<_>, _>>()?,
+                true,
+            ),
+        };
+        if counters.len() > powerapi_common::MAX_COUNTERS {
+            bail!("at most {} counters at once (got {})", powerapi_common::MAX_COUNTERS, counters.len());
+        }
+        Ok(SensorConfig { counters, counters_required, max_tasks: self.max_tasks, root: self.root.clone() })
+    }
+
+    pub fn filter(&self) -> Filter {
+        Filter { pids: self.pids.clone(), comms: self.comms.clone(), cgroups: self.cgroups.clone() }
+    }
+}
+
+/// A channel that receives once per SIGINT/SIGTERM, so every loop can finish its interval.
+pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Record(args) => {
+            let config = RecordConfig {
+                interval: args.sensor.interval,
+                duration: args.duration,
+                granularity: args.granularity,
+                filter: args.sensor.filter(),
+                sensor: args.sensor.sensor_config()?,
+            };
+            let mut sink = JsonLinesSink::create(&args.output)?;
+            let stop = stop_signal()?;
+            record::record(&config, &mut sink, &stop)?;
+            Ok(0)
+        }
+        Command::Doctor { root } => {
+            let checks = doctor::run_checks(&root);
+            for check in &checks {
+                println!("{check}");
+            }
+            Ok(if doctor::recording_impossible(&checks) { 1 } else { 0 })
+        }
+        Command::BenchNoop => {
+            let _attached = sensor::attach_noop(std::path::Path::new("/"))?;
+            let stop = stop_signal()?;
+            println!("attached");
+            let _ = stop.recv();
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Cli::try_parse_from(["powerapi", "record", "--interval", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["powerapi", "record", "--interval", "1ms"]).is_err());
+        assert!(Cli::try_parse_from(["powerapi", "record", "--interval", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["powerapi", "record", "--duration", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["powerapi", "record", "--max-tasks", "1"]).is_err());
+        let cli = Cli::try_parse_from(["powerapi", "record", "--counters", "cycles,bogus"]).expect("parses");
+        let Command::Record(args) = cli.command else { panic!("record") };
+        let err = args.sensor.sensor_config().expect_err("bogus counter");
+        assert!(err.to_string().contains("unknown counter \"bogus\""), "{err}");
+    }
+
+    #[test]
+    fn counters_none_means_time_only() {
+        let cli = Cli::try_parse_from(["powerapi", "record", "--counters", "none"]).expect("parses");
+        let Command::Record(args) = cli.command else { panic!("record") };
+        assert!(args.sensor.sensor_config().expect("config").counters.is_empty());
+    }
+}

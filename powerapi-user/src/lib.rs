@@ -1,0 +1,18 @@
+//! powerapi: an eBPF, kernel-assisted software power meter.
+//!
+//! Data flows one way: [`sensor`] (kernel maps → cumulative totals) → [`delta`] (per-interval
+//! deltas) → [`aggregate`] (threads, processes, cgroups) → [`report`] records → [`sink`].
+//! [`collect`] strings the first stages together for every consumer.
+
+pub mod aggregate;
+pub mod cgroup;
+pub mod cli;
+pub mod collect;
+pub mod delta;
+pub mod doctor;
+pub mod privilege;
+pub mod record;
+pub mod report;
+pub mod sensor;
+pub mod sink;
+pub mod topology;

@@ -1,0 +1,262 @@
+//! `powerapi record`: snapshots → JSON-lines records, every interval, until the duration ends or
+//! a signal arrives (the last, partial interval is still written, marked `partial`).
+
+use std::{
+    sync::mpsc::{Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use clap::ValueEnum;
+use thiserror::Error;
+
+use crate::{
+    aggregate::Group,
+    cgroup::{CgroupResolver, parse_container, parse_systemd_unit},
+    collect::{Collector, Snapshot},
+    report::{
+        CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA, TaskRecord, ipc,
+        named_counters,
+    },
+    sensor::{SensorConfig, SensorError},
+    sink::{Sink, SinkError},
+};
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Which records to write besides the machine record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Granularity {
+    #[default]
+    Process,
+    Thread,
+    Cgroup,
+}
+
+/// Which tasks to report. Empty lists match everything; the machine record is never filtered.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// cgroup path prefixes (`/system.slice/docker-…`) or numeric ids.
+    pub cgroups: Vec<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, pid: u32, comm: &str, cgroup: &CgroupInfo) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
+            && self.matches_cgroup(cgroup)
+    }
+
+    /// A path matches a prefix at a component boundary (`/system.slice` matches
+    /// `/system.slice/nginx.service`, `/system.sl` does not).
+    pub fn matches_cgroup(&self, cgroup: &CgroupInfo) -> bool {
+        self.cgroups.is_empty()
+            || self.cgroups.iter().any(|want| {
+                want.parse::<u64>().is_ok_and(|id| id == cgroup.id)
+                    || cgroup.path.as_deref().is_some_and(|path| {
+                        path.strip_prefix(want.trim_end_matches('/'))
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                    })
+            })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub granularity: Granularity,
+    pub filter: Filter,
+    pub sensor: SensorConfig,
+}
+
+/// What every record of a run shares.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub mode: Mode,
+    pub mode_reason: Option<String>,
+    pub counters: Vec<String>,
+    pub cpus: u32,
+}
+
+pub fn cgroup_info(resolver: Option<&CgroupResolver>, id: u64) -> CgroupInfo {
+    let path = resolver.and_then(|r| r.path(id)).map(str::to_string);
+    CgroupInfo {
+        id,
+        container: path.as_deref().and_then(parse_container),
+        unit: path.as_deref().and_then(parse_systemd_unit).map(str::to_string),
+        path,
+    }
+}
+
+fn percent(ns: u64, duration_ns: u64) -> f64 {
+    if duration_ns == 0 { 0.0 } else { ns as f64 * 100.0 / duration_ns as f64 }
+}
+
+/// Builds one interval's records: the machine record first, then the chosen granularity.
+pub fn build_records(
+    run: &RunInfo,
+    snapshot: &Snapshot,
+    resolver: Option<&CgroupResolver>,
+    interval: &Interval,
+    granularity: Granularity,
+    filter: &Filter,
+) -> Vec<Record> {
+    let agg = &snapshot.aggregate;
+    let losses = &snapshot.deltas.losses;
+    let mut records = vec![Record::Machine(MachineRecord {
+        schema: SCHEMA,
+        interval: interval.clone(),
+        mode: run.mode.clone(),
+        mode_reason: run.mode_reason.clone(),
+        counters: run.counters.clone(),
+        cpus: run.cpus,
+        busy_ns: agg.busy.on_cpu_ns,
+        idle_ns: agg.idle.on_cpu_ns,
+        capacity_ns: interval.duration_ns * u64::from(run.cpus),
+        counter_totals: named_counters(&run.counters, &agg.busy.counters),
+        processes: agg.processes.len() as u64,
+        threads: agg.threads.len() as u64,
+        losses: Losses {
+            lost_slices: losses.lost_slices,
+            lost_ns: losses.lost_ns,
+            exit_overflow: losses.exit_overflow,
+            overwritten_dead: losses.overwritten_dead,
+            counter_read_errors: losses.counter_read_errors,
+        },
+        meter: snapshot.meter.clone(),
+    })];
+    let task_record = |group: &Group, thread: bool| {
+        let counters = named_counters(&run.counters, &group.usage.counters);
+        TaskRecord {
+            schema: SCHEMA,
+            interval: interval.clone(),
+            mode: run.mode.clone(),
+            pid: group.pid,
+            tid: thread.then_some(group.tid),
+            comm: group.comm.clone(),
+            on_cpu_ns: group.usage.on_cpu_ns,
+            cpu_percent: percent(group.usage.on_cpu_ns, interval.duration_ns),
+            ipc: ipc(counters.as_ref()),
+            counters,
+            threads: (!thread).then_some(group.members),
+            cgroup: cgroup_info(resolver, group.cgroup_id),
+            exited: group.exited,
+        }
+    };
+    match granularity {
+        Granularity::Process | Granularity::Thread => {
+            let thread = granularity == Granularity::Thread;
+            let groups = if thread { &agg.threads } else { &agg.processes };
+            records.extend(
+                groups
+                    .iter()
+                    .map(|g| task_record(g, thread))
+                    .filter(|r| filter.matches(r.pid, &r.comm, &r.cgroup))
+                    .map(|r| if thread { Record::Thread(r) } else { Record::Process(r) }),
+            );
+        }
+        Granularity::Cgroup => {
+            records.extend(agg.cgroups.iter().filter_map(|g| {
+                let cgroup = cgroup_info(resolver, g.cgroup_id);
+                filter.matches_cgroup(&cgroup).then(|| {
+                    Record::Cgroup(CgroupRecord {
+                        schema: SCHEMA,
+                        interval: interval.clone(),
+                        mode: run.mode.clone(),
+                        on_cpu_ns: g.usage.on_cpu_ns,
+                        cpu_percent: percent(g.usage.on_cpu_ns, interval.duration_ns),
+                        counters: named_counters(&run.counters, &g.usage.counters),
+                        processes: g.members,
+                        cgroup,
+                    })
+                })
+            }));
+        }
+    }
+    records
+}
+
+pub fn run_info(collector: &Collector) -> RunInfo {
+    let sensor = collector.sensor();
+    let counters = sensor.counter_names();
+    RunInfo {
+        mode: if counters.is_empty() { Mode::TimeOnly } else { Mode::Counters },
+        mode_reason: sensor.time_only_reason().map(str::to_string),
+        counters,
+        cpus: sensor.cpus().len() as u32,
+    }
+}
+
+/// Runs until `duration` ends or `stop` receives (or disconnects); returns how many intervals
+/// were written.
+pub fn record(config: &RecordConfig, sink: &mut dyn Sink, stop: &Receiver<()>) -> Result<u64, RecordError> {
+    let mut collector = Collector::start(&config.sensor)?;
+    let run = run_info(&collector);
+    if let Some(reason) = &run.mode_reason {
+        eprintln!("powerapi: time-only mode (no counters): {reason}");
+    }
+    let started = Instant::now();
+    let end = config.duration.map(|d| started + d);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        let full_deadline = started + config.interval * seq as u32;
+        let deadline = end.map_or(full_deadline, |e| e.min(full_deadline));
+        let stopped = !matches!(
+            stop.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let partial = stopped || deadline < full_deadline;
+        let last = stopped || end.is_some_and(|e| deadline >= e);
+        let snapshot = collector.collect()?;
+        let interval = Interval {
+            seq,
+            start_ns: snapshot.deltas.start_ns,
+            end_ns: snapshot.deltas.end_ns,
+            duration_ns: snapshot.deltas.duration_ns(),
+            time: humantime::format_rfc3339_nanos(snapshot.wall_end).to_string(),
+            partial,
+        };
+        let records = build_records(
+            &run,
+            &snapshot,
+            collector.resolver(),
+            &interval,
+            config.granularity,
+            &config.filter,
+        );
+        sink.write_interval(&records)?;
+        if last {
+            return Ok(seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        let cg = CgroupInfo { id: 42, path: Some("/system.slice/nginx.service".into()), ..Default::default() };
+        assert!(Filter::default().matches(1, "x", &cg));
+        let f = Filter { pids: vec![7], ..Default::default() };
+        assert!(f.matches(7, "x", &cg) && !f.matches(8, "x", &cg));
+        let f = Filter { comms: vec!["nginx".into()], ..Default::default() };
+        assert!(f.matches(1, "nginx", &cg) && !f.matches(1, "ngin", &cg));
+        let f = Filter { cgroups: vec!["/system.slice".into()], ..Default::default() };
+        assert!(f.matches(1, "x", &cg));
+        let f = Filter { cgroups: vec!["/system.sl".into()], ..Default::default() };
+        assert!(!f.matches(1, "x", &cg));
+        let f = Filter { cgroups: vec!["42".into()], ..Default::default() };
+        assert!(f.matches(1, "x", &cg));
+    }
+}

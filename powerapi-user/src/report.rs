@@ -1,0 +1,213 @@
+//! The records powerapi writes (JSON lines), versioned by [`SCHEMA`]. Sinks serialise these and
+//! know nothing of where a number came from.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Container;
+
+/// Bump on any incompatible change to a record's fields.
+pub const SCHEMA: u32 = 1;
+
+/// When an interval ran; repeated in every record so each line stands alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// 1 for the first interval of a run.
+    pub seq: u64,
+    /// CLOCK_MONOTONIC nanoseconds (the clock `bpf_ktime_get_ns` uses).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub duration_ns: u64,
+    /// Wall-clock end of the interval, RFC 3339 UTC.
+    pub time: String,
+    /// Cut short by SIGINT/SIGTERM or the end of `--duration`.
+    pub partial: bool,
+}
+
+/// Whether hardware counters were read, and which.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// On-CPU time only: this machine (or the configuration) has no usable counters.
+    TimeOnly,
+    Counters,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    pub lost_slices: u64,
+    pub lost_ns: u64,
+    pub exit_overflow: u64,
+    pub overwritten_dead: u64,
+    pub counter_read_errors: u64,
+}
+
+/// What running the meter itself cost during the interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeterCost {
+    /// CPU time of the powerapi process (user + system).
+    pub cpu_ns: u64,
+    /// Time to flush, drain and turn the maps into deltas.
+    pub drain_us: u64,
+    pub peak_rss_kib: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub schema: u32,
+    pub interval: Interval,
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
+    /// Counter names in use (empty in time-only mode).
+    pub counters: Vec<String>,
+    pub cpus: u32,
+    /// On-CPU time of every task but the idle tasks.
+    pub busy_ns: u64,
+    pub idle_ns: u64,
+    /// `cpus × duration_ns`: what busy + idle should add up to.
+    pub capacity_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter_totals: Option<BTreeMap<String, u64>>,
+    pub processes: u64,
+    pub threads: u64,
+    pub losses: Losses,
+    pub meter: MeterCost,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupInfo {
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// One process (`type: process`) or thread (`type: thread`) for one interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub schema: u32,
+    pub interval: Interval,
+    pub mode: Mode,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub comm: String,
+    pub on_cpu_ns: u64,
+    /// Share of one CPU over the interval (200 = two CPUs fully).
+    pub cpu_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<f64>,
+    /// Threads seen in the interval (processes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    pub cgroup: CgroupInfo,
+    pub exited: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CgroupRecord {
+    pub schema: u32,
+    pub interval: Interval,
+    pub mode: Mode,
+    pub cgroup: CgroupInfo,
+    pub on_cpu_ns: u64,
+    pub cpu_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<BTreeMap<String, u64>>,
+    pub processes: u32,
+}
+
+/// One JSON line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Record {
+    Machine(MachineRecord),
+    Process(TaskRecord),
+    Thread(TaskRecord),
+    Cgroup(CgroupRecord),
+}
+
+/// Counter values by name; `None` in time-only mode so a missing PMU never looks like zeros.
+pub fn named_counters(names: &[String], values: &[u64]) -> Option<BTreeMap<String, u64>> {
+    (!names.is_empty()).then(|| names.iter().cloned().zip(values.iter().copied()).collect())
+}
+
+/// Instructions per cycle when both counters are in use and cycles ran.
+pub fn ipc(counters: Option<&BTreeMap<String, u64>>) -> Option<f64> {
+    let counters = counters?;
+    let (cycles, instructions) = (*counters.get("cycles")?, *counters.get("instructions")?);
+    (cycles > 0).then(|| instructions as f64 / cycles as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval() -> Interval {
+        Interval {
+            seq: 1,
+            start_ns: 10,
+            end_ns: 1_000_000_010,
+            duration_ns: 1_000_000_000,
+            time: "2026-11-24T15:00:00.000000000Z".into(),
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_shape() {
+        let names = vec!["cycles".to_string(), "instructions".to_string()];
+        let counters = named_counters(&names, &[100, 250]);
+        let record = Record::Process(TaskRecord {
+            schema: SCHEMA,
+            interval: interval(),
+            mode: Mode::Counters,
+            pid: 42,
+            tid: None,
+            comm: "burn".into(),
+            on_cpu_ns: 500,
+            cpu_percent: 0.00005,
+            ipc: ipc(counters.as_ref()),
+            counters,
+            threads: Some(1),
+            cgroup: CgroupInfo { id: 7, path: Some("/a".into()), ..Default::default() },
+            exited: false,
+        });
+        let line = serde_json::to_string(&record).expect("serialize");
+        assert!(line.starts_with(r#"{"type":"process","schema":1,"#), "{line}");
+        assert!(line.contains(r#""ipc":2.5"#));
+        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), record);
+    }
+
+    #[test]
+    fn time_only_has_no_counter_fields() {
+        assert_eq!(named_counters(&[], &[]), None);
+        let record = Record::Thread(TaskRecord {
+            schema: SCHEMA,
+            interval: interval(),
+            mode: Mode::TimeOnly,
+            pid: 1,
+            tid: Some(2),
+            comm: "x".into(),
+            on_cpu_ns: 1,
+            cpu_percent: 0.0,
+            counters: None,
+            ipc: None,
+            threads: None,
+            cgroup: CgroupInfo::default(),
+            exited: true,
+        });
+        let line = serde_json::to_string(&record).expect("serialize");
+        assert!(line.contains(r#""mode":"time-only""#));
+        assert!(!line.contains("counters"));
+        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), record);
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers live in tests/tests/common; this crate has no library code.
