@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::delta::{IntervalDeltas, TaskDelta};
+use crate::delta::{IntervalDeltas, TaskDelta, comm_string};
 
 /// Time and counters, summed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
         let thread = threads.entry((task.key.tgid, task.key.pid)).or_insert_with(|| Group {
             pid: task.key.tgid,
             tid: task.key.pid,
-            comm: task.comm.clone(),
+            comm: comm_string(&task.comm),
             cgroup_id: task.cgroup_id,
             members: 1,
             ..Default::default()
@@ -123,7 +123,11 @@ mod tests {
     fn task(tgid: u32, pid: u32, socket: u32, idle_cpu: u32, ns: u64, cg: u64, comm: &str) -> TaskDelta {
         TaskDelta {
             key: TaskKey { tgid, pid, socket, idle_cpu },
-            comm: comm.into(),
+            comm: {
+                let mut bytes = [0u8; 16];
+                bytes[..comm.len()].copy_from_slice(comm.as_bytes());
+                bytes
+            },
             cgroup_id: cg,
             on_cpu_ns: ns,
             counters: vec![ns * 2],

@@ -4,7 +4,7 @@
 //! task *incarnation*: an entry whose `first_seen_ns` changed is a new task that reused the pid,
 //! and starts from zero instead of producing a negative or merged delta.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use powerapi_common::{CounterReading, MAX_COUNTERS, SensorStats, TaskKey, TaskTotals};
 
@@ -14,7 +14,8 @@ use crate::sensor::SensorReading;
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskDelta {
     pub key: TaskKey,
-    pub comm: String,
+    /// `task->comm`, NUL-padded (kept as bytes: the drain path must not allocate per task).
+    pub comm: [u8; 16],
     pub cgroup_id: u64,
     pub on_cpu_ns: u64,
     /// One value per counter in use, scaled for multiplexing.
@@ -76,9 +77,11 @@ fn stats_delta(now: &SensorStats, before: &SensorStats) -> SensorStats {
 #[derive(Debug)]
 pub struct Tracker {
     num_counters: usize,
-    previous: HashMap<TaskKey, TaskTotals>,
+    /// Previous totals of each live entry, with the number of the reading that last saw it.
+    previous: HashMap<TaskKey, (TaskTotals, u64)>,
     previous_stats: SensorStats,
     previous_ns: u64,
+    readings: u64,
 }
 
 impl Tracker {
@@ -86,57 +89,68 @@ impl Tracker {
     pub fn new(num_counters: usize, baseline: SensorReading) -> Self {
         let mut tracker = Self {
             num_counters: num_counters.min(MAX_COUNTERS),
-            previous: HashMap::new(),
+            previous: HashMap::default(),
             previous_stats: SensorStats::default(),
             previous_ns: 0,
+            readings: 0,
         };
-        tracker.advance(baseline);
+        tracker.advance(&baseline);
         tracker
     }
 
-    fn delta(&self, key: &TaskKey, now: &TaskTotals, exited: bool) -> TaskDelta {
-        let zero = TaskTotals::default();
-        let before = self
-            .previous
-            .get(key)
-            .filter(|p| p.first_seen_ns == now.first_seen_ns)
-            .unwrap_or(&zero);
-        TaskDelta {
-            key: *key,
-            comm: comm_string(&now.comm),
-            cgroup_id: now.cgroup_id,
-            on_cpu_ns: now.on_cpu_ns.checked_sub(before.on_cpu_ns).unwrap_or(now.on_cpu_ns),
-            counters: (0..self.num_counters)
-                .map(|slot| counter_delta(&now.counters[slot], &before.counters[slot]))
-                .collect(),
-            exited,
+    /// The delta of one task against `before` (same incarnation) or zero; `None` if it did not run.
+    fn delta(&self, key: &TaskKey, now: &TaskTotals, before: Option<&TaskTotals>, exited: bool) -> Option<TaskDelta> {
+        let before = before.filter(|p| p.first_seen_ns == now.first_seen_ns);
+        let on_cpu_ns = match before {
+            Some(b) => now.on_cpu_ns.checked_sub(b.on_cpu_ns).unwrap_or(now.on_cpu_ns),
+            None => now.on_cpu_ns,
+        };
+        let zero = CounterReading::default();
+        let counters: Vec<u64> = (0..self.num_counters)
+            .map(|slot| counter_delta(&now.counters[slot], before.map_or(&zero, |b| &b.counters[slot])))
+            .collect();
+        if on_cpu_ns == 0 && counters.iter().all(|&c| c == 0) {
+            return None;
         }
+        Some(TaskDelta {
+            key: *key,
+            comm: now.comm,
+            cgroup_id: now.cgroup_id,
+            on_cpu_ns,
+            counters,
+            exited,
+        })
     }
 
     /// Deltas since the previous reading. Tasks that did not run are left out.
-    pub fn advance(&mut self, reading: SensorReading) -> IntervalDeltas {
-        let mut tasks = Vec::with_capacity(reading.live.len() + reading.exited.len());
+    pub fn advance(&mut self, reading: &SensorReading) -> IntervalDeltas {
+        self.readings += 1;
+        let generation = self.readings;
+        let mut tasks = Vec::new();
         // The kernel sends an exit and then removes the entry; a read between the two sees both.
         let exited: HashSet<(TaskKey, u64)> = reading.exited.iter().map(|(k, t)| (*k, t.first_seen_ns)).collect();
         for (key, totals) in &reading.exited {
-            tasks.push(self.delta(key, totals, true));
+            let before = self.previous.remove(key).map(|(t, _)| t);
+            tasks.extend(self.delta(key, totals, before.as_ref(), true));
         }
-        let mut next = HashMap::with_capacity(reading.live.len());
-        for (key, totals) in reading.live {
-            if exited.contains(&(key, totals.first_seen_ns)) {
+        for (key, totals) in reading.live_keys.iter().zip(&reading.live_totals) {
+            if !exited.is_empty() && exited.contains(&(*key, totals.first_seen_ns)) {
                 continue;
             }
-            tasks.push(self.delta(&key, &totals, false));
-            next.insert(key, totals);
+            let before = self.previous.get(key).map(|(t, _)| t);
+            if let Some(delta) = self.delta(key, totals, before, false) {
+                tasks.push(delta);
+            }
+            self.previous.insert(*key, (*totals, generation));
         }
-        tasks.retain(|t| t.on_cpu_ns > 0 || t.counters.iter().any(|&c| c > 0));
+        // Entries that left the map without an exit event (none expected) are forgotten.
+        self.previous.retain(|_, (_, seen)| *seen == generation);
         let deltas = IntervalDeltas {
             start_ns: self.previous_ns,
             end_ns: reading.taken_at_ns,
             tasks,
             losses: stats_delta(&reading.stats, &self.previous_stats),
         };
-        self.previous = next;
         self.previous_stats = reading.stats;
         self.previous_ns = reading.taken_at_ns;
         deltas
@@ -159,27 +173,33 @@ mod tests {
     }
 
     fn reading(at: u64, live: Vec<(TaskKey, TaskTotals)>, exited: Vec<(TaskKey, TaskTotals)>) -> SensorReading {
-        SensorReading { taken_at_ns: at, live, exited, stats: SensorStats::default() }
+        SensorReading {
+            taken_at_ns: at,
+            live_keys: live.iter().map(|(k, _)| *k).collect(),
+            live_totals: live.iter().map(|(_, t)| *t).collect(),
+            exited,
+            stats: SensorStats::default(),
+        }
     }
 
     #[test]
     fn deltas_between_readings() {
         let mut tracker = Tracker::new(1, reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
-        let d = tracker.advance(reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
+        let d = tracker.advance(&reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
         assert_eq!((d.start_ns, d.end_ns), (100, 200));
         assert_eq!(d.tasks.len(), 1);
         assert_eq!(d.tasks[0].on_cpu_ns, 30);
         assert_eq!(d.tasks[0].counters, vec![300]);
-        assert_eq!(d.tasks[0].comm, "burn");
+        assert_eq!(comm_string(&d.tasks[0].comm), "burn");
         // Idle tasks that did not run are left out.
-        let d = tracker.advance(reading(300, vec![(key(7), totals(1, 80, 800))], vec![]));
+        let d = tracker.advance(&reading(300, vec![(key(7), totals(1, 80, 800))], vec![]));
         assert!(d.tasks.is_empty());
     }
 
     #[test]
     fn new_task_counts_from_zero_including_first_slice() {
         let mut tracker = Tracker::new(0, reading(0, vec![], vec![]));
-        let d = tracker.advance(reading(10, vec![(key(9), totals(5, 4, 0))], vec![]));
+        let d = tracker.advance(&reading(10, vec![(key(9), totals(5, 4, 0))], vec![]));
         assert_eq!(d.tasks[0].on_cpu_ns, 4);
     }
 
@@ -187,10 +207,10 @@ mod tests {
     fn exit_reported_once_even_if_also_still_in_map() {
         let mut tracker = Tracker::new(0, reading(0, vec![(key(3), totals(1, 10, 0))], vec![]));
         let final_totals = totals(1, 25, 0);
-        let d = tracker.advance(reading(10, vec![(key(3), final_totals)], vec![(key(3), final_totals)]));
+        let d = tracker.advance(&reading(10, vec![(key(3), final_totals)], vec![(key(3), final_totals)]));
         assert_eq!(d.tasks.len(), 1);
         assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].exited), (15, true));
-        let d = tracker.advance(reading(20, vec![], vec![]));
+        let d = tracker.advance(&reading(20, vec![], vec![]));
         assert!(d.tasks.is_empty());
     }
 
@@ -198,7 +218,7 @@ mod tests {
     fn pid_reuse_neither_negative_nor_merged() {
         let mut tracker = Tracker::new(1, reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]));
         // pid 4 died (final 1200) and a new pid 4 ran 30 ns, both within one interval.
-        let d = tracker.advance(reading(
+        let d = tracker.advance(&reading(
             10,
             vec![(key(4), totals(777, 30, 60))],
             vec![(key(4), totals(1, 1200, 9500))],
@@ -207,7 +227,7 @@ mod tests {
         got.sort();
         assert_eq!(got, vec![(30, 60, false), (200, 500, true)]);
         // The new incarnation's next delta is against itself.
-        let d = tracker.advance(reading(20, vec![(key(4), totals(777, 50, 100))], vec![]));
+        let d = tracker.advance(&reading(20, vec![(key(4), totals(777, 50, 100))], vec![]));
         assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].counters[0]), (20, 40));
     }
 
@@ -230,7 +250,7 @@ mod tests {
         let mut next = reading(10, vec![], vec![]);
         next.stats.lost_slices = 5;
         next.stats.lost_ns = 40;
-        let d = tracker.advance(next);
+        let d = tracker.advance(&next);
         assert_eq!((d.losses.lost_slices, d.losses.lost_ns), (2, 40));
     }
 }

@@ -97,7 +97,7 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
                 Status::Ok,
                 format!(
                     "raw tracepoints sched_switch + sched_process_exec attached, per-CPU flush works, {} tasks read ({} map reads)",
-                    reading.live.len(),
+                    reading.live_keys.len(),
                     if sensor.uses_batch() { "batched" } else { "per-key: kernel lacks batch ops" }
                 ),
             ),

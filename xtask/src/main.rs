@@ -1,1 +1,128 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test and benchmark powerapi.
+//!
+//! `setup` installs, idempotently, what a fresh Debian machine lacks to build the kernel
+//! programs (nightly rust-src, LLVM 22, bpf-linker); every other command runs it first.
+
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the BPF toolchain (rust-src for nightly, llvm-22-dev, bpf-linker) if missing.
+    Setup,
+    /// Set up and build powerapi in release mode.
+    Build,
+    /// Set up, build (release) and run powerapi with these arguments (with sudo when not root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run the whole test suite (unit + end-to-end). Extra args go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks; results are ratios against baselines measured in the same invocation.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Keep N threads waking up periodically until killed (load generator for `bench drain`).
+    #[command(hide = true)]
+    SpawnThreads { count: usize },
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
+}
+
+fn build_release() -> Result<std::path::PathBuf> {
+    run_checked(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "powerapi-user"]))?;
+    Ok(workspace_root().join("target/release/powerapi"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup()?,
+        Cmd::Build => {
+            setup::setup()?;
+            build_release()?;
+        }
+        Cmd::Run { args } => {
+            setup::setup()?;
+            let binary = build_release()?;
+            let mut cmd = if is_root() {
+                Command::new(&binary)
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&binary);
+                sudo
+            };
+            let status = cmd.args(&args).status().with_context(|| format!("cannot start {}", binary.display()))?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+        }
+        Cmd::Test { args } => {
+            setup::setup()?;
+            let root = workspace_root();
+            // The end-to-end tests run the real binary; build it first so they need not.
+            run_checked(cargo().current_dir(&root).args(["build", "-p", "powerapi-user", "--bin", "powerapi"]))?;
+            let status = cargo()
+                .current_dir(&root)
+                .args(["test", "--workspace"])
+                .args(&args)
+                .status()
+                .context("cannot run cargo test")?;
+            return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Cmd::Bench { which } => {
+            setup::setup()?;
+            let binary = build_release()?;
+            bench::run(which, &binary)?;
+        }
+        Cmd::SpawnThreads { count } => bench::spawn_threads(count),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -49,46 +49,46 @@ pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> io::Result<()> {
 }
 
 /// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`: one syscall per few thousand
-/// entries instead of two per entry, so the drain scales with the task count.
-///
-/// `K` and `V` must be the map's exact key and value types (plain `#[repr(C)]` integers).
-pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+/// entries instead of two per entry, so the drain scales with the task count. Entries are written
+/// straight into `keys`/`values`, whose capacity is kept from call to call (fresh megabyte-sized
+/// buffers every interval cost more in page faults than the copy itself).
+pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
-    capacity: usize,
     keys: &mut Vec<K>,
     values: &mut Vec<V>,
 ) -> io::Result<()> {
     keys.clear();
     values.clear();
-    let chunk = capacity.clamp(1, 4096);
-    let mut key_buf = vec![K::default(); chunk];
-    let mut value_buf = vec![V::default(); chunk];
+    let mut chunk: usize = 4096;
     // Hash maps use a 32-bit bucket cursor; 8 bytes leaves room.
     let (mut in_batch, mut out_batch) = (0u64, 0u64);
     let mut first = true;
     loop {
+        keys.reserve(chunk);
+        values.reserve(chunk);
         let mut attr = zeroed_attr();
-        // The buffers hold `count` keys and values and outlive the call.
         attr.batch.map_fd = map.as_raw_fd() as u32;
         attr.batch.in_batch = if first { 0 } else { &in_batch as *const u64 as u64 };
         attr.batch.out_batch = &mut out_batch as *mut u64 as u64;
-        attr.batch.keys = key_buf.as_mut_ptr() as u64;
-        attr.batch.values = value_buf.as_mut_ptr() as u64;
-        attr.batch.count = key_buf.len() as u32;
+        // The spare capacity holds at least `chunk` keys and values and outlives the call.
+        attr.batch.keys = keys.spare_capacity_mut().as_mut_ptr() as u64;
+        attr.batch.values = values.spare_capacity_mut().as_mut_ptr() as u64;
+        attr.batch.count = chunk as u32;
         let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // SAFETY: the kernel wrote back how many entries it copied.
-        let got = unsafe { attr.batch.count } as usize;
-        let got = got.min(key_buf.len());
-        keys.extend_from_slice(&key_buf[..got]);
-        values.extend_from_slice(&value_buf[..got]);
+        // SAFETY: reading back the count the kernel wrote into the batch member.
+        let got = (unsafe { attr.batch.count } as usize).min(chunk);
+        // SAFETY: the kernel initialised `got` keys and values in the spare capacity, and K and V
+        // are Pod (any bit pattern is a valid value).
+        unsafe {
+            keys.set_len(keys.len() + got);
+            values.set_len(values.len() + got);
+        }
         match result {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             // A bucket larger than the chunk: grow and retry from the same cursor.
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
-                let bigger = key_buf.len() * 2;
-                key_buf.resize(bigger, K::default());
-                value_buf.resize(bigger, V::default());
+                chunk *= 2;
                 continue;
             }
             Err(e) => return Err(e),

@@ -89,7 +89,9 @@ impl Default for SensorConfig {
 pub struct SensorReading {
     /// CLOCK_MONOTONIC (same clock as `bpf_ktime_get_ns`) right after every CPU's slice was closed.
     pub taken_at_ns: u64,
-    pub live: Vec<(TaskKey, TaskTotals)>,
+    /// Live entries, as two parallel arrays (the layout batch lookups write).
+    pub live_keys: Vec<TaskKey>,
+    pub live_totals: Vec<TaskTotals>,
     /// Final totals of threads that died since the previous reading.
     pub exited: Vec<(TaskKey, TaskTotals)>,
     /// Loss counters summed over CPUs, cumulative since load.
@@ -102,7 +104,6 @@ pub struct Sensor {
     cpus: Vec<Cpu>,
     counters: Vec<CounterSpec>,
     time_only_reason: Option<String>,
-    max_tasks: u32,
     _counter_fds: Vec<OwnedFd>,
     exits: RingBuf<MapData>,
     use_batch: bool,
@@ -246,7 +247,6 @@ impl Sensor {
             cpus,
             counters,
             time_only_reason,
-            max_tasks: config.max_tasks,
             _counter_fds: counter_fds,
             exits,
             use_batch: true,
@@ -289,9 +289,16 @@ impl Sensor {
 
     /// Closes every CPU's open slice and reads all totals.
     pub fn read(&mut self) -> Result<SensorReading, SensorError> {
+        let mut reading = SensorReading::default();
+        self.read_into(&mut reading)?;
+        Ok(reading)
+    }
+
+    /// Like [`Sensor::read`], reusing `reading`'s buffers (the drain path of every interval).
+    pub fn read_into(&mut self, reading: &mut SensorReading) -> Result<(), SensorError> {
         self.flush()?;
-        let taken_at_ns = monotonic_ns();
-        let mut reading = SensorReading { taken_at_ns, ..Default::default() };
+        reading.taken_at_ns = monotonic_ns();
+        reading.exited.clear();
 
         // Exits first: a task that dies after this point is still in the map (or in the next read).
         while let Some(item) = self.exits.next() {
@@ -302,10 +309,10 @@ impl Sensor {
             }
         }
 
-        let map = map_data(&self.ebpf, TASK_TOTALS_MAP)?;
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let (keys, totals) = (&mut reading.live_keys, &mut reading.live_totals);
         if self.use_batch {
-            match bpf_sys::lookup_batch(map.fd().as_fd(), self.max_tasks as usize, &mut keys, &mut values) {
+            let map = map_data(&self.ebpf, TASK_TOTALS_MAP)?;
+            match bpf_sys::lookup_batch(map.fd().as_fd(), keys, totals) {
                 Ok(()) => {}
                 // Kernels before 5.6 have no batch ops: fall back to one lookup per key.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) => {
@@ -316,19 +323,23 @@ impl Sensor {
         }
         let mut tasks: HashMap<&mut MapData, TaskKey, TaskTotals> = typed_map(&mut self.ebpf, TASK_TOTALS_MAP)?;
         if !self.use_batch {
+            keys.clear();
+            totals.clear();
             for entry in tasks.iter() {
                 let (key, value) = entry.map_err(|e| SensorError::Map { name: TASK_TOTALS_MAP, detail: e.to_string() })?;
                 keys.push(key);
-                values.push(value);
+                totals.push(value);
             }
         }
-        for (key, totals) in keys.into_iter().zip(values) {
-            if totals.flags & FLAG_DEAD != 0 {
-                // Its exit did not fit on the ring buffer; collect it here, exactly once.
+        // Entries whose exit did not fit on the ring buffer: collect them here, exactly once.
+        let mut i = 0;
+        while i < keys.len() {
+            if totals[i].flags & FLAG_DEAD != 0 {
+                let (key, value) = (keys.swap_remove(i), totals.swap_remove(i));
                 let _ = tasks.remove(&key);
-                reading.exited.push((key, totals));
+                reading.exited.push((key, value));
             } else {
-                reading.live.push((key, totals));
+                i += 1;
             }
         }
 
@@ -336,6 +347,7 @@ impl Sensor {
         let per_cpu = stats
             .get(&0, 0)
             .map_err(|e| SensorError::Map { name: SENSOR_STATS_MAP, detail: e.to_string() })?;
+        reading.stats = SensorStats::default();
         for s in per_cpu.iter() {
             reading.stats.lost_slices += s.lost_slices;
             reading.stats.lost_ns += s.lost_ns;
@@ -343,7 +355,7 @@ impl Sensor {
             reading.stats.overwritten_dead += s.overwritten_dead;
             reading.stats.counter_read_errors += s.counter_read_errors;
         }
-        Ok(reading)
+        Ok(())
     }
 }
 

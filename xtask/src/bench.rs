@@ -1,0 +1,296 @@
+//! `cargo xtask bench overhead|drain`: what the meter costs, as ratios against baselines measured
+//! in the same invocation (never wall-clock thresholds).
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::{is_root, run_checked};
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum Which {
+    /// Added cost per context switch: none vs empty program vs powerapi vs a bpftrace script.
+    Overhead {
+        /// Ping-pong round trips per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        round_trips: u32,
+        /// Measurements per configuration (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+    /// Drain time and peak RSS of `powerapi record` with many live threads.
+    Drain {
+        #[arg(long, default_value_t = 10_000)]
+        threads: usize,
+    },
+}
+
+pub fn run(which: Which, binary: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach BPF programs: run `cargo xtask bench` as root");
+    }
+    match which {
+        Which::Overhead { round_trips, repeats } => overhead(binary, round_trips, repeats),
+        Which::Drain { threads } => drain(binary, threads),
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Two threads on one CPU bouncing a byte through two pipes (what `perf bench sched pipe` does):
+/// every round trip is two context switches. Returns ns per switch.
+fn ping_pong(round_trips: u32) -> Result<f64> {
+    let (mut a_read, mut a_write) = std::io::pipe()?;
+    let (mut b_read, mut b_write) = std::io::pipe()?;
+    use std::io::Write;
+    let partner = std::thread::spawn(move || -> std::io::Result<()> {
+        pin(0);
+        let mut byte = [0u8; 1];
+        for _ in 0..round_trips {
+            a_read.read_exact(&mut byte)?;
+            b_write.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    pin(0);
+    let mut byte = [1u8; 1];
+    let began = Instant::now();
+    for _ in 0..round_trips {
+        a_write.write_all(&byte)?;
+        b_read.read_exact(&mut byte)?;
+    }
+    let elapsed = began.elapsed();
+    partner.join().map_err(|_| anyhow::anyhow!("ping-pong partner panicked"))??;
+    Ok(elapsed.as_nanos() as f64 / (2.0 * f64::from(round_trips)))
+}
+
+/// Starts a tracer and waits until its stdout/stderr shows `ready` (or the file it writes is non-empty).
+fn start_tracer(mut cmd: Command, ready: &str) -> Result<Child> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(ready) => {
+                // Keep draining so the tracer never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines.by_ref() {});
+                return Ok(child);
+            }
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    bail!("{cmd:?} did not become ready: {}", err.trim())
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// What a user would otherwise write: per-task on-CPU time from the sched_switch tracepoint
+/// (bpftrace 0.17, Debian 12's, has no raw tracepoints).
+const BPFTRACE_SCRIPT: &str = "tracepoint:sched:sched_switch { if (@start[cpu]) { @oncpu[pid, tid] = sum(nsecs - @start[cpu]); } @start[cpu] = nsecs; } interval:s:1 { print(\"tick\"); }";
+
+fn ensure_bpftrace() -> Result<()> {
+    if Command::new("bpftrace").arg("--version").output().is_err() {
+        println!("xtask bench: apt-get install -y bpftrace");
+        run_checked(Command::new("apt-get").args(["install", "-y", "bpftrace"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // Classic tracepoints need tracefs, which a fresh machine does not mount (powerapi does not need it).
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        println!("xtask bench: mount -t tracefs nodev /sys/kernel/tracing");
+        run_checked(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    Ok(())
+}
+
+/// Cumulative (run time, run count) of every loaded BPF program, by id.
+fn program_stats() -> std::collections::HashMap<u32, (u64, u64)> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), (p.run_time().as_nanos() as u64, p.run_count())))
+        .collect()
+}
+
+/// ns per switch spent inside the programs that ran on (nearly) every switch of the ping-pong:
+/// the kernel's own accounting (`kernel.bpf_stats_enabled`), immune to VM noise but blind to
+/// the dispatch cost around a program.
+fn program_ns_per_switch(
+    before: &std::collections::HashMap<u32, (u64, u64)>,
+    after: &std::collections::HashMap<u32, (u64, u64)>,
+    switches: u64,
+) -> f64 {
+    let time: u64 = after
+        .iter()
+        .filter_map(|(id, (t, c))| {
+            let (t0, c0) = before.get(id).copied().unwrap_or((0, 0));
+            (c.saturating_sub(c0) >= switches / 2).then(|| t.saturating_sub(t0))
+        })
+        .sum();
+    time as f64 / switches as f64
+}
+
+struct StatsGuard(String);
+
+impl StatsGuard {
+    fn enable() -> Result<Self> {
+        const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = fs::read_to_string(PATH).unwrap_or_else(|_| "0".into());
+        fs::write(PATH, "1").context("cannot enable kernel.bpf_stats_enabled")?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for StatsGuard {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+fn overhead(binary: &Path, round_trips: u32, repeats: usize) -> Result<()> {
+    ensure_bpftrace()?;
+    let _stats = StatsGuard::enable()?;
+    let configs = ["none", "empty program", "powerapi", "bpftrace"];
+    let mut samples = vec![Vec::new(); configs.len()];
+    let mut prog_ns = vec![Vec::new(); configs.len()];
+    let _ = ping_pong(round_trips / 10)?; // warm-up
+    // Configurations are interleaved round by round so that drift in the VM hits all alike.
+    for round in 0..repeats {
+        for (i, name) in configs.iter().enumerate() {
+            let tracer = match *name {
+                "empty program" => {
+                    let mut cmd = Command::new(binary);
+                    cmd.arg("bench-noop");
+                    Some(start_tracer(cmd, "attached")?)
+                }
+                "powerapi" => {
+                    let mut cmd = Command::new(binary);
+                    cmd.args(["record", "--interval", "1s", "-o", "-"]);
+                    Some(start_tracer(cmd, "\"machine\"")?)
+                }
+                "bpftrace" => {
+                    let mut cmd = Command::new("bpftrace");
+                    cmd.args(["-e", BPFTRACE_SCRIPT]);
+                    Some(start_tracer(cmd, "Attaching")?)
+                }
+                _ => None,
+            };
+            let before = program_stats();
+            let ns = ping_pong(round_trips)?;
+            let after = program_stats();
+            if let Some(child) = tracer {
+                stop(child);
+            }
+            let in_prog = program_ns_per_switch(&before, &after, 2 * u64::from(round_trips));
+            samples[i].push(ns);
+            prog_ns[i].push(in_prog);
+            eprintln!("round {}/{repeats}: {name:<14} {ns:8.1} ns/switch ({in_prog:6.1} ns inside BPF programs)", round + 1);
+        }
+    }
+    let best: Vec<f64> = samples.iter().map(|s| s.iter().copied().fold(f64::INFINITY, f64::min)).collect();
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let in_prog: Vec<f64> = prog_ns.iter_mut().map(|s| median(s)).collect();
+    println!("\nping-pong pinned to CPU 0, {round_trips} round trips × {repeats} rounds (interleaved), ns per context switch:");
+    println!("  {:<14} {:>9} {:>12} {:>9} {:>22}", "config", "best", "added(best)", "median", "inside BPF (bpf_stats)");
+    for (i, name) in configs.iter().enumerate() {
+        println!(
+            "  {name:<14} {:9.1} {:12.1} {:9.1} {:22.1}",
+            best[i],
+            best[i] - best[0],
+            medians[i],
+            in_prog[i]
+        );
+    }
+    let added = |i: usize| (best[i] - best[0]).max(1.0);
+    println!("powerapi added / bpftrace added      = {:.3}  (target ≤ 0.25)", added(2) / added(3));
+    println!("powerapi added / empty program added = {:.3}  (target ≤ 3.5)", added(2) / added(1));
+    Ok(())
+}
+
+/// Keeps `count` threads alive, each waking once a second so all of them run in every interval.
+pub fn spawn_threads(count: usize) {
+    let mut handles = Vec::with_capacity(count);
+    for _ in 0..count {
+        let spawned = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("spawned {} threads, then: {e}", handles.len());
+                break;
+            }
+        }
+    }
+    println!("spawned {}", handles.len());
+    loop {
+        std::thread::park();
+    }
+}
+
+fn drain(binary: &Path, threads: usize) -> Result<()> {
+    let xtask = std::env::current_exe()?;
+    let mut load_cmd = Command::new(&xtask);
+    load_cmd.args(["spawn-threads", &threads.to_string()]);
+    let load = start_tracer(load_cmd, "spawned")?;
+    let out: PathBuf = std::env::temp_dir().join(format!("powerapi-drain-{}.jsonl", std::process::id()));
+    let status = Command::new(binary)
+        .args(["record", "--interval", "1s", "--duration", "8s", "-o"])
+        .arg(&out)
+        .status()?;
+    stop(load);
+    if !status.success() {
+        bail!("powerapi record failed: {status}");
+    }
+    let text = fs::read_to_string(&out)?;
+    let _ = fs::remove_file(&out);
+    let mut drains = Vec::new();
+    let (mut peak_rss, mut cpu, mut max_threads) = (0u64, Vec::new(), 0u64);
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        if record["type"] != "machine" || record["interval"]["partial"] == true {
+            continue;
+        }
+        drains.push(record["meter"]["drain_us"].as_f64().unwrap_or(0.0) / 1000.0);
+        cpu.push(record["meter"]["cpu_ns"].as_f64().unwrap_or(0.0) / 1e6);
+        peak_rss = peak_rss.max(record["meter"]["peak_rss_kib"].as_u64().unwrap_or(0));
+        max_threads = max_threads.max(record["threads"].as_u64().unwrap_or(0));
+    }
+    if drains.is_empty() {
+        bail!("no complete interval recorded");
+    }
+    let worst = drains.iter().copied().fold(0.0, f64::max);
+    println!("threads live: {threads}, threads per interval (max): {max_threads}");
+    println!("drain per interval: median {:.2} ms, worst {:.2} ms (target ≤ 10 ms)", median(&mut drains), worst);
+    println!("meter CPU per 1 s interval: median {:.1} ms", median(&mut cpu));
+    println!("peak RSS: {:.1} MiB (target ≤ 50 MiB)", peak_rss as f64 / 1024.0);
+    Ok(())
+}
