@@ -143,7 +143,7 @@ fn raise_memlock() {
 fn one_line(text: &str) -> String {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("unknown error").to_string();
-    match lines.last() {
+    match lines.next_back() {
         Some(last) if first.len() < 200 => format!("{first} … {last}"),
         _ => first,
     }

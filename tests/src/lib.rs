@@ -1,1 +1,0 @@
-//! Helpers live in tests/tests/common; this crate has no library code.

@@ -1,0 +1,190 @@
+//! Shared helpers: find the binaries, decide whether BPF tests can run, drive a recording.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const LOAD: &str = env!("CARGO_BIN_EXE_powerapi-load");
+
+/// The powerapi binary under test: `POWERAPI_BIN`, else the workspace's debug build (built
+/// once here if `cargo xtask test` has not already).
+pub fn powerapi() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("POWERAPI_BIN") {
+            return PathBuf::from(bin);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["build", "-q", "-p", "powerapi-user", "--bin", "powerapi"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building powerapi failed");
+        root.join("target/debug/powerapi")
+    })
+}
+
+/// Serialises tests that measure CPU time: two burners on a 2-CPU VM would skew each other.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bpf_unavailable_reason() -> Option<String> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Some("not running as root".into());
+            }
+            let out = Command::new(powerapi()).arg("doctor").output().expect("powerapi doctor runs");
+            if !out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let fail = text.lines().filter(|l| l.contains("FAIL")).collect::<Vec<_>>().join("; ");
+                return Some(format!("powerapi doctor: {fail}"));
+            }
+            None
+        })
+        .clone()
+}
+
+/// `Some(lock)` when BPF tests can run; otherwise prints why and returns `None` — unless
+/// `POWERAPI_REQUIRE_BPF=1`, which turns the skip into a failure (CI sets it).
+pub fn bpf_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    match bpf_unavailable_reason() {
+        None => Some(exclusive()),
+        Some(reason) if std::env::var("POWERAPI_REQUIRE_BPF").as_deref() == Ok("1") => {
+            panic!("{name}: BPF required (POWERAPI_REQUIRE_BPF=1) but unavailable: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipping {name}: BPF unavailable: {reason}");
+            None
+        }
+    }
+}
+
+pub fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("powerapi-test-{}-{name}", std::process::id()))
+}
+
+/// A running `powerapi record`.
+pub struct Recording {
+    child: Child,
+    pub output: PathBuf,
+}
+
+impl Recording {
+    /// Starts recording and returns once the first interval is written (the sensor is attached).
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let output = temp_path(&format!("{name}.jsonl"));
+        let _ = fs::remove_file(&output);
+        let child = Command::new(powerapi())
+            .arg("record")
+            .args(args)
+            .arg("-o")
+            .arg(&output)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("powerapi record starts");
+        let mut recording = Self { child, output };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fs::read_to_string(&recording.output).map(|t| t.lines().count()).unwrap_or(0) == 0 {
+            if let Ok(Some(status)) = recording.child.try_wait() {
+                panic!("powerapi record exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "powerapi record wrote nothing in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        recording
+    }
+
+    /// Sends `signal`, waits (bounded) for a clean exit, and returns every record.
+    pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("powerapi record did not exit within 15 s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "powerapi record exited with {status}");
+        read_records(&self.output)
+    }
+
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.output);
+    }
+}
+
+/// Parses a JSON-lines file, insisting that it ends with a complete line.
+pub fn read_records(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).expect("output file");
+    assert!(text.ends_with('\n'), "output does not end with a complete line");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+pub fn of_type<'a>(records: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> {
+    records.iter().filter(move |r| r["type"] == kind)
+}
+
+pub fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// Σ on-CPU ns of the process records of `pid`.
+pub fn on_cpu_of(records: &[Value], pid: u32) -> u64 {
+    of_type(records, "process").filter(|r| r["pid"] == pid).map(|r| u64_of(&r["on_cpu_ns"])).sum()
+}
+
+/// Every complete interval: busy + idle = duration × CPUs within 1%.
+pub fn assert_conservation(records: &[Value]) {
+    let mut checked = 0;
+    for m in of_type(records, "machine").filter(|m| m["interval"]["partial"] == false) {
+        let accounted = u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]);
+        let capacity = u64_of(&m["capacity_ns"]);
+        let error = (accounted as f64 - capacity as f64).abs() / capacity as f64;
+        assert!(error <= 0.01, "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.3}%)", m["interval"]["seq"], error * 100.0);
+        checked += 1;
+    }
+    assert!(checked > 0, "no complete interval to check");
+}
+
+/// Runs a child to completion and returns (pid, utime+stime ns) from wait4's rusage.
+pub fn run_measured(cmd: &mut Command) -> (u32, u64) {
+    let child = cmd.spawn().expect("child starts");
+    let pid = child.id();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; the child has not been reaped (we never call wait on `child`).
+    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid as i32, "wait4");
+    std::mem::forget(child);
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    (pid, ns(usage.ru_utime) + ns(usage.ru_stime))
+}
