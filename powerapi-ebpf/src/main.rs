@@ -61,18 +61,19 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
     //          unsigned int prev_state): the previous task's state is argument 3.
     let prev_state: u64 = ctx.arg(3);
-    close_slice(prev_state & TASK_DEAD != 0);
+    close_slice(prev_state & TASK_DEAD != 0, false);
     0
 }
 
 /// Closes the current slice without a switch. Never attached: run by userspace on each CPU.
 #[raw_tracepoint]
 pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
-    close_slice(false);
+    close_slice(false, true);
     0
 }
 
-/// After exec the thread keeps its pid but gets a new name.
+/// After exec the thread keeps its pid but gets a new name, and often a new cgroup: container
+/// runtimes and `powerapi run` move a process into its cgroup right before exec.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     let Some(slice) = CPU_SLICE.get_ptr(0) else {
@@ -86,6 +87,8 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
             // SAFETY: the entry has a single writer: the CPU its thread runs on, which is this one.
             unsafe { (*totals).comm = comm };
         }
+        // SAFETY: helper without arguments; same single-writer argument as above.
+        unsafe { (*totals).cgroup_id = bpf_get_current_cgroup_id() };
     }
     0
 }
@@ -165,13 +168,18 @@ fn init_totals(totals: &mut TaskTotals, now: u64) {
     // SAFETY: TaskTotals is plain integers; all-zero is a valid value.
     unsafe { core::ptr::write_bytes(totals as *mut TaskTotals, 0, 1) };
     totals.first_seen_ns = now;
+    // SAFETY: helper without arguments.
+    totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if let Ok(comm) = bpf_get_current_comm() {
         totals.comm = comm;
     }
 }
 
+/// `refresh_cgroup`: also re-read the task's cgroup. Done at creation, at exec and on every flush
+/// (once per interval for running tasks), not on every switch: that helper call was a measurable
+/// part of the switch path.
 #[inline(always)]
-fn close_slice(dead: bool) {
+fn close_slice(dead: bool, refresh_cgroup: bool) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slice) = CPU_SLICE.get_ptr_mut(0) else {
@@ -201,12 +209,12 @@ fn close_slice(dead: bool) {
         // A reused pid found its predecessor's unread final totals: start over, counted.
         count(|s| s.overwritten_dead += 1);
         init_totals(totals, now);
+    } else if refresh_cgroup {
+        // SAFETY: helper without arguments.
+        totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     totals.on_cpu_ns += now - slice.start_ns;
     totals.slices += 1;
-    // Cheap (a few pointer loads) and it follows tasks that containers move after fork.
-    // SAFETY: helper without arguments.
-    totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     roll_counters(slice, Some(totals));
     let lost_ns = now - slice.start_ns;
     slice.start_ns = now;

@@ -2,22 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::delta::{IntervalDeltas, TaskDelta, comm_string};
+use crate::delta::{Counters, IntervalDeltas, TaskDelta, comm_string};
 
 /// Time and counters, summed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub on_cpu_ns: u64,
-    pub counters: Vec<u64>,
+    pub counters: Counters,
 }
 
 impl Usage {
-    fn add(&mut self, task: &TaskDelta) {
-        self.on_cpu_ns += task.on_cpu_ns;
-        if self.counters.len() < task.counters.len() {
-            self.counters.resize(task.counters.len(), 0);
-        }
-        for (sum, v) in self.counters.iter_mut().zip(&task.counters) {
+    fn add(&mut self, on_cpu_ns: u64, counters: &Counters) {
+        self.on_cpu_ns += on_cpu_ns;
+        for (sum, v) in self.counters.iter_mut().zip(counters) {
             *sum = sum.saturating_add(*v);
         }
     }
@@ -53,10 +50,10 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
     let mut threads: BTreeMap<(u32, u32), Group> = BTreeMap::new();
     for task in &deltas.tasks {
         if task.key.is_idle() {
-            out.idle.add(task);
+            out.idle.add(task.on_cpu_ns, &task.counters);
             continue;
         }
-        out.busy.add(task);
+        out.busy.add(task.on_cpu_ns, &task.counters);
         let thread = threads.entry((task.key.tgid, task.key.pid)).or_insert_with(|| Group {
             pid: task.key.tgid,
             tid: task.key.pid,
@@ -65,7 +62,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             members: 1,
             ..Default::default()
         });
-        thread.usage.add(task);
+        thread.usage.add(task.on_cpu_ns, &task.counters);
         thread.exited |= task.exited;
     }
 
@@ -83,8 +80,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             process.cgroup_id = thread.cgroup_id;
             process.exited = thread.exited;
         }
-        process.usage.on_cpu_ns += thread.usage.on_cpu_ns;
-        add_counters(&mut process.usage, &thread.usage);
+        process.usage.add(thread.usage.on_cpu_ns, &thread.usage.counters);
         process.members += 1;
     }
 
@@ -94,8 +90,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             cgroup_id: process.cgroup_id,
             ..Default::default()
         });
-        cgroup.usage.on_cpu_ns += process.usage.on_cpu_ns;
-        add_counters(&mut cgroup.usage, &process.usage);
+        cgroup.usage.add(process.usage.on_cpu_ns, &process.usage.counters);
         cgroup.members += 1;
     }
 
@@ -103,15 +98,6 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
     out.processes = processes.into_values().collect();
     out.cgroups = cgroups.into_values().collect();
     out
-}
-
-fn add_counters(sum: &mut Usage, part: &Usage) {
-    if sum.counters.len() < part.counters.len() {
-        sum.counters.resize(part.counters.len(), 0);
-    }
-    for (s, v) in sum.counters.iter_mut().zip(&part.counters) {
-        *s = s.saturating_add(*v);
-    }
 }
 
 #[cfg(test)]
@@ -130,7 +116,7 @@ mod tests {
             },
             cgroup_id: cg,
             on_cpu_ns: ns,
-            counters: vec![ns * 2],
+            counters: [ns * 2, 0, 0, 0],
             exited: false,
         }
     }
@@ -153,7 +139,7 @@ mod tests {
         let a = aggregate(&deltas);
         assert_eq!(a.idle.on_cpu_ns, 65);
         assert_eq!(a.busy.on_cpu_ns, 35);
-        assert_eq!(a.busy.counters, vec![70]);
+        assert_eq!(a.busy.counters, [70, 0, 0, 0]);
         assert_eq!(a.threads.len(), 3);
         assert_eq!(a.threads[0].usage.on_cpu_ns, 25, "sockets merged");
         assert_eq!(a.processes.len(), 2);

@@ -42,8 +42,9 @@ fn self_usage() -> (u64, u64) {
 impl Collector {
     pub fn start(config: &SensorConfig) -> Result<Self, SensorError> {
         let mut sensor = Sensor::start(config)?;
-        let baseline = sensor.read()?;
-        let tracker = Tracker::new(sensor.counter_names().len(), baseline);
+        let mut reading = SensorReading::default();
+        sensor.read_into(&mut reading)?;
+        let tracker = Tracker::new(sensor.counter_names().len(), &reading);
         // Without a cgroup2 mount records carry only cgroup ids; that is worth a warning, not a stop.
         let resolver = read_cgroup2_mount(&config.root).ok().map(CgroupResolver::new);
         Ok(Self {
@@ -51,7 +52,7 @@ impl Collector {
             tracker,
             resolver,
             last_cpu_ns: self_usage().0,
-            reading: SensorReading::default(),
+            reading,
         })
     }
 

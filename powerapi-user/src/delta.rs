@@ -10,6 +10,9 @@ use powerapi_common::{CounterReading, MAX_COUNTERS, SensorStats, TaskKey, TaskTo
 
 use crate::sensor::SensorReading;
 
+/// Counter values by slot. A fixed array, not a Vec: the drain path must not allocate per task.
+pub type Counters = [u64; MAX_COUNTERS];
+
 /// What one thread did on one socket during one interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskDelta {
@@ -18,8 +21,8 @@ pub struct TaskDelta {
     pub comm: [u8; 16],
     pub cgroup_id: u64,
     pub on_cpu_ns: u64,
-    /// One value per counter in use, scaled for multiplexing.
-    pub counters: Vec<u64>,
+    /// One value per counter slot, scaled for multiplexing; slots beyond those in use stay 0.
+    pub counters: Counters,
     /// The thread died during the interval; these are its last figures.
     pub exited: bool,
 }
@@ -86,15 +89,15 @@ pub struct Tracker {
 
 impl Tracker {
     /// Starts from a baseline reading, whose totals are not reported.
-    pub fn new(num_counters: usize, baseline: SensorReading) -> Self {
+    pub fn new(num_counters: usize, baseline: &SensorReading) -> Self {
         let mut tracker = Self {
             num_counters: num_counters.min(MAX_COUNTERS),
-            previous: HashMap::default(),
+            previous: HashMap::with_capacity_and_hasher(baseline.live_keys.len() * 2, Default::default()),
             previous_stats: SensorStats::default(),
             previous_ns: 0,
             readings: 0,
         };
-        tracker.advance(&baseline);
+        tracker.advance(baseline);
         tracker
     }
 
@@ -106,9 +109,10 @@ impl Tracker {
             None => now.on_cpu_ns,
         };
         let zero = CounterReading::default();
-        let counters: Vec<u64> = (0..self.num_counters)
-            .map(|slot| counter_delta(&now.counters[slot], before.map_or(&zero, |b| &b.counters[slot])))
-            .collect();
+        let mut counters = [0; MAX_COUNTERS];
+        for (slot, value) in counters.iter_mut().enumerate().take(self.num_counters) {
+            *value = counter_delta(&now.counters[slot], before.map_or(&zero, |b| &b.counters[slot]));
+        }
         if on_cpu_ns == 0 && counters.iter().all(|&c| c == 0) {
             return None;
         }
@@ -126,7 +130,7 @@ impl Tracker {
     pub fn advance(&mut self, reading: &SensorReading) -> IntervalDeltas {
         self.readings += 1;
         let generation = self.readings;
-        let mut tasks = Vec::new();
+        let mut tasks = Vec::with_capacity(reading.live_keys.len() + reading.exited.len());
         // The kernel sends an exit and then removes the entry; a read between the two sees both.
         let exited: HashSet<(TaskKey, u64)> = reading.exited.iter().map(|(k, t)| (*k, t.first_seen_ns)).collect();
         for (key, totals) in &reading.exited {
@@ -184,12 +188,12 @@ mod tests {
 
     #[test]
     fn deltas_between_readings() {
-        let mut tracker = Tracker::new(1, reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
+        let mut tracker = Tracker::new(1, &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
         let d = tracker.advance(&reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
         assert_eq!((d.start_ns, d.end_ns), (100, 200));
         assert_eq!(d.tasks.len(), 1);
         assert_eq!(d.tasks[0].on_cpu_ns, 30);
-        assert_eq!(d.tasks[0].counters, vec![300]);
+        assert_eq!(d.tasks[0].counters, [300, 0, 0, 0]);
         assert_eq!(comm_string(&d.tasks[0].comm), "burn");
         // Idle tasks that did not run are left out.
         let d = tracker.advance(&reading(300, vec![(key(7), totals(1, 80, 800))], vec![]));
@@ -198,14 +202,14 @@ mod tests {
 
     #[test]
     fn new_task_counts_from_zero_including_first_slice() {
-        let mut tracker = Tracker::new(0, reading(0, vec![], vec![]));
+        let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]));
         let d = tracker.advance(&reading(10, vec![(key(9), totals(5, 4, 0))], vec![]));
         assert_eq!(d.tasks[0].on_cpu_ns, 4);
     }
 
     #[test]
     fn exit_reported_once_even_if_also_still_in_map() {
-        let mut tracker = Tracker::new(0, reading(0, vec![(key(3), totals(1, 10, 0))], vec![]));
+        let mut tracker = Tracker::new(0, &reading(0, vec![(key(3), totals(1, 10, 0))], vec![]));
         let final_totals = totals(1, 25, 0);
         let d = tracker.advance(&reading(10, vec![(key(3), final_totals)], vec![(key(3), final_totals)]));
         assert_eq!(d.tasks.len(), 1);
@@ -216,7 +220,7 @@ mod tests {
 
     #[test]
     fn pid_reuse_neither_negative_nor_merged() {
-        let mut tracker = Tracker::new(1, reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]));
+        let mut tracker = Tracker::new(1, &reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]));
         // pid 4 died (final 1200) and a new pid 4 ran 30 ns, both within one interval.
         let d = tracker.advance(&reading(
             10,
@@ -246,7 +250,7 @@ mod tests {
     fn losses_are_per_interval() {
         let mut base = reading(0, vec![], vec![]);
         base.stats.lost_slices = 3;
-        let mut tracker = Tracker::new(0, base);
+        let mut tracker = Tracker::new(0, &base);
         let mut next = reading(10, vec![], vec![]);
         next.stats.lost_slices = 5;
         next.stats.lost_ns = 40;
