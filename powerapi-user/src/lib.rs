@@ -5,10 +5,12 @@
 //! [`collect`] strings the first stages together for every consumer.
 
 pub mod aggregate;
+pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod delta;
+pub mod energy;
 pub mod doctor;
 pub mod privilege;
 pub mod record;

@@ -1,0 +1,374 @@
+//! (task deltas, energy sample) → power per task, per domain and socket. Pure: no I/O.
+//!
+//! Per interval, domain and socket, the measured energy E splits into an idle part (idle power ×
+//! duration, capped at E) and an active part shared across the tasks that ran on that socket in
+//! proportion to a usage metric. What cannot be shared (no task ran) is `unattributed`. Always:
+//! Σ attributed + idle + unattributed = measured.
+
+use std::collections::{HashMap, VecDeque};
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    delta::IntervalDeltas,
+    energy::{Domain, DomainKey, EnergySample},
+};
+
+/// Joules per domain (indexed by [`Domain::index`]).
+pub type DomainJoules = [f64; Domain::ALL.len()];
+
+/// What the active energy of the package-like domains is shared by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// cycles when counted, else on-CPU time.
+    #[default]
+    Auto,
+    Cycles,
+    Instructions,
+    CpuTime,
+}
+
+/// Whether and how idle energy is handed to tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdlePolicy {
+    /// Report idle energy as its own row.
+    #[default]
+    None,
+    /// Share it in proportion to on-CPU time.
+    CpuTime,
+    /// Share it equally among the tasks that ran.
+    Equal,
+}
+
+/// Where an idle-power figure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleSource {
+    /// `--idle-watts`.
+    Flag,
+    /// The energy model's own coefficient.
+    Model,
+    /// 10th percentile of power over recent intervals with ≤ 20 % busy CPUs.
+    Online,
+    /// No low-activity interval seen yet: idle counted as 0 until one is.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributionConfig {
+    pub metric: Metric,
+    pub idle_policy: IdlePolicy,
+    /// Total idle power of the package domain(s), split evenly across sockets.
+    pub idle_watts: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainReport {
+    pub key: DomainKey,
+    pub measured_j: f64,
+    pub attributed_j: f64,
+    pub idle_j: f64,
+    pub unattributed_j: f64,
+    pub power_w: f64,
+    pub idle_w: f64,
+    pub idle_source: IdleSource,
+    /// The usage metric this domain was shared by (`cycles`, `cpu-time`, `llc-misses`, …).
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PowerReport {
+    pub source: String,
+    pub estimated: bool,
+    pub idle_policy: IdlePolicy,
+    pub domains: Vec<DomainReport>,
+    /// Parallel to `IntervalDeltas::tasks`.
+    pub task_joules: Vec<DomainJoules>,
+}
+
+const HISTORY: usize = 300;
+const LOW_ACTIVITY: f64 = 0.2;
+
+/// Holds the configuration and the recent (power, busy) history the online idle estimate needs.
+#[derive(Debug)]
+pub struct Attribution {
+    config: AttributionConfig,
+    history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
+}
+
+/// Which counter slot (if any) a domain is shared by, and its name.
+fn metric_for(domain: Domain, metric: Metric, counters: &[String]) -> (Option<usize>, String) {
+    let slot = |name: &str| counters.iter().position(|c| c == name);
+    let cpu_time = (None, "cpu-time".to_string());
+    match domain {
+        Domain::Psys | Domain::Gpu => cpu_time,
+        Domain::Dram if slot("llc-misses").is_some() => (slot("llc-misses"), "llc-misses".into()),
+        _ => {
+            let wanted = match metric {
+                Metric::Auto | Metric::Cycles => "cycles",
+                Metric::Instructions => "instructions",
+                Metric::CpuTime => return cpu_time,
+            };
+            match slot(wanted) {
+                Some(s) => (Some(s), wanted.to_string()),
+                None => cpu_time,
+            }
+        }
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let index = ((values.len() - 1) as f64 * p).round() as usize;
+    values.get(index).copied()
+}
+
+impl Attribution {
+    pub fn new(config: AttributionConfig) -> Self {
+        Self { config, history: HashMap::new() }
+    }
+
+    pub fn config(&self) -> &AttributionConfig {
+        &self.config
+    }
+
+    /// `cpus_by_socket`: (socket, online CPUs on it).
+    pub fn attribute(
+        &mut self,
+        deltas: &IntervalDeltas,
+        counters: &[String],
+        cpus_by_socket: &[(u32, u32)],
+        sample: &EnergySample,
+    ) -> PowerReport {
+        let seconds = deltas.duration_ns() as f64 / 1e9;
+        let mut task_joules = vec![[0.0; Domain::ALL.len()]; deltas.tasks.len()];
+        let mut domains = Vec::with_capacity(sample.domains.len());
+        let package_sockets = sample.domains.iter().filter(|(k, _)| k.domain == Domain::Package).count().max(1);
+
+        for &(key, measured_j) in &sample.domains {
+            let measured_j = measured_j.max(0.0);
+            let platform_wide = key.domain == Domain::Psys;
+            let on_socket = |socket: u32| platform_wide || socket == key.socket;
+            let (slot, metric_name) = metric_for(key.domain, self.config.metric, counters);
+            let weight = |i: usize| {
+                let t = &deltas.tasks[i];
+                slot.map_or(t.on_cpu_ns as f64, |s| t.counters[s] as f64)
+            };
+            let members: Vec<usize> =
+                (0..deltas.tasks.len()).filter(|&i| !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].key.socket)).collect();
+
+            let cpus: u32 = cpus_by_socket.iter().filter(|(s, _)| on_socket(*s)).map(|(_, n)| n).sum();
+            let busy_ns: u64 = members.iter().map(|&i| deltas.tasks[i].on_cpu_ns).sum();
+            let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
+            let busy = if capacity > 0.0 { (busy_ns as f64 / capacity).clamp(0.0, 1.0) } else { 0.0 };
+            let power_w = if seconds > 0.0 { measured_j / seconds } else { 0.0 };
+
+            let (idle_w, idle_source) = if let Some(&(_, w)) = sample.known_idle_w.iter().find(|(k, _)| *k == key) {
+                (w, IdleSource::Model)
+            } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
+                (w / package_sockets as f64, IdleSource::Flag)
+            } else {
+                let history = self.history.entry(key).or_default();
+                let mut low: Vec<f64> = history.iter().filter(|(_, b)| *b <= LOW_ACTIVITY).map(|(w, _)| *w).collect();
+                match percentile(&mut low, 0.1) {
+                    Some(w) => (w, IdleSource::Online),
+                    None => (0.0, IdleSource::None),
+                }
+            };
+            if seconds > 0.0 {
+                let history = self.history.entry(key).or_default();
+                history.push_back((power_w, busy));
+                if history.len() > HISTORY {
+                    history.pop_front();
+                }
+            }
+
+            let mut idle_j = (idle_w * seconds).clamp(0.0, measured_j);
+            let active_j = measured_j - idle_j;
+            let total_weight: f64 = members.iter().map(|&i| weight(i)).sum();
+            let mut attributed_j = 0.0;
+            let mut unattributed_j = 0.0;
+            if total_weight > 0.0 {
+                for &i in &members {
+                    let share = active_j * weight(i) / total_weight;
+                    task_joules[i][key.domain.index()] += share;
+                    attributed_j += share;
+                }
+            } else {
+                unattributed_j = active_j;
+            }
+
+            let ran: Vec<usize> = members.iter().copied().filter(|&i| deltas.tasks[i].on_cpu_ns > 0).collect();
+            let shared = match self.config.idle_policy {
+                IdlePolicy::None => false,
+                IdlePolicy::CpuTime if busy_ns > 0 => {
+                    for &i in &ran {
+                        let share = idle_j * deltas.tasks[i].on_cpu_ns as f64 / busy_ns as f64;
+                        task_joules[i][key.domain.index()] += share;
+                        attributed_j += share;
+                    }
+                    true
+                }
+                IdlePolicy::Equal if !ran.is_empty() => {
+                    let share = idle_j / ran.len() as f64;
+                    for &i in &ran {
+                        task_joules[i][key.domain.index()] += share;
+                        attributed_j += share;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if shared {
+                idle_j = 0.0;
+            }
+            // Float sums of shares drift by ulps; put the residue where the invariant wants it.
+            unattributed_j += measured_j - (attributed_j + idle_j + unattributed_j);
+
+            domains.push(DomainReport {
+                key,
+                measured_j,
+                attributed_j,
+                idle_j,
+                unattributed_j,
+                power_w,
+                idle_w,
+                idle_source,
+                metric: metric_name,
+            });
+        }
+        PowerReport { source: sample.source.clone(), estimated: sample.estimated, idle_policy: self.config.idle_policy, domains, task_joules }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use powerapi_common::{NOT_IDLE, TaskKey};
+
+    use super::*;
+    use crate::delta::TaskDelta;
+
+    fn task(pid: u32, socket: u32, on_cpu_ns: u64, cycles: u64) -> TaskDelta {
+        TaskDelta {
+            key: TaskKey { tgid: pid, pid, socket, idle_cpu: NOT_IDLE },
+            comm: [0; 16],
+            cgroup_id: 0,
+            on_cpu_ns,
+            counters: [cycles, 0, 0, 0],
+            exited: false,
+        }
+    }
+
+    fn idle(cpu: u32, ns: u64) -> TaskDelta {
+        TaskDelta { key: TaskKey { tgid: 0, pid: 0, socket: 0, idle_cpu: cpu }, ..task(0, 0, ns, 0) }
+    }
+
+    fn deltas(tasks: Vec<TaskDelta>) -> IntervalDeltas {
+        IntervalDeltas { start_ns: 0, end_ns: 1_000_000_000, tasks, losses: Default::default() }
+    }
+
+    fn pkg(socket: u32) -> DomainKey {
+        DomainKey { domain: Domain::Package, socket }
+    }
+
+    fn sample(domains: Vec<(DomainKey, f64)>) -> EnergySample {
+        EnergySample { source: "test".into(), estimated: false, domains, known_idle_w: vec![] }
+    }
+
+    fn config(metric: Metric, idle_policy: IdlePolicy, idle_watts: Option<f64>) -> AttributionConfig {
+        AttributionConfig { metric, idle_policy, idle_watts }
+    }
+
+    fn assert_conserved(report: &PowerReport) {
+        for d in &report.domains {
+            let sum = d.attributed_j + d.idle_j + d.unattributed_j;
+            assert!((sum - d.measured_j).abs() <= 1e-9 * d.measured_j.max(1.0), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn splits_active_energy_by_cycles_after_idle() {
+        let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::None, Some(10.0)));
+        let d = deltas(vec![task(1, 0, 500_000_000, 3_000), task(2, 0, 500_000_000, 1_000), idle(0, 1_000_000_000)]);
+        let r = a.attribute(&d, &["cycles".into()], &[(0, 2)], &sample(vec![(pkg(0), 30.0)]));
+        assert_conserved(&r);
+        assert_eq!(r.domains[0].metric, "cycles");
+        assert!((r.domains[0].idle_j - 10.0).abs() < 1e-9);
+        assert!((r.task_joules[0][0] - 15.0).abs() < 1e-9);
+        assert!((r.task_joules[1][0] - 5.0).abs() < 1e-9);
+        assert_eq!(r.task_joules[2][0], 0.0, "idle tasks get nothing");
+    }
+
+    #[test]
+    fn cpu_time_without_counters_and_sockets_kept_apart() {
+        let mut a = Attribution::new(config(Metric::Cycles, IdlePolicy::None, Some(0.0)));
+        let d = deltas(vec![task(1, 0, 100, 0), task(2, 1, 300, 0)]);
+        let r = a.attribute(&d, &[], &[(0, 1), (1, 1)], &sample(vec![(pkg(0), 8.0), (pkg(1), 4.0)]));
+        assert_conserved(&r);
+        assert_eq!(r.domains[0].metric, "cpu-time");
+        assert_eq!(r.task_joules[0][0], 8.0, "task on socket 0 takes only socket 0's energy");
+        assert_eq!(r.task_joules[1][0], 4.0);
+    }
+
+    #[test]
+    fn nothing_ran_means_unattributed() {
+        let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::CpuTime, Some(2.0)));
+        let r = a.attribute(&deltas(vec![idle(0, 1_000_000_000)]), &[], &[(0, 1)], &sample(vec![(pkg(0), 5.0)]));
+        assert_conserved(&r);
+        assert!((r.domains[0].idle_j - 2.0).abs() < 1e-9);
+        assert!((r.domains[0].unattributed_j - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_policies_share_idle() {
+        let d = deltas(vec![task(1, 0, 750_000_000, 0), task(2, 0, 250_000_000, 0)]);
+        let s = sample(vec![(pkg(0), 14.0)]);
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::CpuTime, Some(4.0)));
+        let r = a.attribute(&d, &[], &[(0, 1)], &s);
+        assert_conserved(&r);
+        assert_eq!(r.domains[0].idle_j, 0.0);
+        assert!((r.task_joules[0][0] - 10.5).abs() < 1e-9 && (r.task_joules[1][0] - 3.5).abs() < 1e-9);
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::Equal, Some(4.0)));
+        let r = a.attribute(&d, &[], &[(0, 1)], &s);
+        assert_conserved(&r);
+        assert!((r.task_joules[0][0] - 9.5).abs() < 1e-9 && (r.task_joules[1][0] - 4.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn dram_by_llc_misses_and_psys_by_time() {
+        let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::None, None));
+        let mut t1 = task(1, 0, 100, 10);
+        t1.counters[1] = 90;
+        let mut t2 = task(2, 0, 300, 30);
+        t2.counters[1] = 10;
+        let names = ["cycles".to_string(), "llc-misses".to_string()];
+        let dram = DomainKey { domain: Domain::Dram, socket: 0 };
+        let psys = DomainKey { domain: Domain::Psys, socket: 0 };
+        let r = a.attribute(&deltas(vec![t1, t2]), &names, &[(0, 1)], &sample(vec![(dram, 10.0), (psys, 40.0)]));
+        assert_conserved(&r);
+        assert_eq!(r.domains[0].metric, "llc-misses");
+        assert!((r.task_joules[0][Domain::Dram.index()] - 9.0).abs() < 1e-9);
+        assert_eq!(r.domains[1].metric, "cpu-time");
+        assert!((r.task_joules[1][Domain::Psys.index()] - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn online_idle_estimate_from_quiet_intervals() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
+        let r = a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
+        assert_eq!(r.domains[0].idle_source, IdleSource::None);
+        let busy = deltas(vec![task(1, 0, 900_000_000, 0)]);
+        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        assert_eq!(r.domains[0].idle_source, IdleSource::Online);
+        assert!((r.domains[0].idle_w - 6.0).abs() < 1e-9);
+        assert!((r.domains[0].attributed_j - 24.0).abs() < 1e-9);
+        assert_conserved(&r);
+    }
+}
