@@ -2,20 +2,28 @@
 
 use std::collections::BTreeMap;
 
-use crate::delta::{Counters, IntervalDeltas, TaskDelta, comm_string};
+use crate::{
+    attribution::DomainJoules,
+    delta::{Counters, IntervalDeltas, comm_string},
+};
 
-/// Time and counters, summed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Time, counters and energy, summed.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
     pub on_cpu_ns: u64,
     pub counters: Counters,
+    /// Attributed energy per domain (all zero without an energy source).
+    pub joules: DomainJoules,
 }
 
 impl Usage {
-    fn add(&mut self, on_cpu_ns: u64, counters: &Counters) {
-        self.on_cpu_ns += on_cpu_ns;
-        for (sum, v) in self.counters.iter_mut().zip(counters) {
+    fn add(&mut self, other: &Usage) {
+        self.on_cpu_ns += other.on_cpu_ns;
+        for (sum, v) in self.counters.iter_mut().zip(&other.counters) {
             *sum = sum.saturating_add(*v);
+        }
+        for (sum, v) in self.joules.iter_mut().zip(&other.joules) {
+            *sum += v;
         }
     }
 }
@@ -45,15 +53,21 @@ pub struct Aggregate {
     pub cgroups: Vec<Group>,
 }
 
-pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
+/// `task_joules` is parallel to `deltas.tasks` (from attribution), or empty without energy.
+pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggregate {
     let mut out = Aggregate::default();
     let mut threads: BTreeMap<(u32, u32), Group> = BTreeMap::new();
-    for task in &deltas.tasks {
+    for (i, task) in deltas.tasks.iter().enumerate() {
+        let usage = Usage {
+            on_cpu_ns: task.on_cpu_ns,
+            counters: task.counters,
+            joules: task_joules.get(i).copied().unwrap_or_default(),
+        };
         if task.key.is_idle() {
-            out.idle.add(task.on_cpu_ns, &task.counters);
+            out.idle.add(&usage);
             continue;
         }
-        out.busy.add(task.on_cpu_ns, &task.counters);
+        out.busy.add(&usage);
         let thread = threads.entry((task.key.tgid, task.key.pid)).or_insert_with(|| Group {
             pid: task.key.tgid,
             tid: task.key.pid,
@@ -62,7 +76,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             members: 1,
             ..Default::default()
         });
-        thread.usage.add(task.on_cpu_ns, &task.counters);
+        thread.usage.add(&usage);
         thread.exited |= task.exited;
     }
 
@@ -80,7 +94,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             process.cgroup_id = thread.cgroup_id;
             process.exited = thread.exited;
         }
-        process.usage.add(thread.usage.on_cpu_ns, &thread.usage.counters);
+        process.usage.add(&thread.usage);
         process.members += 1;
     }
 
@@ -90,7 +104,7 @@ pub fn aggregate(deltas: &IntervalDeltas) -> Aggregate {
             cgroup_id: process.cgroup_id,
             ..Default::default()
         });
-        cgroup.usage.add(process.usage.on_cpu_ns, &process.usage.counters);
+        cgroup.usage.add(&process.usage);
         cgroup.members += 1;
     }
 
@@ -105,6 +119,7 @@ mod tests {
     use powerapi_common::{NOT_IDLE, TaskKey};
 
     use super::*;
+    use crate::delta::TaskDelta;
 
     fn task(tgid: u32, pid: u32, socket: u32, idle_cpu: u32, ns: u64, cg: u64, comm: &str) -> TaskDelta {
         TaskDelta {
@@ -136,7 +151,11 @@ mod tests {
             ],
             losses: Default::default(),
         };
-        let a = aggregate(&deltas);
+        let mut joules = vec![[0.0; 6]; deltas.tasks.len()];
+        joules[0][0] = 1.5;
+        joules[2][0] = 0.5;
+        let a = aggregate(&deltas, &joules);
+        assert_eq!(a.processes[0].usage.joules[0], 2.0);
         assert_eq!(a.idle.on_cpu_ns, 65);
         assert_eq!(a.busy.on_cpu_ns, 35);
         assert_eq!(a.busy.counters, [70, 0, 0, 0]);

@@ -6,7 +6,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    attribution::{AttributionConfig, IdlePolicy, Metric},
+    collect::CollectorConfig,
     doctor,
+    energy::{ModelConfig, SourceSpec},
     record::{self, Filter, Granularity, RecordConfig},
     sensor::{self, CounterSpec, SensorConfig, default_counters},
     sink::JsonLinesSink,
@@ -57,8 +60,37 @@ pub struct SensorArgs {
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_tasks: u32,
     /// Where /sys and /proc are found (for containers that mount the host's elsewhere).
-    #[arg(long, default_value = "/")]
+    #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
     pub root: PathBuf,
+    /// Energy source: auto (perf PMU, else powercap, else MSR, else the model — said loudly),
+    /// perf, powercap, powercap-dir:PATH (a powercap-shaped tree a host writes for its guest),
+    /// msr, model (ESTIMATED from CPU utilisation), or none (CPU time only).
+    #[arg(long, default_value = "auto", value_parser = parse_source)]
+    pub energy_source: SourceSpec,
+    /// What active energy is shared by: cycles when counted, else on-CPU time.
+    #[arg(long, value_enum, default_value_t = Metric::Auto)]
+    pub metric: Metric,
+    /// Whether idle energy stays a separate row (none) or is shared by CPU time or equally.
+    #[arg(long, value_enum, default_value_t = IdlePolicy::None)]
+    pub idle_policy: IdlePolicy,
+    /// Idle power of the package domain(s) in watts (default: estimated online). For the model,
+    /// its P_idle (default 2 W per CPU).
+    #[arg(long, value_parser = parse_watts)]
+    pub idle_watts: Option<f64>,
+    /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
+    #[arg(long, value_parser = parse_watts)]
+    pub max_watts: Option<f64>,
+}
+
+fn parse_source(text: &str) -> Result<SourceSpec, String> {
+    text.parse()
+}
+
+fn parse_watts(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(w) if w.is_finite() && w >= 0.0 => Ok(w),
+        _ => Err(format!("{text:?} is not a power in watts (a number ≥ 0)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +140,20 @@ impl SensorArgs {
         Ok(SensorConfig { counters, counters_required, max_tasks: self.max_tasks, root: self.root.clone() })
     }
 
+    pub fn collector_config(&self) -> Result<CollectorConfig> {
+        if let (Some(idle), Some(max)) = (self.idle_watts, self.max_watts) {
+            if max < idle {
+                bail!("--max-watts ({max}) is below --idle-watts ({idle})");
+            }
+        }
+        Ok(CollectorConfig {
+            sensor: self.sensor_config()?,
+            energy: self.energy_source.clone(),
+            model: ModelConfig { idle_watts: self.idle_watts, max_watts: self.max_watts },
+            attribution: AttributionConfig { metric: self.metric, idle_policy: self.idle_policy, idle_watts: self.idle_watts },
+        })
+    }
+
     pub fn filter(&self) -> Filter {
         Filter { pids: self.pids.clone(), comms: self.comms.clone(), cgroups: self.cgroups.clone() }
     }
@@ -137,7 +183,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 duration: args.duration,
                 granularity: args.granularity,
                 filter: args.sensor.filter(),
-                sensor: args.sensor.sensor_config()?,
+                collector: args.sensor.collector_config()?,
             };
             let mut sink = JsonLinesSink::create(&args.output)?;
             let stop = stop_signal()?;

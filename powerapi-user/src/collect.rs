@@ -3,24 +3,52 @@
 
 use std::time::{Instant, SystemTime};
 
+use thiserror::Error;
+
 use crate::{
     aggregate::{Aggregate, aggregate},
+    attribution::{Attribution, AttributionConfig, PowerReport},
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
+    energy::{EnergyError, EnergySource, ModelConfig, SourceSpec},
     report::MeterCost,
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
+    topology::cpus_by_socket,
 };
+
+#[derive(Debug, Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+    #[error("energy source: {0}")]
+    Energy(#[from] EnergyError),
+}
+
+/// Everything a pipeline measures with: the sensor, the energy source, the attribution formula.
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    pub sensor: SensorConfig,
+    pub energy: SourceSpec,
+    pub model: ModelConfig,
+    pub attribution: AttributionConfig,
+}
 
 /// One interval, fully digested.
 #[derive(Debug)]
 pub struct Snapshot {
     pub deltas: IntervalDeltas,
     pub aggregate: Aggregate,
+    /// `None` with `--energy-source none`.
+    pub power: Option<PowerReport>,
     pub wall_end: SystemTime,
     pub meter: MeterCost,
 }
 
 pub struct Collector {
+    energy: Option<EnergySource>,
+    energy_note: Option<String>,
+    attribution: Attribution,
+    cpus_by_socket: Vec<(u32, u32)>,
     sensor: Sensor,
     tracker: Tracker,
     resolver: Option<CgroupResolver>,
@@ -40,14 +68,20 @@ fn self_usage() -> (u64, u64) {
 }
 
 impl Collector {
-    pub fn start(config: &SensorConfig) -> Result<Self, SensorError> {
-        let mut sensor = Sensor::start(config)?;
+    pub fn start(config: &CollectorConfig) -> Result<Self, CollectError> {
+        let mut sensor = Sensor::start(&config.sensor)?;
+        let (energy, energy_note) = EnergySource::open(&config.energy, &config.sensor.root, sensor.cpus(), &config.model)?;
+        let cpus_by_socket = cpus_by_socket(sensor.cpus());
         let mut reading = SensorReading::default();
         sensor.read_into(&mut reading)?;
         let tracker = Tracker::new(sensor.counter_names().len(), &reading);
         // Without a cgroup2 mount records carry only cgroup ids; that is worth a warning, not a stop.
-        let resolver = read_cgroup2_mount(&config.root).ok().map(CgroupResolver::new);
+        let resolver = read_cgroup2_mount(&config.sensor.root).ok().map(CgroupResolver::new);
         Ok(Self {
+            energy,
+            energy_note,
+            attribution: Attribution::new(config.attribution.clone()),
+            cpus_by_socket,
             sensor,
             tracker,
             resolver,
@@ -60,18 +94,45 @@ impl Collector {
         &self.sensor
     }
 
+    /// Why the energy figures are what they are (a fallback to the model), if worth saying.
+    pub fn energy_note(&self) -> Option<&str> {
+        self.energy_note.as_deref()
+    }
+
+    pub fn energy_estimated(&self) -> bool {
+        self.energy.as_ref().is_some_and(EnergySource::estimated)
+    }
+
+    pub fn attribution_config(&self) -> &AttributionConfig {
+        self.attribution.config()
+    }
+
     pub fn resolver(&self) -> Option<&CgroupResolver> {
         self.resolver.as_ref()
     }
 
     /// Closes the current interval now.
-    pub fn collect(&mut self) -> Result<Snapshot, SensorError> {
+    pub fn collect(&mut self) -> Result<Snapshot, CollectError> {
         let began = Instant::now();
         self.sensor.read_into(&mut self.reading)?;
         let wall_end = SystemTime::now();
         let deltas = self.tracker.advance(&self.reading);
         let drain_us = began.elapsed().as_micros() as u64;
-        let aggregate = aggregate(&deltas);
+        let power = match &mut self.energy {
+            Some(energy) => {
+                let mut busy_by_socket: Vec<(u32, u64)> = self.cpus_by_socket.iter().map(|(s, _)| (*s, 0)).collect();
+                for task in deltas.tasks.iter().filter(|t| !t.key.is_idle()) {
+                    if let Some((_, busy)) = busy_by_socket.iter_mut().find(|(s, _)| *s == task.key.socket) {
+                        *busy += task.on_cpu_ns;
+                    }
+                }
+                let sample = energy.sample(deltas.duration_ns(), &busy_by_socket)?;
+                let counters = self.sensor.counter_names();
+                Some(self.attribution.attribute(&deltas, &counters, &self.cpus_by_socket, &sample))
+            }
+            None => None,
+        };
+        let aggregate = aggregate(&deltas, power.as_ref().map_or(&[][..], |p| &p.task_joules));
         if let Some(resolver) = &mut self.resolver {
             resolver.learn(aggregate.processes.iter().map(|p| p.cgroup_id));
         }
@@ -82,6 +143,6 @@ impl Collector {
             peak_rss_kib,
         };
         self.last_cpu_ns = cpu_ns;
-        Ok(Snapshot { deltas, aggregate, wall_end, meter })
+        Ok(Snapshot { deltas, aggregate, power, wall_end, meter })
     }
 }

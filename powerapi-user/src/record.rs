@@ -12,19 +12,18 @@ use thiserror::Error;
 use crate::{
     aggregate::Group,
     cgroup::{CgroupResolver, parse_container, parse_systemd_unit},
-    collect::{Collector, Snapshot},
+    collect::{CollectError, Collector, CollectorConfig, Snapshot},
     report::{
         CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA, TaskRecord, ipc,
-        named_counters,
+        machine_energy, named_counters, task_energy,
     },
-    sensor::{SensorConfig, SensorError},
     sink::{Sink, SinkError},
 };
 
 #[derive(Debug, Error)]
 pub enum RecordError {
     #[error(transparent)]
-    Sensor(#[from] SensorError),
+    Collect(#[from] CollectError),
     #[error(transparent)]
     Sink(#[from] SinkError),
 }
@@ -74,7 +73,7 @@ pub struct RecordConfig {
     pub duration: Option<Duration>,
     pub granularity: Granularity,
     pub filter: Filter,
-    pub sensor: SensorConfig,
+    pub collector: CollectorConfig,
 }
 
 /// What every record of a run shares.
@@ -132,7 +131,10 @@ pub fn build_records(
             counter_read_errors: losses.counter_read_errors,
         },
         meter: snapshot.meter.clone(),
+        energy: snapshot.power.as_ref().map(machine_energy),
     })];
+    let seconds = interval.duration_ns as f64 / 1e9;
+    let energy_of = |joules: &crate::attribution::DomainJoules| snapshot.power.as_ref().map(|p| task_energy(p, joules, seconds));
     let task_record = |group: &Group, thread: bool| {
         let counters = named_counters(&run.counters, &group.usage.counters);
         TaskRecord {
@@ -149,6 +151,7 @@ pub fn build_records(
             threads: (!thread).then_some(group.members),
             cgroup: cgroup_info(resolver, group.cgroup_id),
             exited: group.exited,
+            energy: energy_of(&group.usage.joules),
         }
     };
     match granularity {
@@ -175,6 +178,7 @@ pub fn build_records(
                         cpu_percent: percent(g.usage.on_cpu_ns, interval.duration_ns),
                         counters: named_counters(&run.counters, &g.usage.counters),
                         processes: g.members,
+                        energy: energy_of(&g.usage.joules),
                         cgroup,
                     })
                 })
@@ -182,6 +186,18 @@ pub fn build_records(
         }
     }
     records
+}
+
+/// Says on stderr, once, what degrades the figures: no counters, or estimated energy.
+pub fn announce(collector: &Collector, run: &RunInfo) {
+    if let Some(reason) = &run.mode_reason {
+        eprintln!("powerapi: time-only mode (no counters): {reason}");
+    }
+    if let Some(note) = collector.energy_note() {
+        eprintln!("powerapi: {note}");
+    } else if collector.energy_estimated() {
+        eprintln!("powerapi: energy is ESTIMATED by the linear model (--energy-source model), not measured");
+    }
 }
 
 pub fn run_info(collector: &Collector) -> RunInfo {
@@ -198,11 +214,9 @@ pub fn run_info(collector: &Collector) -> RunInfo {
 /// Runs until `duration` ends or `stop` receives (or disconnects); returns how many intervals
 /// were written.
 pub fn record(config: &RecordConfig, sink: &mut dyn Sink, stop: &Receiver<()>) -> Result<u64, RecordError> {
-    let mut collector = Collector::start(&config.sensor)?;
+    let mut collector = Collector::start(&config.collector)?;
     let run = run_info(&collector);
-    if let Some(reason) = &run.mode_reason {
-        eprintln!("powerapi: time-only mode (no counters): {reason}");
-    }
+    announce(&collector, &run);
     let started = Instant::now();
     let end = config.duration.map(|d| started + d);
     let mut seq = 0;

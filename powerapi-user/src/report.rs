@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::Container;
+use crate::{
+    attribution::{DomainJoules, IdlePolicy, IdleSource, PowerReport},
+    cgroup::Container,
+    energy::Domain,
+};
 
 /// Bump on any incompatible change to a record's fields.
 pub const SCHEMA: u32 = 1;
@@ -74,6 +78,46 @@ pub struct MachineRecord {
     pub threads: u64,
     pub losses: Losses,
     pub meter: MeterCost,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<MachineEnergy>,
+}
+
+/// The machine's energy in one interval: what was measured and where it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineEnergy {
+    /// `perf`, `powercap`, `powercap-dir`, `msr` or `model`.
+    pub source: String,
+    /// True when the figures come from the model, not from RAPL.
+    pub estimated: bool,
+    pub idle_policy: IdlePolicy,
+    pub domains: Vec<DomainRecord>,
+}
+
+/// One domain on one socket: `attributed_j + idle_j + unattributed_j = measured_j`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub domain: Domain,
+    pub socket: u32,
+    pub measured_j: f64,
+    pub attributed_j: f64,
+    /// Idle energy not handed to tasks (all of it with `--idle-policy none`).
+    pub idle_j: f64,
+    /// Active energy no task could take (nothing ran on the socket).
+    pub unattributed_j: f64,
+    pub power_w: f64,
+    /// The idle power used, and where it came from.
+    pub idle_w: f64,
+    pub idle_source: IdleSource,
+    /// The usage metric the active energy was split by.
+    pub metric: String,
+}
+
+/// A task's or cgroup's share of the energy, per domain (sockets summed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEnergy {
+    pub estimated: bool,
+    pub joules: BTreeMap<Domain, f64>,
+    pub watts: BTreeMap<Domain, f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -110,6 +154,8 @@ pub struct TaskRecord {
     pub threads: Option<u32>,
     pub cgroup: CgroupInfo,
     pub exited: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<TaskEnergy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +169,8 @@ pub struct CgroupRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<BTreeMap<String, u64>>,
     pub processes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<TaskEnergy>,
 }
 
 /// One JSON line.
@@ -133,6 +181,42 @@ pub enum Record {
     Process(TaskRecord),
     Thread(TaskRecord),
     Cgroup(CgroupRecord),
+}
+
+/// The machine-level energy record of an interval.
+pub fn machine_energy(power: &PowerReport) -> MachineEnergy {
+    MachineEnergy {
+        source: power.source.clone(),
+        estimated: power.estimated,
+        idle_policy: power.idle_policy,
+        domains: power
+            .domains
+            .iter()
+            .map(|d| DomainRecord {
+                domain: d.key.domain,
+                socket: d.key.socket,
+                measured_j: d.measured_j,
+                attributed_j: d.attributed_j,
+                idle_j: d.idle_j,
+                unattributed_j: d.unattributed_j,
+                power_w: d.power_w,
+                idle_w: d.idle_w,
+                idle_source: d.idle_source,
+                metric: d.metric.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A task's (or group's) energy over `seconds`, for the domains the source measured.
+pub fn task_energy(power: &PowerReport, joules: &DomainJoules, seconds: f64) -> TaskEnergy {
+    let mut energy = TaskEnergy { estimated: power.estimated, joules: BTreeMap::new(), watts: BTreeMap::new() };
+    for d in &power.domains {
+        let j = joules[d.key.domain.index()];
+        energy.joules.insert(d.key.domain, j);
+        energy.watts.insert(d.key.domain, if seconds > 0.0 { j / seconds } else { 0.0 });
+    }
+    energy
 }
 
 /// Counter values by name; `None` in time-only mode so a missing PMU never looks like zeros.
@@ -180,10 +264,16 @@ mod tests {
             threads: Some(1),
             cgroup: CgroupInfo { id: 7, path: Some("/a".into()), ..Default::default() },
             exited: false,
+            energy: Some(TaskEnergy {
+                estimated: true,
+                joules: [(Domain::Package, 1.5)].into_iter().collect(),
+                watts: [(Domain::Package, 1.5)].into_iter().collect(),
+            }),
         });
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(line.starts_with(r#"{"type":"process","schema":1,"#), "{line}");
         assert!(line.contains(r#""ipc":2.5"#));
+        assert!(line.contains(r#""energy":{"estimated":true,"joules":{"package":1.5},"watts":{"package":1.5}}"#), "{line}");
         assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), record);
     }
 
@@ -204,6 +294,7 @@ mod tests {
             threads: None,
             cgroup: CgroupInfo::default(),
             exited: true,
+            energy: None,
         });
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(line.contains(r#""mode":"time-only""#));

@@ -63,6 +63,19 @@ pub fn read_cpus(root: &Path) -> Result<Vec<Cpu>, TopologyError> {
         .collect())
 }
 
+/// (socket, number of online CPUs on it), sorted by socket.
+pub fn cpus_by_socket(cpus: &[Cpu]) -> Vec<(u32, u32)> {
+    let mut sockets: Vec<(u32, u32)> = Vec::new();
+    for cpu in cpus {
+        match sockets.iter_mut().find(|(s, _)| *s == cpu.socket) {
+            Some((_, n)) => *n += 1,
+            None => sockets.push((cpu.socket, 1)),
+        }
+    }
+    sockets.sort();
+    sockets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +101,6 @@ mod tests {
                 Cpu { id: 3, socket: 1 }
             ]
         );
+        assert_eq!(cpus_by_socket(&cpus), vec![(0, 2), (1, 2)]);
     }
 }

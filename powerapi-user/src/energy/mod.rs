@@ -158,6 +158,8 @@ pub enum SourceSpec {
     PowercapDir(PathBuf),
     Msr,
     Model,
+    /// CPU time and counters only.
+    None,
 }
 
 impl FromStr for SourceSpec {
@@ -169,9 +171,10 @@ impl FromStr for SourceSpec {
             "powercap" => Self::Powercap,
             "msr" => Self::Msr,
             "model" => Self::Model,
+            "none" => Self::None,
             _ => match s.strip_prefix("powercap-dir:") {
                 Some(path) if !path.is_empty() => Self::PowercapDir(PathBuf::from(path)),
-                _ => return Err(format!("unknown energy source {s:?}: use auto, perf, powercap, powercap-dir:PATH, msr or model")),
+                _ => return Err(format!("unknown energy source {s:?}: use auto, perf, powercap, powercap-dir:PATH, msr, model or none")),
             },
         })
     }
@@ -191,9 +194,17 @@ pub enum EnergySource {
 }
 
 impl EnergySource {
-    /// Opens the source `spec` asks for. `Auto` falls back in order and, at the end, to the model;
-    /// the returned note says what happened so the caller can tell the user.
-    pub fn open(spec: &SourceSpec, root: &Path, cpus: &[Cpu], model: &ModelConfig) -> Result<(Self, Option<String>), EnergyError> {
+    /// Opens the source `spec` asks for (`None` for [`SourceSpec::None`]). `Auto` falls back in
+    /// order and, at the end, to the model; the returned note says so, for the user.
+    pub fn open(spec: &SourceSpec, root: &Path, cpus: &[Cpu], model: &ModelConfig) -> Result<(Option<Self>, Option<String>), EnergyError> {
+        if *spec == SourceSpec::None {
+            return Ok((None, None));
+        }
+        let (source, note) = Self::open_some(spec, root, cpus, model)?;
+        Ok((Some(source), note))
+    }
+
+    fn open_some(spec: &SourceSpec, root: &Path, cpus: &[Cpu], model: &ModelConfig) -> Result<(Self, Option<String>), EnergyError> {
         let measured = |source: Result<Box<dyn CounterSource>, EnergyError>| -> Result<Self, EnergyError> {
             Ok(Self::Measured(EnergyMeter::new(source?)?))
         };
@@ -203,7 +214,7 @@ impl EnergySource {
             SourceSpec::Powercap => Ok((measured(powercap::Powercap::open(&root.join("sys/class/powercap"), "powercap").map(|s| Box::new(s) as _))?, None)),
             SourceSpec::PowercapDir(dir) => Ok((measured(powercap::Powercap::open(dir, "powercap-dir").map(|s| Box::new(s) as _))?, None)),
             SourceSpec::Msr => Ok((measured(msr::Msr::open(root, cpus).map(|s| Box::new(s) as _))?, None)),
-            SourceSpec::Model => Ok((model_source(), None)),
+            SourceSpec::Model | SourceSpec::None => Ok((model_source(), None)),
             SourceSpec::Auto => {
                 let mut reasons = Vec::new();
                 let attempts: [(&str, Box<dyn Fn() -> Result<Box<dyn CounterSource>, EnergyError>>); 3] = [

@@ -2,7 +2,7 @@
 //! Every figure from here is an estimate and is labelled so downstream.
 
 use super::{Domain, DomainKey, EnergySample};
-use crate::topology::Cpu;
+use crate::topology::{Cpu, cpus_by_socket};
 
 /// Defaults when `--idle-watts`/`--max-watts` are not given: 2 W idle and 10 W at full load per
 /// CPU — roughly a 32-core, 320 W server (64 W idle). Coarse by nature; pass real figures.
@@ -19,14 +19,7 @@ pub struct LinearModel {
 
 impl LinearModel {
     pub fn new(cpus: &[Cpu], idle_watts: Option<f64>, max_watts: Option<f64>) -> Self {
-        let mut sockets: Vec<(u32, u32)> = Vec::new();
-        for cpu in cpus {
-            match sockets.iter_mut().find(|(s, _)| *s == cpu.socket) {
-                Some((_, n)) => *n += 1,
-                None => sockets.push((cpu.socket, 1)),
-            }
-        }
-        sockets.sort();
+        let sockets = cpus_by_socket(cpus);
         let n = cpus.len().max(1) as f64;
         let idle_watts = idle_watts.unwrap_or(DEFAULT_IDLE_WATTS_PER_CPU * n);
         let max_watts = max_watts.unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * n).max(idle_watts);
