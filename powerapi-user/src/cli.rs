@@ -1,6 +1,6 @@
 //! Command-line definitions and the glue that assembles a pipeline from them.
 
-use std::{path::PathBuf, sync::mpsc, time::Duration};
+use std::{io::Write, path::PathBuf, sync::mpsc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -11,6 +11,7 @@ use crate::{
     doctor,
     energy::{ModelConfig, SourceSpec},
     record::{self, Filter, Granularity, RecordConfig},
+    run,
     sensor::{self, CounterSpec, SensorConfig, default_counters},
     sink::JsonLinesSink,
 };
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Write per-interval, per-task measurements as JSON lines.
     Record(RecordArgs),
+    /// Run a command and report its energy, CPU time and counters, like `perf stat` for energy.
+    Run(RunArgs),
     /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
     Doctor {
         /// Where /sys and /proc are found.
@@ -108,6 +111,24 @@ pub struct RecordArgs {
     pub granularity: Granularity,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sensor: SensorArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the report to FILE instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Run CMD N times and report mean ± standard deviation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 1s, 2m)"))?;
     if d.is_zero() {
@@ -175,7 +196,7 @@ pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
 }
 
 /// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> Result<i32> {
+pub fn execute(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Record(args) => {
             let config = RecordConfig {
@@ -189,6 +210,27 @@ pub fn run(cli: Cli) -> Result<i32> {
             let stop = stop_signal()?;
             record::record(&config, &mut sink, &stop)?;
             Ok(0)
+        }
+        Command::Run(args) => {
+            let config = run::RunConfig {
+                collector: args.sensor.collector_config()?,
+                interval: args.sensor.interval,
+                repeat: args.repeat,
+                command: args.command.clone(),
+            };
+            // Open the output first: a bad path must fail before CMD runs.
+            let mut out: Box<dyn Write> = match &args.output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}; choose a writable path with -o", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout()),
+            };
+            let stop = stop_signal()?;
+            let report = run::run(&config, &stop)?;
+            let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { run::render(&report) };
+            out.write_all(text.as_bytes()).context("writing the report")?;
+            Ok(report.exit_code)
         }
         Command::Doctor { root } => {
             let checks = doctor::run_checks(&root);

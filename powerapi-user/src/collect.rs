@@ -99,6 +99,11 @@ impl Collector {
         self.energy_note.as_deref()
     }
 
+    /// `perf`, `powercap`, … or `None` without an energy source. Known after the first sample.
+    pub fn energy_source_name(&self) -> Option<String> {
+        self.energy.as_ref().map(|e| e.name().to_string())
+    }
+
     pub fn energy_estimated(&self) -> bool {
         self.energy.as_ref().is_some_and(EnergySource::estimated)
     }

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod privilege;
 pub mod record;
 pub mod report;
+pub mod run;
 pub mod sensor;
 pub mod sink;
 pub mod topology;

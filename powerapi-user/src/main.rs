@@ -1,9 +1,9 @@
 use clap::Parser;
-use powerapi::cli::{Cli, run};
+use powerapi::cli::{Cli, execute};
 
 fn main() {
     let cli = Cli::parse();
-    match run(cli) {
+    match execute(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("powerapi: error: {e:#}");

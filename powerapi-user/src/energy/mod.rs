@@ -216,7 +216,7 @@ impl EnergySource {
             SourceSpec::Msr => Ok((measured(msr::Msr::open(root, cpus).map(|s| Box::new(s) as _))?, None)),
             SourceSpec::Model | SourceSpec::None => Ok((model_source(), None)),
             SourceSpec::Auto => {
-                let mut reasons = Vec::new();
+                let mut reasons: Vec<String> = Vec::new();
                 let attempts: [(&str, Box<dyn Fn() -> Result<Box<dyn CounterSource>, EnergyError>>); 3] = [
                     ("perf", Box::new(|| perf_pmu::PerfPmu::open(root, cpus).map(|s| Box::new(s) as _))),
                     ("powercap", Box::new(|| powercap::Powercap::open(&root.join("sys/class/powercap"), "powercap").map(|s| Box::new(s) as _))),
@@ -225,15 +225,15 @@ impl EnergySource {
                 for (name, attempt) in attempts {
                     match measured(attempt()) {
                         Ok(source) => return Ok((source, None)),
+                        // Absent is the normal VM case; present but failing is worth saying.
+                        Err(EnergyError::Unavailable(_)) => {}
                         Err(e) => reasons.push(format!("{name}: {e}")),
                     }
                 }
+                let why = if reasons.is_empty() { "none here".to_string() } else { reasons.join("; ") };
                 Ok((
                     model_source(),
-                    Some(format!(
-                        "no RAPL energy source ({}); figures are ESTIMATED from CPU utilisation (--energy-source model)",
-                        reasons.join("; ")
-                    )),
+                    Some(format!("no usable RAPL energy source ({why}): energy is ESTIMATED from CPU utilisation (--energy-source model)")),
                 ))
             }
         }
@@ -249,6 +249,13 @@ impl EnergySource {
 
     pub fn estimated(&self) -> bool {
         matches!(self, Self::Model(_))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Measured(meter) => meter.source.name(),
+            Self::Model(_) => "model",
+        }
     }
 }
 

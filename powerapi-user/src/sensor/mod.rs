@@ -200,7 +200,12 @@ impl Sensor {
                     Ok(fd) => counter_fds.push(fd),
                     Err(e) if config.counters_required => return Err(e.into()),
                     Err(e) => {
-                        time_only_reason = Some(e.to_string());
+                        time_only_reason = Some(match &e {
+                            CounterError::Unsupported { name, source, .. } => {
+                                format!("no {name} counter on this CPU ({source}); VMs often have no PMU")
+                            }
+                            CounterError::Denied { .. } => e.to_string(),
+                        });
                         counter_fds.clear();
                         counters.clear();
                         break 'open;

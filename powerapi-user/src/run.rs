@@ -1,0 +1,355 @@
+//! `powerapi run -- CMD`: `perf stat` for energy. CMD runs in a cgroup of its own, so every
+//! descendant — however short-lived — is counted, and its share of each domain's energy is
+//! summed until it exits.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    attribution::DomainJoules,
+    cgroup::read_cgroup2_mount,
+    collect::{CollectError, Collector, CollectorConfig},
+    energy::Domain,
+    record::{announce, run_info},
+};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    #[error("powerapi run follows CMD through a cgroup v2 of its own and cannot create one ({path}: {source}); mount cgroup2 read-write or run as root")]
+    Cgroup { path: String, source: std::io::Error },
+    #[error("cannot start {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub collector: CollectorConfig,
+    pub interval: Duration,
+    pub repeat: u32,
+    pub command: Vec<String>,
+}
+
+/// One execution of CMD.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunMeasurement {
+    pub exit_code: i32,
+    pub duration_s: f64,
+    pub cpu_time_s: f64,
+    pub counters: BTreeMap<String, u64>,
+    /// CMD's energy per domain, joules.
+    pub joules: BTreeMap<Domain, f64>,
+    /// The whole machine's measured energy per domain over the same time.
+    pub machine_joules: BTreeMap<Domain, f64>,
+}
+
+/// Mean and sample standard deviation over the repetitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub stddev: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Self {
+        let n = values.len() as f64;
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mean = values.iter().sum::<f64>() / n;
+        let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Self { mean, stddev: var.sqrt() }
+    }
+}
+
+/// What `powerapi run --json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub command: Vec<String>,
+    pub exit_code: i32,
+    pub source: Option<String>,
+    /// True when energy comes from the model (no RAPL): every joule here is an estimate.
+    pub estimated: bool,
+    pub mode: String,
+    pub runs: Vec<RunMeasurement>,
+    pub duration_s: Stat,
+    pub cpu_time_s: Stat,
+    pub joules: BTreeMap<Domain, Stat>,
+    pub watts: BTreeMap<Domain, Stat>,
+    /// CMD's share of the machine's energy per domain (mean over runs, 0–1).
+    pub share: BTreeMap<Domain, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<f64>,
+}
+
+/// Summarises the repetitions. Pure.
+pub fn summarise(command: &[String], runs: Vec<RunMeasurement>, source: Option<String>, estimated: bool, mode: &str) -> RunReport {
+    let stat = |f: &dyn Fn(&RunMeasurement) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let domains: Vec<Domain> = runs.iter().flat_map(|r| r.joules.keys().copied()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let mut joules = BTreeMap::new();
+    let mut watts = BTreeMap::new();
+    let mut share = BTreeMap::new();
+    for d in domains {
+        joules.insert(d, stat(&|r| r.joules.get(&d).copied().unwrap_or(0.0)));
+        watts.insert(d, stat(&|r| if r.duration_s > 0.0 { r.joules.get(&d).copied().unwrap_or(0.0) / r.duration_s } else { 0.0 }));
+        share.insert(d, stat(&|r| match r.machine_joules.get(&d) { Some(&m) if m > 0.0 => r.joules.get(&d).copied().unwrap_or(0.0) / m, _ => 0.0 }).mean);
+    }
+    let cycles: u64 = runs.iter().filter_map(|r| r.counters.get("cycles")).sum();
+    let instructions: u64 = runs.iter().filter_map(|r| r.counters.get("instructions")).sum();
+    RunReport {
+        command: command.to_vec(),
+        exit_code: runs.iter().map(|r| r.exit_code).find(|&c| c != 0).unwrap_or(0),
+        source,
+        estimated,
+        mode: mode.to_string(),
+        duration_s: stat(&|r| r.duration_s),
+        cpu_time_s: stat(&|r| r.cpu_time_s),
+        joules,
+        watts,
+        share,
+        ipc: (cycles > 0 && instructions > 0).then(|| instructions as f64 / cycles as f64),
+        runs,
+    }
+}
+
+fn plus_minus(stat: &Stat, n: usize, unit: &str, precision: usize) -> String {
+    if n > 1 {
+        let rel = if stat.mean != 0.0 { stat.stddev / stat.mean * 100.0 } else { 0.0 };
+        format!("{:>10.precision$} {unit:<2} ± {:.precision$} ({rel:.1}%)", stat.mean, stat.stddev)
+    } else {
+        format!("{:>10.precision$} {unit}", stat.mean)
+    }
+}
+
+/// The human-readable report. Pure.
+pub fn render(report: &RunReport) -> String {
+    let n = report.runs.len();
+    let mut out = String::new();
+    let runs = if n > 1 { format!(" ({n} runs)") } else { String::new() };
+    out.push_str(&format!("\n powerapi run '{}'{runs}:\n\n", report.command.join(" ")));
+    out.push_str(&format!("   {:<20}{}\n", "duration", plus_minus(&report.duration_s, n, "s", 3)));
+    out.push_str(&format!("   {:<20}{}\n", "cpu time", plus_minus(&report.cpu_time_s, n, "s", 3)));
+    let mut total_cycles = 0;
+    for run in &report.runs {
+        total_cycles += run.counters.get("cycles").copied().unwrap_or(0);
+    }
+    if let Some(first) = report.runs.first() {
+        for name in first.counters.keys() {
+            let stat = Stat::of(&report.runs.iter().map(|r| r.counters.get(name).copied().unwrap_or(0) as f64).collect::<Vec<_>>());
+            out.push_str(&format!("   {:<20}{}\n", name, plus_minus(&stat, n, "", 0)));
+        }
+    }
+    if let Some(ipc) = report.ipc.filter(|_| total_cycles > 0) {
+        out.push_str(&format!("   {:<20}{ipc:>10.2}\n", "IPC"));
+    }
+    for (domain, joules) in &report.joules {
+        let watts = &report.watts[domain];
+        let share = report.share.get(domain).copied().unwrap_or(0.0) * 100.0;
+        out.push_str(&format!(
+            "   {:<20}{}   {}   {share:5.1}% of machine\n",
+            format!("energy {domain}"),
+            plus_minus(joules, n, "J", 3),
+            plus_minus(watts, n, "W", 2).trim_start()
+        ));
+    }
+    let how = match (&report.source, report.estimated) {
+        (None, _) => "no energy source (--energy-source none): CPU time only".to_string(),
+        (Some(_), true) => "energy ESTIMATED by the linear model (no RAPL here): compare runs, do not quote watts".to_string(),
+        (Some(source), false) => format!("energy measured by RAPL ({source})"),
+    };
+    out.push_str(&format!("\n   {how}; counters: {}\n", report.mode));
+    if report.exit_code != 0 {
+        out.push_str(&format!("   command exited with {}\n", report.exit_code));
+    }
+    out
+}
+
+/// A cgroup made for one execution; removed on drop when empty.
+struct RunCgroup {
+    dir: PathBuf,
+    procs: CString,
+    id: u64,
+}
+
+impl RunCgroup {
+    fn create(mount: &Path, n: u32) -> Result<Self, RunError> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = mount.join(format!("powerapi-run-{}-{n}", std::process::id()));
+        let err = |source| RunError::Cgroup { path: dir.display().to_string(), source };
+        fs::create_dir(&dir).map_err(err)?;
+        let id = fs::metadata(&dir).map_err(err)?.ino();
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes().to_vec())
+            .map_err(|_| err(std::io::Error::other("path contains NUL")))?;
+        Ok(Self { dir, procs, id })
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if fs::remove_dir(&self.dir).is_err() {
+            eprintln!("powerapi: {} still has processes (CMD left descendants running); remove it when they end", self.dir.display());
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)
+}
+
+fn measure_once(collector: &mut Collector, config: &RunConfig, mount: &Path, n: u32, stop: &Receiver<()>) -> Result<RunMeasurement, RunError> {
+    let cgroup = RunCgroup::create(mount, n)?;
+    let mut command = Command::new(&config.command[0]);
+    command.args(&config.command[1..]);
+    let procs = cgroup.procs.clone();
+    // SAFETY: the closure only calls async-signal-safe syscalls (open, write, close) on data
+    // prepared before fork; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    collector.collect()?; // start from a clean interval boundary
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(|source| RunError::Spawn { command: config.command[0].clone(), source })?;
+    let child_pid = child.id() as i32;
+    let (done_tx, done_rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = done_tx.send(());
+        status
+    });
+
+    let mut measurement = RunMeasurement::default();
+    loop {
+        match done_rx.recv_timeout(config.interval) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => accumulate(collector, cgroup.id, &mut measurement)?,
+        }
+        // Ctrl-C reaches CMD through the terminal; SIGTERM sent to powerapi alone is passed on.
+        if stop.try_recv().is_ok() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child_pid, libc::SIGTERM) };
+        }
+    }
+    measurement.duration_s = started.elapsed().as_secs_f64();
+    accumulate(collector, cgroup.id, &mut measurement)?;
+    for domain in measurement.machine_joules.keys() {
+        measurement.joules.entry(*domain).or_default();
+    }
+    let status = waiter.join().map_err(|_| RunError::Spawn { command: config.command[0].clone(), source: std::io::Error::other("waiter thread panicked") })?;
+    measurement.exit_code = status.map(exit_code).unwrap_or(1);
+    Ok(measurement)
+}
+
+/// Closes an interval and adds CMD's cgroup's share of it to `m`.
+fn accumulate(collector: &mut Collector, cgroup_id: u64, m: &mut RunMeasurement) -> Result<(), RunError> {
+    let snapshot = collector.collect()?;
+    let counters = collector.sensor().counter_names();
+    for name in &counters {
+        m.counters.entry(name.clone()).or_default();
+    }
+    let group = snapshot.aggregate.cgroups.iter().find(|g| g.cgroup_id == cgroup_id);
+    if let Some(group) = group {
+        m.cpu_time_s += group.usage.on_cpu_ns as f64 / 1e9;
+        for (name, value) in counters.iter().zip(group.usage.counters) {
+            *m.counters.entry(name.clone()).or_default() += value;
+        }
+    }
+    if let Some(power) = &snapshot.power {
+        for d in &power.domains {
+            *m.machine_joules.entry(d.key.domain).or_default() += d.measured_j;
+        }
+        if let Some(group) = group {
+            add_joules(&mut m.joules, &group.usage.joules, power.domains.iter().map(|d| d.key.domain));
+        }
+    }
+    Ok(())
+}
+
+/// Adds each domain once (a domain measured on several sockets is summed in `joules` already).
+fn add_joules(total: &mut BTreeMap<Domain, f64>, joules: &DomainJoules, domains: impl Iterator<Item = Domain>) {
+    let mut seen = Vec::new();
+    for domain in domains {
+        if !seen.contains(&domain) {
+            seen.push(domain);
+            *total.entry(domain).or_default() += joules[domain.index()];
+        }
+    }
+}
+
+/// Runs CMD `repeat` times and reports; the caller exits with `report.exit_code`.
+pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunError> {
+    let mount = read_cgroup2_mount(&config.collector.sensor.root).map_err(|e| RunError::Cgroup { path: "cgroup2".into(), source: std::io::Error::other(e.to_string()) })?;
+    let mut collector = Collector::start(&config.collector)?;
+    let info = run_info(&collector);
+    announce(&collector, &info);
+    let mut runs = Vec::new();
+    for n in 0..config.repeat.max(1) {
+        runs.push(measure_once(&mut collector, config, &mount, n, stop)?);
+    }
+    let source = collector.energy_source_name();
+    let mode = if info.counters.is_empty() { "time-only".to_string() } else { info.counters.join(",") };
+    Ok(summarise(&config.command, runs, source, collector.energy_estimated(), &mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(j: f64, machine: f64, secs: f64) -> RunMeasurement {
+        RunMeasurement {
+            exit_code: 0,
+            duration_s: secs,
+            cpu_time_s: secs,
+            counters: BTreeMap::new(),
+            joules: [(Domain::Package, j)].into_iter().collect(),
+            machine_joules: [(Domain::Package, machine)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn mean_and_stddev() {
+        let s = Stat::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(s.mean, 5.0);
+        assert!((s.stddev - 2.138089935299395).abs() < 1e-12);
+        assert_eq!(Stat::of(&[3.0]).stddev, 0.0);
+    }
+
+    #[test]
+    fn summary_and_render() {
+        let cmd = vec!["make".to_string(), "-j2".to_string()];
+        let report = summarise(&cmd, vec![measurement(10.0, 40.0, 2.0), measurement(12.0, 40.0, 2.0)], Some("powercap".into()), false, "time-only");
+        assert_eq!(report.joules[&Domain::Package].mean, 11.0);
+        assert_eq!(report.watts[&Domain::Package].mean, 5.5);
+        assert!((report.share[&Domain::Package] - 0.275).abs() < 1e-12);
+        let text = render(&report);
+        assert!(text.contains("energy package"), "{text}");
+        assert!(text.contains("± 1.414"), "{text}");
+        assert!(text.contains("measured by RAPL (powercap)"));
+        let estimated = render(&summarise(&cmd, vec![measurement(1.0, 2.0, 1.0)], Some("model".into()), true, "time-only"));
+        assert!(estimated.contains("ESTIMATED"), "{estimated}");
+        let json = serde_json::to_string(&report).expect("json");
+        assert_eq!(serde_json::from_str::<RunReport>(&json).expect("parse"), report);
+    }
+}
