@@ -1,6 +1,7 @@
 //! Load generator for the end-to-end tests: known amounts of CPU work, with ground truth printed.
 //!
-//! - `burn SECONDS [CPU]`: busy-loop for SECONDS of wall time (pinned to CPU when given).
+//! - `burn SECONDS [CPU]`: busy-loop for SECONDS of wall time (pinned to CPU when given), then
+//!   print `cpu_ns=N`, its own CPU time.
 //! - `storm COUNT MS`: fork COUNT children one after another, each burning MS of CPU, then print
 //!   the children's pids and their summed CPU time (RUSAGE_CHILDREN) as JSON.
 //! - `threads COUNT SECONDS`: COUNT threads busy for SECONDS.
@@ -50,6 +51,7 @@ fn main() {
                 pin(cpu as usize);
             }
             spin_wall(Duration::from_secs_f64(arg(2).unwrap_or(3.0)));
+            println!("cpu_ns={}", thread_cpu_ns());
         }
         Some("threads") => {
             let count = arg(2).unwrap_or(2.0) as usize;
