@@ -14,6 +14,7 @@ use crate::{
     run,
     sensor::{self, CounterSpec, SensorConfig, default_counters},
     sink::JsonLinesSink,
+    tui,
 };
 
 #[derive(Debug, Parser)]
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Write per-interval, per-task measurements as JSON lines.
     Record(RecordArgs),
+    /// Live view of watts per process, thread, cgroup/container, command or user.
+    Top(TopArgs),
     /// Run a command and report its energy, CPU time and counters, like `perf stat` for energy.
     Run(RunArgs),
     /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
@@ -109,6 +112,15 @@ pub struct RecordArgs {
     /// One record per process (default), per thread, or per cgroup.
     #[arg(long, value_enum, default_value_t = Granularity::Process)]
     pub granularity: Granularity,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub sensor: SensorArgs,
+    /// Also write the JSON-lines trace (as `record` does) while watching.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +221,17 @@ pub fn execute(cli: Cli) -> Result<i32> {
             let mut sink = JsonLinesSink::create(&args.output)?;
             let stop = stop_signal()?;
             record::record(&config, &mut sink, &stop)?;
+            Ok(0)
+        }
+        Command::Top(args) => {
+            let config = tui::TopConfig {
+                collector: args.sensor.collector_config()?,
+                interval: args.sensor.interval,
+                filter: args.sensor.filter(),
+                record: args.record.clone(),
+            };
+            let stop = stop_signal()?;
+            tui::run_top(&config, &stop)?;
             Ok(0)
         }
         Command::Run(args) => {

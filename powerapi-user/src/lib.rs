@@ -19,3 +19,4 @@ pub mod run;
 pub mod sensor;
 pub mod sink;
 pub mod topology;
+pub mod tui;

@@ -109,7 +109,6 @@ pub fn build_records(
     filter: &Filter,
 ) -> Vec<Record> {
     let agg = &snapshot.aggregate;
-    let losses = &snapshot.deltas.losses;
     let mut records = vec![Record::Machine(MachineRecord {
         schema: SCHEMA,
         interval: interval.clone(),
@@ -123,13 +122,7 @@ pub fn build_records(
         counter_totals: named_counters(&run.counters, &agg.busy.counters),
         processes: agg.processes.len() as u64,
         threads: agg.threads.len() as u64,
-        losses: Losses {
-            lost_slices: losses.lost_slices,
-            lost_ns: losses.lost_ns,
-            exit_overflow: losses.exit_overflow,
-            overwritten_dead: losses.overwritten_dead,
-            counter_read_errors: losses.counter_read_errors,
-        },
+        losses: Losses::from(&snapshot.deltas.losses),
         meter: snapshot.meter.clone(),
         energy: snapshot.power.as_ref().map(machine_energy),
     })];

@@ -47,6 +47,18 @@ pub struct Losses {
     pub counter_read_errors: u64,
 }
 
+impl From<&powerapi_common::SensorStats> for Losses {
+    fn from(s: &powerapi_common::SensorStats) -> Self {
+        Self {
+            lost_slices: s.lost_slices,
+            lost_ns: s.lost_ns,
+            exit_overflow: s.exit_overflow,
+            overwritten_dead: s.overwritten_dead,
+            counter_read_errors: s.counter_read_errors,
+        }
+    }
+}
+
 /// What running the meter itself cost during the interval.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeterCost {

@@ -52,6 +52,18 @@ impl fmt::Display for Domain {
     }
 }
 
+/// The domains whose sum is "the power" of a task in one number (the `W` of `top`): package plus
+/// DRAM, which do not overlap; else psys; else whatever was measured.
+pub fn headline_domains(measured: &[Domain]) -> Vec<Domain> {
+    if measured.contains(&Domain::Package) {
+        [Domain::Package, Domain::Dram].into_iter().filter(|d| measured.contains(d)).collect()
+    } else if measured.contains(&Domain::Psys) {
+        vec![Domain::Psys]
+    } else {
+        measured.to_vec()
+    }
+}
+
 /// Where an energy figure comes from: a domain on a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DomainKey {
@@ -262,6 +274,13 @@ impl EnergySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headline() {
+        assert_eq!(headline_domains(&[Domain::Psys, Domain::Dram, Domain::Package, Domain::Core]), vec![Domain::Package, Domain::Dram]);
+        assert_eq!(headline_domains(&[Domain::Psys]), vec![Domain::Psys]);
+        assert_eq!(headline_domains(&[Domain::Core]), vec![Domain::Core]);
+    }
 
     #[test]
     fn wraparound() {

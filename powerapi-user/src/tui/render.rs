@@ -1,0 +1,377 @@
+//! Drawing: a pure function of the app state (which holds the snapshot on screen).
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap},
+};
+
+use super::state::{App, Column};
+use crate::attribution::IdleSource;
+
+/// Colours that read on light and dark terminals (the 8 ANSI colours, no backgrounds but the
+/// badge), or none at all under NO_COLOR.
+struct Palette {
+    title: Style,
+    badge: Style,
+    warn: Style,
+    dim: Style,
+    selected: Style,
+    header: Style,
+}
+
+impl Palette {
+    fn new(no_color: bool) -> Self {
+        if no_color {
+            let bold = Style::default().add_modifier(Modifier::BOLD);
+            return Self { title: bold, badge: bold.add_modifier(Modifier::REVERSED), warn: bold, dim: Style::default(), selected: Style::default().add_modifier(Modifier::REVERSED), header: bold };
+        }
+        Self {
+            title: Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+            badge: Style::default().fg(Color::Black).bg(Color::Yellow).add_modifier(Modifier::BOLD),
+            warn: Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            dim: Style::default().add_modifier(Modifier::DIM),
+            selected: Style::default().add_modifier(Modifier::REVERSED),
+            header: Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+        }
+    }
+}
+
+fn watts(w: f64) -> String {
+    if w >= 100.0 { format!("{w:.0}") } else if w >= 10.0 { format!("{w:.1}") } else { format!("{w:.2}") }
+}
+
+fn joules(j: f64) -> String {
+    if j >= 1e6 { format!("{:.1}M", j / 1e6) } else if j >= 1e4 { format!("{:.1}k", j / 1e3) } else { format!("{j:.1}") }
+}
+
+fn si(v: f64) -> String {
+    if v >= 1e9 { format!("{:.2}G", v / 1e9) } else if v >= 1e6 { format!("{:.1}M", v / 1e6) } else if v >= 1e3 { format!("{:.1}k", v / 1e3) } else { format!("{v:.0}") }
+}
+
+fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let Some(s) = &app.shown else {
+        lines.push(Line::from(Span::styled("powerapi top · waiting for the first interval…", p.title)));
+        return lines;
+    };
+    let metric = s.energy.as_ref().and_then(|e| e.domains.first()).map_or("-".to_string(), |d| d.metric.clone());
+    let mut first = vec![Span::styled("powerapi top ", p.title)];
+    // Badges first, so that a narrow terminal never cuts them off.
+    if s.energy.as_ref().is_some_and(|e| e.estimated) {
+        first.push(Span::styled(" ESTIMATED ", p.badge));
+        first.push(Span::raw(" "));
+    }
+    if app.paused {
+        first.push(Span::styled(" PAUSED ", p.badge));
+        first.push(Span::raw(" "));
+    }
+    match &s.energy {
+        Some(e) => first.push(Span::raw(format!("{} · metric {metric}", e.source))),
+        None => first.push(Span::raw("no energy source (CPU only)")),
+    }
+    first.push(Span::raw(format!(" · {} CPUs · {:.1}s · meter {:.1}% CPU", s.cpus, s.duration_s, s.meter_cpu_percent)));
+    lines.push(Line::from(first));
+    if let Some(e) = &s.energy {
+        lines.push(Line::from(vec![
+            Span::styled(format!("total {} W", watts(e.total_w)), p.title),
+            Span::raw(format!("  idle est. {} W  · {} J since start", watts(e.idle_w), joules(app.machine_joules))),
+        ]));
+        let seconds = s.duration_s.max(1e-9);
+        let shown = 3;
+        for d in e.domains.iter().take(shown) {
+            let idle_source = match d.idle_source {
+                IdleSource::Flag => "flag",
+                IdleSource::Model => "model",
+                IdleSource::Online => "online",
+                IdleSource::None => "none yet",
+            };
+            lines.push(Line::from(format!(
+                "  {:<7} s{} {:>6} W  attributed {:>6}  idle {:>6} ({idle_source})  unattr. {:>5}",
+                d.domain.name(),
+                d.socket,
+                watts(d.power_w),
+                watts(d.attributed_j / seconds),
+                watts(d.idle_j / seconds),
+                watts(d.unattributed_j / seconds),
+            )));
+        }
+        if e.domains.len() > shown {
+            lines.push(Line::from(Span::styled(format!("  … {} more domains", e.domains.len() - shown), p.dim)));
+        }
+    }
+    let l = &s.losses;
+    if l.lost_slices + l.exit_overflow + l.overwritten_dead + l.counter_read_errors > 0 {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "dropped: {} slices ({:.1} ms) · exit overflow {} · overwritten {} · counter errors {}",
+                l.lost_slices,
+                l.lost_ns as f64 / 1e6,
+                l.exit_overflow,
+                l.overwritten_dead,
+                l.counter_read_errors
+            ),
+            p.warn,
+        )));
+    }
+    lines
+}
+
+fn cell(app: &App, column: Column, r: &super::state::ViewRow) -> String {
+    match column {
+        Column::Id => r.id.clone(),
+        Column::User => r.user.clone(),
+        Column::Command => r.command.clone(),
+        Column::Watts => if app.shown.as_ref().is_some_and(|s| s.energy.is_some()) { watts(r.watts) } else { "-".into() },
+        Column::Joules => joules(r.joules_total),
+        Column::Cpu => format!("{:.1}", r.cpu_percent),
+        Column::CyclesPerSec => r.cycles_per_s.map_or("-".into(), si),
+        Column::Ipc => r.ipc.map_or("-".into(), |v| format!("{v:.2}")),
+        Column::Cgroup => r.cgroup.clone(),
+    }
+}
+
+fn width(column: Column) -> Constraint {
+    match column {
+        Column::Id => Constraint::Length(7),
+        Column::User => Constraint::Length(8),
+        Column::Command => Constraint::Min(12),
+        Column::Watts => Constraint::Length(7),
+        Column::Joules => Constraint::Length(8),
+        Column::Cpu => Constraint::Length(6),
+        Column::CyclesPerSec => Constraint::Length(8),
+        Column::Ipc => Constraint::Length(5),
+        Column::Cgroup => Constraint::Min(10),
+    }
+}
+
+fn history_u64(values: impl Iterator<Item = f64>) -> Vec<u64> {
+    values.map(|w| (w * 100.0).max(0.0) as u64).collect()
+}
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let p = Palette::new(app.no_color);
+    let area = frame.area();
+    let header = header_lines(app, &p);
+    let [top, charts, table_area, footer] = Layout::vertical([
+        Constraint::Length(header.len() as u16),
+        Constraint::Length(if area.height >= 20 { 4 } else { 0 }),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    frame.render_widget(Paragraph::new(header), top);
+
+    if charts.height > 0 {
+        let [left, right] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+        let total = history_u64(app.total_history.iter().copied());
+        let title = app.total_history.back().map_or("total power".to_string(), |w| format!("total {} W, last {} s", watts(*w), (app.total_history.len() as f64 * app.interval_s).round()));
+        frame.render_widget(Sparkline::default().block(Block::default().borders(Borders::TOP).title(title)).data(&total), left);
+        let rows = app.rows();
+        let selected = rows.get(app.selected);
+        let history = app.selected_history().map(|h| history_u64(h.iter().copied())).unwrap_or_default();
+        let title = selected.map_or("selected: none".to_string(), |r| format!("{} {} W", r.command, watts(r.watts)));
+        frame.render_widget(Sparkline::default().block(Block::default().borders(Borders::TOP).title(title)).data(&history), right);
+    }
+
+    let columns = app.columns();
+    let header_row = Row::new(columns.iter().map(|c| {
+        let mut name = c.header(app.group_by).to_string();
+        if *c == app.sort {
+            name.push(if app.descending { '▼' } else { '▲' });
+        }
+        Cell::from(name)
+    }))
+    .style(p.header);
+    let rows = app.rows();
+    let table_rows: Vec<Row> = rows.iter().map(|r| Row::new(columns.iter().map(|c| Cell::from(cell(app, *c, r))))).collect();
+    let empty = table_rows.is_empty();
+    let table = Table::new(table_rows, columns.iter().map(|c| width(*c)))
+        .header(header_row)
+        .row_highlight_style(p.selected)
+        .block(Block::default().borders(Borders::TOP).title(format!(" by {} · {} rows ", app.group_by.label(), rows.len())));
+    let mut state = TableState::default().with_selected((!empty).then_some(app.selected));
+    frame.render_stateful_widget(table, table_area, &mut state);
+    if empty {
+        let message = if app.filter.is_empty() { "no task ran in this interval" } else { "no row matches the filter" };
+        let inner = Rect { y: table_area.y + 2, height: 1, ..table_area };
+        frame.render_widget(Paragraph::new(Span::styled(message, p.dim)), inner);
+    }
+
+    let footer_line = if app.editing_filter {
+        Line::from(vec![Span::styled("/ filter: ", p.title), Span::raw(format!("{}▏", app.filter)), Span::styled("  (Enter keeps, Esc clears)", p.dim)])
+    } else {
+        let mut spans = Vec::new();
+        if !app.filter.is_empty() {
+            spans.push(Span::styled(format!("filter: {} ", app.filter), p.badge));
+            spans.push(Span::raw(" "));
+        }
+        spans.push(Span::styled(format!("q quit  ↑↓ move  </> sort  I invert  / filter  g group ({})  p pause  r reset  h help", app.group_by.label()), p.dim));
+        Line::from(spans)
+    };
+    frame.render_widget(Paragraph::new(footer_line), footer);
+
+    if app.help {
+        draw_help(frame, area, &p);
+    }
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("q  Esc  Ctrl-C", "quit (Esc clears an active filter first)"),
+    ("↑ ↓  PgUp PgDn  Home End", "move the selection"),
+    ("<  >  F6", "previous / next sort column"),
+    ("I", "invert the sort order"),
+    ("/", "filter by text; Enter keeps it, Esc clears it"),
+    ("g", "group by process → thread → cgroup/container → command → user"),
+    ("p", "pause the screen (measuring goes on)"),
+    ("r", "reset the joules since start"),
+    ("h  ?", "this help"),
+];
+
+fn draw_help(frame: &mut Frame, area: Rect, p: &Palette) {
+    let width = area.width.min(76);
+    let height = (HELP.len() as u16 + 6).min(area.height);
+    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
+    let mut lines: Vec<Line> = HELP.iter().map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<26}"), p.title), Span::raw(*v)])).collect();
+    lines.push(Line::from(""));
+    lines.push(Line::from(Span::styled("W: package + DRAM power of the interval; J: energy since start or r", p.dim)));
+    frame.render_widget(Clear, popup);
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" help ")), popup);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+    use crate::{
+        energy::Domain,
+        report::DomainRecord,
+        tui::state::{Action, GroupBy, tests::snapshot},
+    };
+
+    fn screen(app: &App, w: u16, h: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+        terminal.draw(|f| draw(f, app)).expect("draw");
+        let buffer = terminal.backend().buffer().clone();
+        (0..h).map(|y| (0..w).map(|x| buffer[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+    }
+
+    fn app_with(counters: bool) -> App {
+        let mut app = App::new(1.0, true);
+        let mut s = snapshot(counters);
+        if let Some(e) = s.energy.as_mut() {
+            e.domains.push(DomainRecord {
+                domain: Domain::Package,
+                socket: 0,
+                measured_j: 30.0,
+                attributed_j: 20.0,
+                idle_j: 10.0,
+                unattributed_j: 0.0,
+                power_w: 30.0,
+                idle_w: 10.0,
+                idle_source: IdleSource::Online,
+                metric: "cycles".into(),
+            });
+        }
+        app.ingest(Arc::new(s));
+        app
+    }
+
+    #[test]
+    fn normal_view() {
+        let app = app_with(true);
+        let text = screen(&app, 120, 30);
+        assert!(text.contains("powerapi top powercap · metric cycles"), "{text}");
+        assert!(text.contains("total 30.0 W"), "{text}");
+        assert!(text.contains("W▼") && text.contains("CYC/s") && text.contains("IPC"), "{text}");
+        assert!(!text.contains("ESTIMATED"));
+        let burn = text.lines().position(|l| l.contains("burn")).expect("burn row");
+        let nginx = text.lines().position(|l| l.contains(" nginx ")).expect("nginx row");
+        assert!(burn < nginx, "sorted by power:\n{text}");
+        assert!(text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (online)"), "{text}");
+    }
+
+    #[test]
+    fn estimated_badge() {
+        let mut app = App::new(1.0, true);
+        let mut s = snapshot(false);
+        if let Some(e) = s.energy.as_mut() {
+            e.estimated = true;
+            e.source = "model".into();
+        }
+        app.ingest(Arc::new(s));
+        let text = screen(&app, 80, 24);
+        assert!(text.lines().next().is_some_and(|l| l.contains(" ESTIMATED ")), "{text}");
+        assert!(!text.contains("CYC/s"), "no counter columns in time-only mode");
+    }
+
+    #[test]
+    fn empty_table_and_waiting() {
+        let app = App::new(1.0, true);
+        assert!(screen(&app, 80, 24).contains("waiting for the first interval"));
+        let mut app = App::new(1.0, true);
+        let mut s = snapshot(false);
+        s.rows.clear();
+        app.ingest(Arc::new(s));
+        assert!(screen(&app, 80, 24).contains("no task ran in this interval"));
+    }
+
+    #[test]
+    fn fits_80x24() {
+        let app = app_with(true);
+        let text = screen(&app, 80, 24);
+        assert_eq!(text.lines().count(), 24);
+        assert!(text.contains("PID") && text.contains("COMMAND") && text.contains("burn"), "{text}");
+        assert!(text.lines().last().is_some_and(|l| l.starts_with("q quit")), "{text}");
+    }
+
+    #[test]
+    fn filter_active() {
+        let mut app = app_with(false);
+        app.apply(Action::StartFilter);
+        for c in "ngi".chars() {
+            app.apply(Action::FilterChar(c));
+        }
+        let text = screen(&app, 100, 24);
+        assert!(text.contains("/ filter: ngi"), "{text}");
+        assert!(!text.contains("burn"), "{text}");
+        app.apply(Action::FinishFilter);
+        let text = screen(&app, 100, 24);
+        assert!(text.contains("filter: ngi"), "{text}");
+        app.apply(Action::StartFilter);
+        app.apply(Action::FilterChar('x'));
+        assert!(screen(&app, 100, 24).contains("no row matches the filter"));
+    }
+
+    #[test]
+    fn help_overlay() {
+        let mut app = app_with(false);
+        app.apply(Action::ToggleHelp);
+        let text = screen(&app, 80, 24);
+        assert!(text.contains(" help ") && text.contains("invert the sort order"), "{text}");
+    }
+
+    #[test]
+    fn each_group_by() {
+        let mut app = app_with(false);
+        for (by, header, expect) in [
+            (GroupBy::Thread, "TID", "201"),
+            (GroupBy::Cgroup, "N", "docker:3f1c8b7a9d2e"),
+            (GroupBy::Command, "N", "nginx"),
+            (GroupBy::User, "N", "www"),
+            (GroupBy::Process, "PID", "300"),
+        ] {
+            app.apply(Action::CycleGroup);
+            assert_eq!(app.group_by, by);
+            let text = screen(&app, 100, 24);
+            assert!(text.contains(&format!("by {}", by.label())), "{text}");
+            assert!(text.lines().any(|l| l.trim_start().starts_with(header)), "{by:?}: {text}");
+            assert!(text.contains(expect), "{by:?}: {text}");
+        }
+    }
+}

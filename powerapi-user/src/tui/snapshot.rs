@@ -1,0 +1,179 @@
+//! What the collector hands the UI each interval: an immutable, self-contained picture, so the
+//! UI thread never touches the sensor and rendering needs nothing else.
+
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
+
+use crate::{
+    cgroup::CgroupResolver,
+    collect::Snapshot,
+    delta::{Counters, comm_string},
+    energy::{Domain, headline_domains},
+    record::{Filter, cgroup_info},
+    report::{DomainRecord, Losses, machine_energy},
+};
+
+/// One thread's interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskRow {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The process's name (its main thread's), for grouping by command.
+    pub process_comm: String,
+    pub user: String,
+    /// Container (`docker:3f1c8b7a9d2e`), systemd unit, or cgroup path.
+    pub cgroup: String,
+    pub on_cpu_ns: u64,
+    pub counters: Counters,
+    /// Energy of the headline domains this interval.
+    pub joules: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnergyHeader {
+    pub source: String,
+    pub estimated: bool,
+    pub domains: Vec<DomainRecord>,
+    /// Power of the headline domains, all sockets.
+    pub total_w: f64,
+    pub idle_w: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopSnapshot {
+    pub seq: u64,
+    pub duration_s: f64,
+    pub cpus: u32,
+    pub busy_ns: u64,
+    pub counters: Vec<String>,
+    pub energy: Option<EnergyHeader>,
+    /// powerapi's own CPU use, % of one CPU.
+    pub meter_cpu_percent: f64,
+    pub losses: Losses,
+    pub rows: Vec<TaskRow>,
+}
+
+/// `/etc/passwd` text → uid → name.
+pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let uid = fields.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+/// Resolves task owners; caches per pid (a pid's owner rarely changes; setuid is the exception
+/// and shows up when the pid is next seen fresh).
+pub struct Users {
+    proc_root: std::path::PathBuf,
+    names: HashMap<u32, String>,
+    by_pid: HashMap<u32, String>,
+}
+
+impl Users {
+    pub fn new(root: &Path) -> Self {
+        let names = fs::read_to_string(root.join("etc/passwd")).map(|t| parse_passwd(&t)).unwrap_or_default();
+        Self { proc_root: root.join("proc"), names, by_pid: HashMap::new() }
+    }
+
+    fn user(&mut self, pid: u32) -> String {
+        if let Some(user) = self.by_pid.get(&pid) {
+            return user.clone();
+        }
+        let user = match fs::metadata(self.proc_root.join(pid.to_string())) {
+            Ok(meta) => self.names.get(&meta.uid()).cloned().unwrap_or_else(|| meta.uid().to_string()),
+            Err(_) => "?".to_string(), // already gone
+        };
+        self.by_pid.insert(pid, user.clone());
+        user
+    }
+
+    /// Forgets pids not seen in the latest interval.
+    fn retain(&mut self, seen: &std::collections::HashSet<u32>) {
+        self.by_pid.retain(|pid, _| seen.contains(pid));
+    }
+}
+
+/// Short label for a cgroup: the container, else the systemd unit, else the path.
+fn cgroup_label(resolver: Option<&CgroupResolver>, id: u64) -> String {
+    let info = cgroup_info(resolver, id);
+    if let Some(c) = info.container {
+        return format!("{}:{}", c.runtime, &c.id[..c.id.len().min(12)]);
+    }
+    info.unit.or(info.path).unwrap_or_else(|| format!("#{id}"))
+}
+
+/// `filter` is `record`'s `--pid/--comm/--cgroup`; the machine header is never filtered.
+pub fn build(seq: u64, snapshot: &Snapshot, counters: &[String], cpus: u32, resolver: Option<&CgroupResolver>, users: &mut Users, filter: &Filter) -> TopSnapshot {
+    let duration_s = snapshot.deltas.duration_ns() as f64 / 1e9;
+    let energy = snapshot.power.as_ref().map(|p| {
+        let machine = machine_energy(p);
+        let measured: Vec<Domain> = machine.domains.iter().map(|d| d.domain).collect();
+        let headline = headline_domains(&measured);
+        let in_headline = |d: &&DomainRecord| headline.contains(&d.domain);
+        EnergyHeader {
+            total_w: machine.domains.iter().filter(in_headline).map(|d| d.power_w).sum(),
+            idle_w: machine.domains.iter().filter(in_headline).map(|d| d.idle_w).sum(),
+            source: machine.source,
+            estimated: machine.estimated,
+            domains: machine.domains,
+        }
+    });
+    let headline: Vec<Domain> = energy.as_ref().map(|e| headline_domains(&e.domains.iter().map(|d| d.domain).collect::<Vec<_>>())).unwrap_or_default();
+    let process_names: HashMap<u32, &str> = snapshot.aggregate.processes.iter().map(|p| (p.pid, p.comm.as_str())).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: HashMap<(u32, u32), TaskRow> = HashMap::new();
+    for (i, task) in snapshot.deltas.tasks.iter().enumerate() {
+        if task.key.is_idle() {
+            continue;
+        }
+        let process_comm = process_names.get(&task.key.tgid).map_or_else(|| comm_string(&task.comm), |c| c.to_string());
+        if !filter.matches(task.key.tgid, &process_comm, &cgroup_info(resolver, task.cgroup_id)) {
+            continue;
+        }
+        seen.insert(task.key.tgid);
+        let joules: f64 = snapshot.power.as_ref().and_then(|p| p.task_joules.get(i)).map_or(0.0, |j| headline.iter().map(|d| j[d.index()]).sum());
+        let row = rows.entry((task.key.tgid, task.key.pid)).or_insert_with(|| TaskRow {
+            pid: task.key.tgid,
+            tid: task.key.pid,
+            comm: comm_string(&task.comm),
+            process_comm,
+            user: users.user(task.key.tgid),
+            cgroup: cgroup_label(resolver, task.cgroup_id),
+            ..Default::default()
+        });
+        row.on_cpu_ns += task.on_cpu_ns;
+        row.joules += joules;
+        for (sum, v) in row.counters.iter_mut().zip(task.counters) {
+            *sum += v;
+        }
+    }
+    users.retain(&seen);
+    TopSnapshot {
+        seq,
+        duration_s,
+        cpus,
+        busy_ns: snapshot.aggregate.busy.on_cpu_ns,
+        counters: counters.to_vec(),
+        energy,
+        meter_cpu_percent: if duration_s > 0.0 { snapshot.meter.cpu_ns as f64 / 1e9 / duration_s * 100.0 } else { 0.0 },
+        losses: Losses::from(&snapshot.deltas.losses),
+        rows: rows.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd() {
+        let users = parse_passwd("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n");
+        assert_eq!(users.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(users.get(&65534).map(String::as_str), Some("nobody"));
+        assert_eq!(users.len(), 2);
+    }
+}

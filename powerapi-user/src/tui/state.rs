@@ -1,0 +1,506 @@
+//! The UI's state and what actions do to it. No terminal, no sensor: plain data.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use super::snapshot::TopSnapshot;
+
+/// Chart length in intervals (120 s at the default 1 s).
+pub const HISTORY: usize = 120;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupBy {
+    Process,
+    Thread,
+    Cgroup,
+    /// All processes with the same name.
+    Command,
+    User,
+}
+
+impl GroupBy {
+    pub const ALL: [GroupBy; 5] = [GroupBy::Process, GroupBy::Thread, GroupBy::Cgroup, GroupBy::Command, GroupBy::User];
+
+    pub fn next(self) -> Self {
+        let i = Self::ALL.iter().position(|g| *g == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            GroupBy::Process => "process",
+            GroupBy::Thread => "thread",
+            GroupBy::Cgroup => "cgroup/container",
+            GroupBy::Command => "command",
+            GroupBy::User => "user",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Id,
+    User,
+    Command,
+    Watts,
+    Joules,
+    Cpu,
+    CyclesPerSec,
+    Ipc,
+    Cgroup,
+}
+
+impl Column {
+    pub const ALL: [Column; 9] =
+        [Column::Id, Column::User, Column::Command, Column::Watts, Column::Joules, Column::Cpu, Column::CyclesPerSec, Column::Ipc, Column::Cgroup];
+
+    pub fn header(self, group_by: GroupBy) -> &'static str {
+        match self {
+            Column::Id => match group_by {
+                GroupBy::Process => "PID",
+                GroupBy::Thread => "TID",
+                _ => "N",
+            },
+            Column::User => "USER",
+            Column::Command => "COMMAND",
+            Column::Watts => "W",
+            Column::Joules => "J",
+            Column::Cpu => "CPU%",
+            Column::CyclesPerSec => "CYC/s",
+            Column::Ipc => "IPC",
+            Column::Cgroup => "CGROUP/CONTAINER",
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ViewRow {
+    /// Stable identity within a group-by (for totals, history and selection).
+    pub key: String,
+    /// PID, TID, or the number of processes in the group.
+    pub id: String,
+    pub user: String,
+    pub command: String,
+    pub cgroup: String,
+    pub watts: f64,
+    /// Joules since start (or since `r`).
+    pub joules_total: f64,
+    pub cpu_percent: f64,
+    pub cycles_per_s: Option<f64>,
+    pub ipc: Option<f64>,
+}
+
+struct Grouped {
+    key: String,
+    id: String,
+    user: String,
+    command: String,
+    cgroup: String,
+    on_cpu_ns: u64,
+    joules: f64,
+    cycles: u64,
+    instructions: u64,
+    members: std::collections::HashSet<u32>,
+}
+
+/// Groups a snapshot's threads by `by`. Keyed rows, unsorted.
+fn group(snapshot: &TopSnapshot, by: GroupBy) -> Vec<Grouped> {
+    let slot = |name: &str| snapshot.counters.iter().position(|c| c == name);
+    let (cycles, instructions) = (slot("cycles"), slot("instructions"));
+    let mut groups: HashMap<String, Grouped> = HashMap::new();
+    for row in &snapshot.rows {
+        let key = match by {
+            GroupBy::Process => row.pid.to_string(),
+            GroupBy::Thread => format!("{}/{}", row.pid, row.tid),
+            GroupBy::Cgroup => row.cgroup.clone(),
+            GroupBy::Command => row.process_comm.clone(),
+            GroupBy::User => row.user.clone(),
+        };
+        let g = groups.entry(key.clone()).or_insert_with(|| Grouped {
+            id: match by {
+                GroupBy::Process => row.pid.to_string(),
+                GroupBy::Thread => row.tid.to_string(),
+                _ => String::new(),
+            },
+            user: row.user.clone(),
+            command: match by {
+                GroupBy::Thread => row.comm.clone(),
+                GroupBy::Cgroup => row.cgroup.clone(),
+                _ => row.process_comm.clone(),
+            },
+            cgroup: row.cgroup.clone(),
+            key,
+            on_cpu_ns: 0,
+            joules: 0.0,
+            cycles: 0,
+            instructions: 0,
+            members: Default::default(),
+        });
+        g.on_cpu_ns += row.on_cpu_ns;
+        g.joules += row.joules;
+        g.cycles += cycles.map_or(0, |s| row.counters[s]);
+        g.instructions += instructions.map_or(0, |s| row.counters[s]);
+        g.members.insert(row.pid);
+        if by == GroupBy::Process && row.pid == row.tid {
+            g.command = row.comm.clone();
+        }
+    }
+    let mut out: Vec<Grouped> = groups.into_values().collect();
+    for g in &mut out {
+        if !matches!(by, GroupBy::Process | GroupBy::Thread) {
+            g.id = g.members.len().to_string();
+        }
+        if matches!(by, GroupBy::User) {
+            g.command = format!("{} processes", g.members.len());
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+    SortPrev,
+    SortNext,
+    InvertSort,
+    StartFilter,
+    FilterChar(char),
+    FilterBackspace,
+    ClearFilter,
+    FinishFilter,
+    CycleGroup,
+    TogglePause,
+    ResetTotals,
+    ToggleHelp,
+}
+
+pub struct App {
+    pub group_by: GroupBy,
+    pub sort: Column,
+    pub descending: bool,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub paused: bool,
+    pub help: bool,
+    pub selected: usize,
+    /// Table rows that fit on screen; set by the run loop from the terminal size.
+    pub page_rows: usize,
+    pub no_color: bool,
+    pub interval_s: f64,
+    /// What is on screen (frozen while paused).
+    pub shown: Option<Arc<TopSnapshot>>,
+    totals: HashMap<GroupBy, HashMap<String, f64>>,
+    pub machine_joules: f64,
+    pub total_history: VecDeque<f64>,
+    row_history: HashMap<String, VecDeque<f64>>,
+}
+
+impl App {
+    pub fn new(interval_s: f64, no_color: bool) -> Self {
+        Self {
+            group_by: GroupBy::Process,
+            sort: Column::Watts,
+            descending: true,
+            filter: String::new(),
+            editing_filter: false,
+            paused: false,
+            help: false,
+            selected: 0,
+            page_rows: 10,
+            no_color,
+            interval_s,
+            shown: None,
+            totals: HashMap::new(),
+            machine_joules: 0.0,
+            total_history: VecDeque::new(),
+            row_history: HashMap::new(),
+        }
+    }
+
+    pub fn has_counter(&self, name: &str) -> bool {
+        self.shown.as_ref().is_some_and(|s| s.counters.iter().any(|c| c == name))
+    }
+
+    /// Columns on screen: counter columns only when those counters are read.
+    pub fn columns(&self) -> Vec<Column> {
+        let (cycles, ipc) = (self.has_counter("cycles"), self.has_counter("cycles") && self.has_counter("instructions"));
+        Column::ALL
+            .into_iter()
+            .filter(|c| match c {
+                Column::CyclesPerSec => cycles,
+                Column::Ipc => ipc,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Takes a new interval: totals and charts always advance; the screen only when not paused.
+    pub fn ingest(&mut self, snapshot: Arc<TopSnapshot>) {
+        let selected_key = self.selected_key();
+        for by in GroupBy::ALL {
+            let totals = self.totals.entry(by).or_default();
+            for g in group(&snapshot, by) {
+                *totals.entry(g.key).or_default() += g.joules;
+            }
+        }
+        let seconds = snapshot.duration_s.max(1e-9);
+        if let Some(energy) = &snapshot.energy {
+            self.machine_joules += energy.total_w * snapshot.duration_s;
+            push(&mut self.total_history, energy.total_w);
+        }
+        for g in group(&snapshot, self.group_by) {
+            push(self.row_history.entry(g.key).or_default(), g.joules / seconds);
+        }
+        if self.row_history.len() > 4 * snapshot.rows.len().max(256) {
+            let live: std::collections::HashSet<String> = group(&snapshot, self.group_by).into_iter().map(|g| g.key).collect();
+            self.row_history.retain(|k, _| live.contains(k));
+        }
+        if !self.paused {
+            self.shown = Some(snapshot);
+            self.reselect(selected_key);
+        }
+    }
+
+    fn reselect(&mut self, key: Option<String>) {
+        let rows = self.rows();
+        if let Some(i) = key.and_then(|k| rows.iter().position(|r| r.key == k)) {
+            self.selected = i;
+        }
+        self.selected = self.selected.min(rows.len().saturating_sub(1));
+    }
+
+    /// Grouped, filtered and sorted rows of what is on screen.
+    pub fn rows(&self) -> Vec<ViewRow> {
+        let Some(snapshot) = &self.shown else { return Vec::new() };
+        let seconds = snapshot.duration_s.max(1e-9);
+        let totals = self.totals.get(&self.group_by);
+        let filter = self.filter.to_lowercase();
+        let has_cycles = self.has_counter("cycles");
+        let has_ipc = has_cycles && self.has_counter("instructions");
+        let mut rows: Vec<ViewRow> = group(snapshot, self.group_by)
+            .into_iter()
+            .map(|g| ViewRow {
+                joules_total: totals.and_then(|t| t.get(&g.key)).copied().unwrap_or(0.0),
+                watts: g.joules / seconds,
+                cpu_percent: g.on_cpu_ns as f64 / 1e9 / seconds * 100.0,
+                cycles_per_s: has_cycles.then(|| g.cycles as f64 / seconds),
+                ipc: (has_ipc && g.cycles > 0).then(|| g.instructions as f64 / g.cycles as f64),
+                key: g.key,
+                id: g.id,
+                user: g.user,
+                command: g.command,
+                cgroup: g.cgroup,
+            })
+            .filter(|r| {
+                filter.is_empty()
+                    || [&r.command, &r.id, &r.user, &r.cgroup].iter().any(|f| f.to_lowercase().contains(&filter))
+            })
+            .collect();
+        let sort = self.sort;
+        rows.sort_by(|a, b| {
+            let ord = match sort {
+                Column::Id => a.id.parse::<u64>().unwrap_or(0).cmp(&b.id.parse::<u64>().unwrap_or(0)),
+                Column::User => a.user.cmp(&b.user),
+                Column::Command => a.command.cmp(&b.command),
+                Column::Cgroup => a.cgroup.cmp(&b.cgroup),
+                Column::Watts => a.watts.total_cmp(&b.watts).then(a.cpu_percent.total_cmp(&b.cpu_percent)),
+                Column::Joules => a.joules_total.total_cmp(&b.joules_total),
+                Column::Cpu => a.cpu_percent.total_cmp(&b.cpu_percent),
+                Column::CyclesPerSec => a.cycles_per_s.unwrap_or(0.0).total_cmp(&b.cycles_per_s.unwrap_or(0.0)),
+                Column::Ipc => a.ipc.unwrap_or(0.0).total_cmp(&b.ipc.unwrap_or(0.0)),
+            };
+            let ord = if self.descending { ord.reverse() } else { ord };
+            ord.then_with(|| a.key.cmp(&b.key))
+        });
+        rows
+    }
+
+    pub fn selected_key(&self) -> Option<String> {
+        self.rows().get(self.selected).map(|r| r.key.clone())
+    }
+
+    /// Power history of the selected row (watts per interval).
+    pub fn selected_history(&self) -> Option<&VecDeque<f64>> {
+        self.selected_key().and_then(|k| self.row_history.get(&k))
+    }
+
+    /// Applies an action; returns false when the app should quit.
+    pub fn apply(&mut self, action: Action) -> bool {
+        let count = self.rows().len();
+        let last = count.saturating_sub(1);
+        let page = self.page_rows.max(1);
+        match action {
+            Action::Quit => return false,
+            Action::Up => self.selected = self.selected.saturating_sub(1),
+            Action::Down => self.selected = (self.selected + 1).min(last),
+            Action::PageUp => self.selected = self.selected.saturating_sub(page),
+            Action::PageDown => self.selected = (self.selected + page).min(last),
+            Action::Home => self.selected = 0,
+            Action::End => self.selected = last,
+            Action::SortPrev | Action::SortNext => {
+                let columns = self.columns();
+                let i = columns.iter().position(|c| *c == self.sort).unwrap_or(0);
+                let n = columns.len();
+                self.sort = columns[if action == Action::SortNext { (i + 1) % n } else { (i + n - 1) % n }];
+                // Numbers read best largest first, names alphabetically.
+                self.descending = !matches!(self.sort, Column::Id | Column::User | Column::Command | Column::Cgroup);
+            }
+            Action::InvertSort => self.descending = !self.descending,
+            Action::StartFilter => self.editing_filter = true,
+            Action::FilterChar(c) => {
+                self.filter.push(c);
+                self.selected = 0;
+            }
+            Action::FilterBackspace => {
+                self.filter.pop();
+            }
+            Action::ClearFilter => {
+                self.filter.clear();
+                self.editing_filter = false;
+            }
+            Action::FinishFilter => self.editing_filter = false,
+            Action::CycleGroup => {
+                self.group_by = self.group_by.next();
+                self.row_history.clear();
+                self.selected = 0;
+            }
+            Action::TogglePause => {
+                self.paused = !self.paused;
+            }
+            Action::ResetTotals => {
+                self.totals.clear();
+                self.machine_joules = 0.0;
+            }
+            Action::ToggleHelp => self.help = !self.help,
+        }
+        self.selected = self.selected.min(self.rows().len().saturating_sub(1));
+        true
+    }
+}
+
+fn push(history: &mut VecDeque<f64>, value: f64) {
+    history.push_back(value);
+    if history.len() > HISTORY {
+        history.pop_front();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::tui::snapshot::{EnergyHeader, TaskRow};
+
+    pub(crate) fn row(pid: u32, tid: u32, comm: &str, user: &str, cgroup: &str, cpu_ms: u64, joules: f64) -> TaskRow {
+        TaskRow {
+            pid,
+            tid,
+            comm: comm.into(),
+            process_comm: comm.into(),
+            user: user.into(),
+            cgroup: cgroup.into(),
+            on_cpu_ns: cpu_ms * 1_000_000,
+            counters: [cpu_ms * 3_000_000, cpu_ms * 6_000_000, 0, 0],
+            joules,
+        }
+    }
+
+    pub(crate) fn snapshot(counters: bool) -> TopSnapshot {
+        TopSnapshot {
+            seq: 1,
+            duration_s: 1.0,
+            cpus: 2,
+            busy_ns: 1_200_000_000,
+            counters: if counters { vec!["cycles".into(), "instructions".into()] } else { vec![] },
+            energy: Some(EnergyHeader { source: "powercap".into(), estimated: false, domains: vec![], total_w: 30.0, idle_w: 10.0 }),
+            meter_cpu_percent: 0.4,
+            losses: Default::default(),
+            rows: vec![
+                row(100, 100, "burn", "root", "docker:3f1c8b7a9d2e", 900, 15.0),
+                row(200, 200, "nginx", "www", "nginx.service", 200, 3.0),
+                row(200, 201, "nginx", "www", "nginx.service", 100, 1.5),
+                row(300, 300, "nginx", "www", "nginx.service", 10, 0.5),
+            ],
+        }
+    }
+
+    #[test]
+    fn sorted_by_power_and_grouped() {
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(snapshot(true)));
+        let rows = app.rows();
+        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["100", "200", "300"]);
+        assert_eq!(rows[1].watts, 4.5);
+        assert_eq!(rows[0].ipc, Some(2.0));
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.group_by, GroupBy::Thread);
+        assert_eq!(app.rows().len(), 4);
+        app.apply(Action::CycleGroup);
+        let cgroups = app.rows();
+        assert_eq!((cgroups[0].command.as_str(), cgroups[1].id.as_str()), ("docker:3f1c8b7a9d2e", "2"));
+        app.apply(Action::CycleGroup);
+        let commands = app.rows();
+        assert_eq!((commands[1].command.as_str(), commands[1].id.as_str(), commands[1].watts), ("nginx", "2", 5.0));
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.rows()[1].user, "www");
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.group_by, GroupBy::Process);
+    }
+
+    #[test]
+    fn totals_accumulate_and_reset() {
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(snapshot(false)));
+        app.ingest(Arc::new(snapshot(false)));
+        assert_eq!(app.rows()[0].joules_total, 30.0);
+        assert_eq!(app.machine_joules, 60.0);
+        app.apply(Action::ResetTotals);
+        assert_eq!(app.rows()[0].joules_total, 0.0);
+        assert_eq!(app.total_history.len(), 2);
+    }
+
+    #[test]
+    fn sort_filter_pause_and_moves() {
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(snapshot(false)));
+        assert_eq!(app.columns().len(), 7, "no counter columns without counters");
+        app.apply(Action::SortNext); // Watts → Joules
+        assert_eq!(app.sort, Column::Joules);
+        app.apply(Action::SortPrev);
+        app.apply(Action::SortPrev); // → Command
+        assert_eq!((app.sort, app.descending), (Column::Command, false));
+        assert_eq!(app.rows()[0].command, "burn");
+        app.apply(Action::InvertSort);
+        assert_eq!(app.rows()[0].command, "nginx");
+        app.apply(Action::StartFilter);
+        for c in "BUR".chars() {
+            app.apply(Action::FilterChar(c));
+        }
+        assert_eq!(app.rows().len(), 1, "case-insensitive filter");
+        app.apply(Action::ClearFilter);
+        assert_eq!(app.rows().len(), 3);
+        app.apply(Action::End);
+        assert_eq!(app.selected, 2);
+        app.apply(Action::Down);
+        assert_eq!(app.selected, 2);
+        app.apply(Action::Home);
+        app.apply(Action::TogglePause);
+        let mut busier = snapshot(false);
+        busier.rows[0].joules = 99.0;
+        app.ingest(Arc::new(busier));
+        let burn = |app: &App| app.rows().into_iter().find(|r| r.command == "burn").expect("burn row");
+        assert_eq!(burn(&app).watts, 15.0, "paused screen is frozen");
+        app.apply(Action::TogglePause);
+        app.ingest(Arc::new(snapshot(false)));
+        assert_eq!(burn(&app).joules_total, 15.0 + 99.0 + 15.0, "totals kept counting while paused");
+        assert!(!app.apply(Action::Quit));
+    }
+}
