@@ -224,7 +224,7 @@ const HELP: &[(&str, &str)] = &[
     ("<  >  F6", "previous / next sort column"),
     ("I", "invert the sort order"),
     ("/", "filter by text; Enter keeps it, Esc clears it"),
-    ("g", "group by process → thread → cgroup/container → command → user"),
+    ("g", "group by: process, thread, cgroup, command, user"),
     ("p", "pause the screen (measuring goes on)"),
     ("r", "reset the joules since start"),
     ("h  ?", "this help"),
