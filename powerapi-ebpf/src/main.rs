@@ -135,7 +135,11 @@ fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
         if slot >= n {
             break;
         }
-        let mut value = bpf_perf_event_value { counter: 0, enabled: 0, running: 0 };
+        let mut value = bpf_perf_event_value {
+            counter: 0,
+            enabled: 0,
+            running: 0,
+        };
         // SAFETY: `maps[slot]` is a PERF_EVENT_ARRAY definition (PerfEventArray is a
         // repr(transparent) map definition); `value` is a stack buffer of the size we pass.
         let rc = unsafe {
@@ -154,11 +158,21 @@ fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
         let start = &mut slice.counters[slot];
         if let Some(totals) = totals.as_deref_mut() {
             let acc = &mut totals.counters[slot];
-            acc.value = acc.value.wrapping_add(value.counter.wrapping_sub(start.value));
-            acc.enabled_ns = acc.enabled_ns.wrapping_add(value.enabled.wrapping_sub(start.enabled_ns));
-            acc.running_ns = acc.running_ns.wrapping_add(value.running.wrapping_sub(start.running_ns));
+            acc.value = acc
+                .value
+                .wrapping_add(value.counter.wrapping_sub(start.value));
+            acc.enabled_ns = acc
+                .enabled_ns
+                .wrapping_add(value.enabled.wrapping_sub(start.enabled_ns));
+            acc.running_ns = acc
+                .running_ns
+                .wrapping_add(value.running.wrapping_sub(start.running_ns));
         }
-        *start = CounterReading { value: value.counter, enabled_ns: value.enabled, running_ns: value.running };
+        *start = CounterReading {
+            value: value.counter,
+            enabled_ns: value.enabled,
+            running_ns: value.running,
+        };
     }
 }
 
@@ -230,7 +244,11 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         totals.flags |= FLAG_DEAD;
         count(|s| s.exit_overflow += 1);
     }
-    if is_new && TASK_TOTALS.insert(&key, totals, BPF_NOEXIST as u64).is_err() {
+    if is_new
+        && TASK_TOTALS
+            .insert(&key, totals, BPF_NOEXIST as u64)
+            .is_err()
+    {
         count(|s| {
             s.lost_slices += 1;
             s.lost_ns += lost_ns;

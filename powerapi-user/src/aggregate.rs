@@ -68,14 +68,16 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
             continue;
         }
         out.busy.add(&usage);
-        let thread = threads.entry((task.key.tgid, task.key.pid)).or_insert_with(|| Group {
-            pid: task.key.tgid,
-            tid: task.key.pid,
-            comm: comm_string(&task.comm),
-            cgroup_id: task.cgroup_id,
-            members: 1,
-            ..Default::default()
-        });
+        let thread = threads
+            .entry((task.key.tgid, task.key.pid))
+            .or_insert_with(|| Group {
+                pid: task.key.tgid,
+                tid: task.key.pid,
+                comm: comm_string(&task.comm),
+                cgroup_id: task.cgroup_id,
+                members: 1,
+                ..Default::default()
+            });
         thread.usage.add(&usage);
         thread.exited |= task.exited;
     }
@@ -121,9 +123,22 @@ mod tests {
     use super::*;
     use crate::delta::TaskDelta;
 
-    fn task(tgid: u32, pid: u32, socket: u32, idle_cpu: u32, ns: u64, cg: u64, comm: &str) -> TaskDelta {
+    fn task(
+        tgid: u32,
+        pid: u32,
+        socket: u32,
+        idle_cpu: u32,
+        ns: u64,
+        cg: u64,
+        comm: &str,
+    ) -> TaskDelta {
         TaskDelta {
-            key: TaskKey { tgid, pid, socket, idle_cpu },
+            key: TaskKey {
+                tgid,
+                pid,
+                socket,
+                idle_cpu,
+            },
             comm: {
                 let mut bytes = [0u8; 16];
                 bytes[..comm.len()].copy_from_slice(comm.as_bytes());
@@ -163,8 +178,14 @@ mod tests {
         assert_eq!(a.threads[0].usage.on_cpu_ns, 25, "sockets merged");
         assert_eq!(a.processes.len(), 2);
         let web = &a.processes[0];
-        assert_eq!((web.pid, web.comm.as_str(), web.usage.on_cpu_ns, web.members), (10, "web", 32, 2));
+        assert_eq!(
+            (web.pid, web.comm.as_str(), web.usage.on_cpu_ns, web.members),
+            (10, "web", 32, 2)
+        );
         assert_eq!(a.cgroups.len(), 2);
-        assert_eq!((a.cgroups[0].cgroup_id, a.cgroups[0].usage.on_cpu_ns), (1, 32));
+        assert_eq!(
+            (a.cgroups[0].cgroup_id, a.cgroups[0].usage.on_cpu_ns),
+            (1, 32)
+        );
     }
 }

@@ -131,7 +131,10 @@ fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
 
 impl Attribution {
     pub fn new(config: AttributionConfig) -> Self {
-        Self { config, history: HashMap::new() }
+        Self {
+            config,
+            history: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> &AttributionConfig {
@@ -149,7 +152,12 @@ impl Attribution {
         let seconds = deltas.duration_ns() as f64 / 1e9;
         let mut task_joules = vec![[0.0; Domain::ALL.len()]; deltas.tasks.len()];
         let mut domains = Vec::with_capacity(sample.domains.len());
-        let package_sockets = sample.domains.iter().filter(|(k, _)| k.domain == Domain::Package).count().max(1);
+        let package_sockets = sample
+            .domains
+            .iter()
+            .filter(|(k, _)| k.domain == Domain::Package)
+            .count()
+            .max(1);
 
         for &(key, measured_j) in &sample.domains {
             let measured_j = measured_j.max(0.0);
@@ -160,27 +168,47 @@ impl Attribution {
                 let t = &deltas.tasks[i];
                 slot.map_or(t.on_cpu_ns as f64, |s| t.counters[s] as f64)
             };
-            let members: Vec<usize> =
-                (0..deltas.tasks.len()).filter(|&i| !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].key.socket)).collect();
+            let members: Vec<usize> = (0..deltas.tasks.len())
+                .filter(|&i| {
+                    !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].key.socket)
+                })
+                .collect();
 
-            let cpus: u32 = cpus_by_socket.iter().filter(|(s, _)| on_socket(*s)).map(|(_, n)| n).sum();
+            let cpus: u32 = cpus_by_socket
+                .iter()
+                .filter(|(s, _)| on_socket(*s))
+                .map(|(_, n)| n)
+                .sum();
             let busy_ns: u64 = members.iter().map(|&i| deltas.tasks[i].on_cpu_ns).sum();
             let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
-            let busy = if capacity > 0.0 { (busy_ns as f64 / capacity).clamp(0.0, 1.0) } else { 0.0 };
-            let power_w = if seconds > 0.0 { measured_j / seconds } else { 0.0 };
-
-            let (idle_w, idle_source) = if let Some(&(_, w)) = sample.known_idle_w.iter().find(|(k, _)| *k == key) {
-                (w, IdleSource::Model)
-            } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
-                (w / package_sockets as f64, IdleSource::Flag)
+            let busy = if capacity > 0.0 {
+                (busy_ns as f64 / capacity).clamp(0.0, 1.0)
             } else {
-                let history = self.history.entry(key).or_default();
-                let mut low: Vec<f64> = history.iter().filter(|(_, b)| *b <= LOW_ACTIVITY).map(|(w, _)| *w).collect();
-                match percentile(&mut low, 0.1) {
-                    Some(w) => (w, IdleSource::Online),
-                    None => (0.0, IdleSource::None),
-                }
+                0.0
             };
+            let power_w = if seconds > 0.0 {
+                measured_j / seconds
+            } else {
+                0.0
+            };
+
+            let (idle_w, idle_source) =
+                if let Some(&(_, w)) = sample.known_idle_w.iter().find(|(k, _)| *k == key) {
+                    (w, IdleSource::Model)
+                } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
+                    (w / package_sockets as f64, IdleSource::Flag)
+                } else {
+                    let history = self.history.entry(key).or_default();
+                    let mut low: Vec<f64> = history
+                        .iter()
+                        .filter(|(_, b)| *b <= LOW_ACTIVITY)
+                        .map(|(w, _)| *w)
+                        .collect();
+                    match percentile(&mut low, 0.1) {
+                        Some(w) => (w, IdleSource::Online),
+                        None => (0.0, IdleSource::None),
+                    }
+                };
             if seconds > 0.0 {
                 let history = self.history.entry(key).or_default();
                 history.push_back((power_w, busy));
@@ -204,7 +232,11 @@ impl Attribution {
                 unattributed_j = active_j;
             }
 
-            let ran: Vec<usize> = members.iter().copied().filter(|&i| deltas.tasks[i].on_cpu_ns > 0).collect();
+            let ran: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&i| deltas.tasks[i].on_cpu_ns > 0)
+                .collect();
             let shared = match self.config.idle_policy {
                 IdlePolicy::None => false,
                 IdlePolicy::CpuTime if busy_ns > 0 => {
@@ -243,7 +275,13 @@ impl Attribution {
                 metric: metric_name,
             });
         }
-        PowerReport { source: sample.source.clone(), estimated: sample.estimated, idle_policy: self.config.idle_policy, domains, task_joules }
+        PowerReport {
+            source: sample.source.clone(),
+            estimated: sample.estimated,
+            idle_policy: self.config.idle_policy,
+            domains,
+            task_joules,
+        }
     }
 }
 
@@ -256,7 +294,12 @@ mod tests {
 
     fn task(pid: u32, socket: u32, on_cpu_ns: u64, cycles: u64) -> TaskDelta {
         TaskDelta {
-            key: TaskKey { tgid: pid, pid, socket, idle_cpu: NOT_IDLE },
+            key: TaskKey {
+                tgid: pid,
+                pid,
+                socket,
+                idle_cpu: NOT_IDLE,
+            },
             comm: [0; 16],
             cgroup_id: 0,
             on_cpu_ns,
@@ -266,37 +309,78 @@ mod tests {
     }
 
     fn idle(cpu: u32, ns: u64) -> TaskDelta {
-        TaskDelta { key: TaskKey { tgid: 0, pid: 0, socket: 0, idle_cpu: cpu }, ..task(0, 0, ns, 0) }
+        TaskDelta {
+            key: TaskKey {
+                tgid: 0,
+                pid: 0,
+                socket: 0,
+                idle_cpu: cpu,
+            },
+            ..task(0, 0, ns, 0)
+        }
     }
 
     fn deltas(tasks: Vec<TaskDelta>) -> IntervalDeltas {
-        IntervalDeltas { start_ns: 0, end_ns: 1_000_000_000, tasks, losses: Default::default() }
+        IntervalDeltas {
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            tasks,
+            losses: Default::default(),
+        }
     }
 
     fn pkg(socket: u32) -> DomainKey {
-        DomainKey { domain: Domain::Package, socket }
+        DomainKey {
+            domain: Domain::Package,
+            socket,
+        }
     }
 
     fn sample(domains: Vec<(DomainKey, f64)>) -> EnergySample {
-        EnergySample { source: "test".into(), estimated: false, domains, known_idle_w: vec![] }
+        EnergySample {
+            source: "test".into(),
+            estimated: false,
+            domains,
+            known_idle_w: vec![],
+        }
     }
 
-    fn config(metric: Metric, idle_policy: IdlePolicy, idle_watts: Option<f64>) -> AttributionConfig {
-        AttributionConfig { metric, idle_policy, idle_watts }
+    fn config(
+        metric: Metric,
+        idle_policy: IdlePolicy,
+        idle_watts: Option<f64>,
+    ) -> AttributionConfig {
+        AttributionConfig {
+            metric,
+            idle_policy,
+            idle_watts,
+        }
     }
 
     fn assert_conserved(report: &PowerReport) {
         for d in &report.domains {
             let sum = d.attributed_j + d.idle_j + d.unattributed_j;
-            assert!((sum - d.measured_j).abs() <= 1e-9 * d.measured_j.max(1.0), "{d:?}");
+            assert!(
+                (sum - d.measured_j).abs() <= 1e-9 * d.measured_j.max(1.0),
+                "{d:?}"
+            );
         }
     }
 
     #[test]
     fn splits_active_energy_by_cycles_after_idle() {
         let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::None, Some(10.0)));
-        let d = deltas(vec![task(1, 0, 500_000_000, 3_000), task(2, 0, 500_000_000, 1_000), idle(0, 1_000_000_000)]);
-        let r = a.attribute(&d, &["cycles".into()], &[(0, 2)], &sample(vec![(pkg(0), 30.0)]));
+        let d = deltas(vec![
+            task(1, 0, 500_000_000, 3_000),
+            task(2, 0, 500_000_000, 1_000),
+            idle(0, 1_000_000_000),
+        ]);
+        let r = a.attribute(
+            &d,
+            &["cycles".into()],
+            &[(0, 2)],
+            &sample(vec![(pkg(0), 30.0)]),
+        );
         assert_conserved(&r);
         assert_eq!(r.domains[0].metric, "cycles");
         assert!((r.domains[0].idle_j - 10.0).abs() < 1e-9);
@@ -309,17 +393,30 @@ mod tests {
     fn cpu_time_without_counters_and_sockets_kept_apart() {
         let mut a = Attribution::new(config(Metric::Cycles, IdlePolicy::None, Some(0.0)));
         let d = deltas(vec![task(1, 0, 100, 0), task(2, 1, 300, 0)]);
-        let r = a.attribute(&d, &[], &[(0, 1), (1, 1)], &sample(vec![(pkg(0), 8.0), (pkg(1), 4.0)]));
+        let r = a.attribute(
+            &d,
+            &[],
+            &[(0, 1), (1, 1)],
+            &sample(vec![(pkg(0), 8.0), (pkg(1), 4.0)]),
+        );
         assert_conserved(&r);
         assert_eq!(r.domains[0].metric, "cpu-time");
-        assert_eq!(r.task_joules[0][0], 8.0, "task on socket 0 takes only socket 0's energy");
+        assert_eq!(
+            r.task_joules[0][0], 8.0,
+            "task on socket 0 takes only socket 0's energy"
+        );
         assert_eq!(r.task_joules[1][0], 4.0);
     }
 
     #[test]
     fn nothing_ran_means_unattributed() {
         let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::CpuTime, Some(2.0)));
-        let r = a.attribute(&deltas(vec![idle(0, 1_000_000_000)]), &[], &[(0, 1)], &sample(vec![(pkg(0), 5.0)]));
+        let r = a.attribute(
+            &deltas(vec![idle(0, 1_000_000_000)]),
+            &[],
+            &[(0, 1)],
+            &sample(vec![(pkg(0), 5.0)]),
+        );
         assert_conserved(&r);
         assert!((r.domains[0].idle_j - 2.0).abs() < 1e-9);
         assert!((r.domains[0].unattributed_j - 3.0).abs() < 1e-9);
@@ -333,11 +430,15 @@ mod tests {
         let r = a.attribute(&d, &[], &[(0, 1)], &s);
         assert_conserved(&r);
         assert_eq!(r.domains[0].idle_j, 0.0);
-        assert!((r.task_joules[0][0] - 10.5).abs() < 1e-9 && (r.task_joules[1][0] - 3.5).abs() < 1e-9);
+        assert!(
+            (r.task_joules[0][0] - 10.5).abs() < 1e-9 && (r.task_joules[1][0] - 3.5).abs() < 1e-9
+        );
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::Equal, Some(4.0)));
         let r = a.attribute(&d, &[], &[(0, 1)], &s);
         assert_conserved(&r);
-        assert!((r.task_joules[0][0] - 9.5).abs() < 1e-9 && (r.task_joules[1][0] - 4.5).abs() < 1e-9);
+        assert!(
+            (r.task_joules[0][0] - 9.5).abs() < 1e-9 && (r.task_joules[1][0] - 4.5).abs() < 1e-9
+        );
     }
 
     #[test]
@@ -348,9 +449,20 @@ mod tests {
         let mut t2 = task(2, 0, 300, 30);
         t2.counters[1] = 10;
         let names = ["cycles".to_string(), "llc-misses".to_string()];
-        let dram = DomainKey { domain: Domain::Dram, socket: 0 };
-        let psys = DomainKey { domain: Domain::Psys, socket: 0 };
-        let r = a.attribute(&deltas(vec![t1, t2]), &names, &[(0, 1)], &sample(vec![(dram, 10.0), (psys, 40.0)]));
+        let dram = DomainKey {
+            domain: Domain::Dram,
+            socket: 0,
+        };
+        let psys = DomainKey {
+            domain: Domain::Psys,
+            socket: 0,
+        };
+        let r = a.attribute(
+            &deltas(vec![t1, t2]),
+            &names,
+            &[(0, 1)],
+            &sample(vec![(dram, 10.0), (psys, 40.0)]),
+        );
         assert_conserved(&r);
         assert_eq!(r.domains[0].metric, "llc-misses");
         assert!((r.task_joules[0][Domain::Dram.index()] - 9.0).abs() < 1e-9);

@@ -17,7 +17,9 @@ use thiserror::Error;
 pub enum CgroupError {
     #[error("failed to read {path}: {source}")]
     Read { path: String, source: io::Error },
-    #[error("no cgroup2 filesystem is mounted (looked in {path}); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in {path}); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
     NoCgroup2 { path: String },
 }
 
@@ -112,7 +114,10 @@ pub fn parse_container(path: &str) -> Option<Container> {
 /// `kubepods-burstable-pod1234_5678.slice` or `pod1234-5678` → the pod UID with dashes.
 fn pod_uid(component: &str) -> Option<String> {
     let name = component.strip_suffix(".slice").unwrap_or(component);
-    let uid = name.rsplit_once("-pod").map(|(_, u)| u).or_else(|| name.strip_prefix("pod"))?;
+    let uid = name
+        .rsplit_once("-pod")
+        .map(|(_, u)| u)
+        .or_else(|| name.strip_prefix("pod"))?;
     let uid = uid.replace('_', "-");
     (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
 }
@@ -120,7 +125,10 @@ fn pod_uid(component: &str) -> Option<String> {
 /// The systemd unit a cgroup path ends in (`session-3.scope`, `nginx.service`), if any.
 pub fn parse_systemd_unit(path: &str) -> Option<&str> {
     let last = path.rsplit('/').find(|c| !c.is_empty())?;
-    [".service", ".scope"].iter().any(|s| last.ends_with(s)).then_some(last)
+    [".service", ".scope"]
+        .iter()
+        .any(|s| last.ends_with(s))
+        .then_some(last)
 }
 
 /// Maps cgroup ids to paths relative to the cgroup2 root (`/` is the root cgroup).
@@ -143,7 +151,10 @@ impl CgroupResolver {
     /// Rescans the tree when some of `ids` are unknown. A cgroup created and removed within one
     /// interval stays unknown: its records then carry only the id.
     pub fn learn(&mut self, ids: impl IntoIterator<Item = u64>) {
-        if ids.into_iter().any(|id| id != 0 && !self.paths.contains_key(&id)) {
+        if ids
+            .into_iter()
+            .any(|id| id != 0 && !self.paths.contains_key(&id))
+        {
             self.rescan();
         }
     }
@@ -155,13 +166,21 @@ impl CgroupResolver {
     fn rescan(&mut self) {
         let mut stack = vec![(self.mount.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             self.paths.insert(meta.ino(), rel.clone());
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
                     stack.push((entry.path(), child));
                 }
             }
@@ -179,14 +198,23 @@ mod tests {
     fn mountinfo() {
         let text = "25 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                     36 25 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_mount(text), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_cgroup2_mount("25 30 0:22 / /x rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("25 30 0:22 / /x rw - tmpfs tmpfs rw\n"),
+            None
+        );
     }
 
     #[test]
     fn containers() {
         let c = parse_container(&format!("/system.slice/docker-{ID}.scope")).expect("docker");
-        assert_eq!((c.runtime.as_str(), c.id.as_str(), c.pod), ("docker", ID, None));
+        assert_eq!(
+            (c.runtime.as_str(), c.id.as_str(), c.pod),
+            ("docker", ID, None)
+        );
         let c = parse_container(&format!("/docker/{ID}")).expect("docker cgroupfs");
         assert_eq!(c.runtime, "docker");
         let c = parse_container(&format!(
@@ -195,26 +223,43 @@ mod tests {
         .expect("cri");
         assert_eq!(c.runtime, "containerd");
         assert_eq!(c.id, ID);
-        assert_eq!(c.pod.as_deref(), Some("0a1b2c3d-1111-2222-3333-444455556666"));
-        let c = parse_container(&format!("/kubepods/besteffort/pod0a1b2c3d-1111-2222-3333-444455556666/{ID}"))
-            .expect("kubepods cgroupfs");
+        assert_eq!(
+            c.pod.as_deref(),
+            Some("0a1b2c3d-1111-2222-3333-444455556666")
+        );
+        let c = parse_container(&format!(
+            "/kubepods/besteffort/pod0a1b2c3d-1111-2222-3333-444455556666/{ID}"
+        ))
+        .expect("kubepods cgroupfs");
         assert_eq!(c.runtime, "containerd");
-        let c = parse_container(&format!("/machine.slice/libpod-{ID}.scope/container")).expect("podman");
+        let c = parse_container(&format!("/machine.slice/libpod-{ID}.scope/container"))
+            .expect("podman");
         assert_eq!(c.runtime, "podman");
         let c = parse_container(&format!("/system.slice/crio-{ID}.scope")).expect("crio");
         assert_eq!(c.runtime, "crio");
-        let c = parse_container("/kubepods.slice/kubepods-pod0a1b2c3d_1111_2222_3333_444455556666.slice")
-            .expect("pod only");
+        let c = parse_container(
+            "/kubepods.slice/kubepods-pod0a1b2c3d_1111_2222_3333_444455556666.slice",
+        )
+        .expect("pod only");
         assert_eq!(c.runtime, "kubepods");
-        assert_eq!(parse_container("/user.slice/user-0.slice/session-3.scope"), None);
+        assert_eq!(
+            parse_container("/user.slice/user-0.slice/session-3.scope"),
+            None
+        );
         assert_eq!(parse_container("/"), None);
         assert_eq!(parse_container("/docker/notanid"), None);
     }
 
     #[test]
     fn systemd_units() {
-        assert_eq!(parse_systemd_unit("/user.slice/user-0.slice/session-3.scope"), Some("session-3.scope"));
-        assert_eq!(parse_systemd_unit("/system.slice/nginx.service"), Some("nginx.service"));
+        assert_eq!(
+            parse_systemd_unit("/user.slice/user-0.slice/session-3.scope"),
+            Some("session-3.scope")
+        );
+        assert_eq!(
+            parse_systemd_unit("/system.slice/nginx.service"),
+            Some("nginx.service")
+        );
         assert_eq!(parse_systemd_unit("/user.slice"), None);
     }
 

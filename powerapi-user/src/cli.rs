@@ -18,7 +18,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "powerapi", version, about = "eBPF software power meter: CPU time, counters and (soon) watts per process")]
+#[command(
+    name = "powerapi",
+    version,
+    about = "eBPF software power meter: CPU time, counters and (soon) watts per process"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -137,12 +141,18 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
     /// The command and its arguments (after `--`).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 1s, 2m)"))?;
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 1s, 2m)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -163,40 +173,66 @@ impl SensorArgs {
             None => (default_counters(), false),
             Some(names) if names.iter().any(|n| n == "none") => (Vec::new(), false),
             Some(names) => (
-                names.iter().map(|n| n.parse::<CounterSpec>()).collect::<Result<Vec<_>, _>>()?,
+                names
+                    .iter()
+                    .map(|n| n.parse::<CounterSpec>())
+                    .collect::<Result<Vec<_>, _>>()?,
                 true,
             ),
         };
         if counters.len() > powerapi_common::MAX_COUNTERS {
-            bail!("at most {} counters at once (got {})", powerapi_common::MAX_COUNTERS, counters.len());
+            bail!(
+                "at most {} counters at once (got {})",
+                powerapi_common::MAX_COUNTERS,
+                counters.len()
+            );
         }
-        Ok(SensorConfig { counters, counters_required, max_tasks: self.max_tasks, root: self.root.clone() })
+        Ok(SensorConfig {
+            counters,
+            counters_required,
+            max_tasks: self.max_tasks,
+            root: self.root.clone(),
+        })
     }
 
     pub fn collector_config(&self) -> Result<CollectorConfig> {
-        if let (Some(idle), Some(max)) = (self.idle_watts, self.max_watts) {
-            if max < idle {
-                bail!("--max-watts ({max}) is below --idle-watts ({idle})");
-            }
+        if let (Some(idle), Some(max)) = (self.idle_watts, self.max_watts)
+            && max < idle
+        {
+            bail!("--max-watts ({max}) is below --idle-watts ({idle})");
         }
         Ok(CollectorConfig {
             sensor: self.sensor_config()?,
             energy: self.energy_source.clone(),
-            model: ModelConfig { idle_watts: self.idle_watts, max_watts: self.max_watts },
-            attribution: AttributionConfig { metric: self.metric, idle_policy: self.idle_policy, idle_watts: self.idle_watts },
+            model: ModelConfig {
+                idle_watts: self.idle_watts,
+                max_watts: self.max_watts,
+            },
+            attribution: AttributionConfig {
+                metric: self.metric,
+                idle_policy: self.idle_policy,
+                idle_watts: self.idle_watts,
+            },
         })
     }
 
     pub fn filter(&self) -> Filter {
-        Filter { pids: self.pids.clone(), comms: self.comms.clone(), cgroups: self.cgroups.clone() }
+        Filter {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            cgroups: self.cgroups.clone(),
+        }
     }
 }
 
 /// A channel that receives once per SIGINT/SIGTERM, so every loop can finish its interval.
 pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
     let (tx, rx) = mpsc::channel();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         for _ in signals.forever() {
             if tx.send(()).is_err() {
@@ -243,16 +279,23 @@ pub fn execute(cli: Cli) -> Result<i32> {
             };
             // Open the output first: a bad path must fail before CMD runs.
             let mut out: Box<dyn Write> = match &args.output {
-                Some(path) => Box::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("cannot write {}; choose a writable path with -o", path.display()))?,
-                ),
+                Some(path) => Box::new(std::fs::File::create(path).with_context(|| {
+                    format!(
+                        "cannot write {}; choose a writable path with -o",
+                        path.display()
+                    )
+                })?),
                 None => Box::new(std::io::stdout()),
             };
             let stop = stop_signal()?;
             let report = run::run(&config, &stop)?;
-            let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { run::render(&report) };
-            out.write_all(text.as_bytes()).context("writing the report")?;
+            let text = if args.json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                run::render(&report)
+            };
+            out.write_all(text.as_bytes())
+                .context("writing the report")?;
             Ok(report.exit_code)
         }
         Command::Doctor { root } => {
@@ -260,7 +303,11 @@ pub fn execute(cli: Cli) -> Result<i32> {
             for check in &checks {
                 println!("{check}");
             }
-            Ok(if doctor::recording_impossible(&checks) { 1 } else { 0 })
+            Ok(if doctor::recording_impossible(&checks) {
+                1
+            } else {
+                0
+            })
         }
         Command::BenchNoop => {
             let _attached = sensor::attach_noop(std::path::Path::new("/"))?;
@@ -290,16 +337,31 @@ mod tests {
         assert!(Cli::try_parse_from(["powerapi", "record", "--interval", "soon"]).is_err());
         assert!(Cli::try_parse_from(["powerapi", "record", "--duration", "0s"]).is_err());
         assert!(Cli::try_parse_from(["powerapi", "record", "--max-tasks", "1"]).is_err());
-        let cli = Cli::try_parse_from(["powerapi", "record", "--counters", "cycles,bogus"]).expect("parses");
-        let Command::Record(args) = cli.command else { panic!("record") };
+        let cli = Cli::try_parse_from(["powerapi", "record", "--counters", "cycles,bogus"])
+            .expect("parses");
+        let Command::Record(args) = cli.command else {
+            panic!("record")
+        };
         let err = args.sensor.sensor_config().expect_err("bogus counter");
-        assert!(err.to_string().contains("unknown counter \"bogus\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown counter \"bogus\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn counters_none_means_time_only() {
-        let cli = Cli::try_parse_from(["powerapi", "record", "--counters", "none"]).expect("parses");
-        let Command::Record(args) = cli.command else { panic!("record") };
-        assert!(args.sensor.sensor_config().expect("config").counters.is_empty());
+        let cli =
+            Cli::try_parse_from(["powerapi", "record", "--counters", "none"]).expect("parses");
+        let Command::Record(args) = cli.command else {
+            panic!("record")
+        };
+        assert!(
+            args.sensor
+                .sensor_config()
+                .expect("config")
+                .counters
+                .is_empty()
+        );
     }
 }

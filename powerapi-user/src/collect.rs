@@ -64,19 +64,29 @@ fn self_usage() -> (u64, u64) {
     // SAFETY: RUSAGE_SELF with a valid out pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
-    (ns(usage.ru_utime) + ns(usage.ru_stime), usage.ru_maxrss as u64)
+    (
+        ns(usage.ru_utime) + ns(usage.ru_stime),
+        usage.ru_maxrss as u64,
+    )
 }
 
 impl Collector {
     pub fn start(config: &CollectorConfig) -> Result<Self, CollectError> {
         let mut sensor = Sensor::start(&config.sensor)?;
-        let (energy, energy_note) = EnergySource::open(&config.energy, &config.sensor.root, sensor.cpus(), &config.model)?;
+        let (energy, energy_note) = EnergySource::open(
+            &config.energy,
+            &config.sensor.root,
+            sensor.cpus(),
+            &config.model,
+        )?;
         let cpus_by_socket = cpus_by_socket(sensor.cpus());
         let mut reading = SensorReading::default();
         sensor.read_into(&mut reading)?;
         let tracker = Tracker::new(sensor.counter_names().len(), &reading);
         // Without a cgroup2 mount records carry only cgroup ids; that is worth a warning, not a stop.
-        let resolver = read_cgroup2_mount(&config.sensor.root).ok().map(CgroupResolver::new);
+        let resolver = read_cgroup2_mount(&config.sensor.root)
+            .ok()
+            .map(CgroupResolver::new);
         Ok(Self {
             energy,
             energy_note,
@@ -125,15 +135,22 @@ impl Collector {
         let drain_us = began.elapsed().as_micros() as u64;
         let power = match &mut self.energy {
             Some(energy) => {
-                let mut busy_by_socket: Vec<(u32, u64)> = self.cpus_by_socket.iter().map(|(s, _)| (*s, 0)).collect();
+                let mut busy_by_socket: Vec<(u32, u64)> =
+                    self.cpus_by_socket.iter().map(|(s, _)| (*s, 0)).collect();
                 for task in deltas.tasks.iter().filter(|t| !t.key.is_idle()) {
-                    if let Some((_, busy)) = busy_by_socket.iter_mut().find(|(s, _)| *s == task.key.socket) {
+                    if let Some((_, busy)) = busy_by_socket
+                        .iter_mut()
+                        .find(|(s, _)| *s == task.key.socket)
+                    {
                         *busy += task.on_cpu_ns;
                     }
                 }
                 let sample = energy.sample(deltas.duration_ns(), &busy_by_socket)?;
                 let counters = self.sensor.counter_names();
-                Some(self.attribution.attribute(&deltas, &counters, &self.cpus_by_socket, &sample))
+                Some(
+                    self.attribution
+                        .attribute(&deltas, &counters, &self.cpus_by_socket, &sample),
+                )
             }
             None => None,
         };
@@ -148,6 +165,12 @@ impl Collector {
             peak_rss_kib,
         };
         self.last_cpu_ns = cpu_ns;
-        Ok(Snapshot { deltas, aggregate, power, wall_end, meter })
+        Ok(Snapshot {
+            deltas,
+            aggregate,
+            power,
+            wall_end,
+            meter,
+        })
     }
 }

@@ -49,7 +49,8 @@ pub fn scale_counter(value: u64, enabled_ns: u64, running_ns: u64) -> u64 {
     if running_ns == 0 || running_ns >= enabled_ns {
         return value;
     }
-    (u128::from(value) * u128::from(enabled_ns) / u128::from(running_ns)).min(u128::from(u64::MAX)) as u64
+    (u128::from(value) * u128::from(enabled_ns) / u128::from(running_ns)).min(u128::from(u64::MAX))
+        as u64
 }
 
 /// Counter delta between two cumulative readings; counters are modular, so a wrap is fine.
@@ -72,7 +73,9 @@ fn stats_delta(now: &SensorStats, before: &SensorStats) -> SensorStats {
         lost_ns: now.lost_ns.saturating_sub(before.lost_ns),
         exit_overflow: now.exit_overflow.saturating_sub(before.exit_overflow),
         overwritten_dead: now.overwritten_dead.saturating_sub(before.overwritten_dead),
-        counter_read_errors: now.counter_read_errors.saturating_sub(before.counter_read_errors),
+        counter_read_errors: now
+            .counter_read_errors
+            .saturating_sub(before.counter_read_errors),
     }
 }
 
@@ -92,7 +95,10 @@ impl Tracker {
     pub fn new(num_counters: usize, baseline: &SensorReading) -> Self {
         let mut tracker = Self {
             num_counters: num_counters.min(MAX_COUNTERS),
-            previous: HashMap::with_capacity_and_hasher(baseline.live_keys.len() * 2, Default::default()),
+            previous: HashMap::with_capacity_and_hasher(
+                baseline.live_keys.len() * 2,
+                Default::default(),
+            ),
             previous_stats: SensorStats::default(),
             previous_ns: 0,
             readings: 0,
@@ -102,16 +108,28 @@ impl Tracker {
     }
 
     /// The delta of one task against `before` (same incarnation) or zero; `None` if it did not run.
-    fn delta(&self, key: &TaskKey, now: &TaskTotals, before: Option<&TaskTotals>, exited: bool) -> Option<TaskDelta> {
+    fn delta(
+        &self,
+        key: &TaskKey,
+        now: &TaskTotals,
+        before: Option<&TaskTotals>,
+        exited: bool,
+    ) -> Option<TaskDelta> {
         let before = before.filter(|p| p.first_seen_ns == now.first_seen_ns);
         let on_cpu_ns = match before {
-            Some(b) => now.on_cpu_ns.checked_sub(b.on_cpu_ns).unwrap_or(now.on_cpu_ns),
+            Some(b) => now
+                .on_cpu_ns
+                .checked_sub(b.on_cpu_ns)
+                .unwrap_or(now.on_cpu_ns),
             None => now.on_cpu_ns,
         };
         let zero = CounterReading::default();
         let mut counters = [0; MAX_COUNTERS];
         for (slot, value) in counters.iter_mut().enumerate().take(self.num_counters) {
-            *value = counter_delta(&now.counters[slot], before.map_or(&zero, |b| &b.counters[slot]));
+            *value = counter_delta(
+                &now.counters[slot],
+                before.map_or(&zero, |b| &b.counters[slot]),
+            );
         }
         if on_cpu_ns == 0 && counters.iter().all(|&c| c == 0) {
             return None;
@@ -132,7 +150,11 @@ impl Tracker {
         let generation = self.readings;
         let mut tasks = Vec::with_capacity(reading.live_keys.len() + reading.exited.len());
         // The kernel sends an exit and then removes the entry; a read between the two sees both.
-        let exited: HashSet<(TaskKey, u64)> = reading.exited.iter().map(|(k, t)| (*k, t.first_seen_ns)).collect();
+        let exited: HashSet<(TaskKey, u64)> = reading
+            .exited
+            .iter()
+            .map(|(k, t)| (*k, t.first_seen_ns))
+            .collect();
         for (key, totals) in &reading.exited {
             let before = self.previous.remove(key).map(|(t, _)| t);
             tasks.extend(self.delta(key, totals, before.as_ref(), true));
@@ -166,17 +188,34 @@ mod tests {
     use super::*;
 
     fn key(pid: u32) -> TaskKey {
-        TaskKey { tgid: pid, pid, socket: 0, idle_cpu: powerapi_common::NOT_IDLE }
+        TaskKey {
+            tgid: pid,
+            pid,
+            socket: 0,
+            idle_cpu: powerapi_common::NOT_IDLE,
+        }
     }
 
     fn totals(first_seen: u64, on_cpu: u64, cycles: u64) -> TaskTotals {
-        let mut t = TaskTotals { first_seen_ns: first_seen, on_cpu_ns: on_cpu, ..Default::default() };
-        t.counters[0] = CounterReading { value: cycles, enabled_ns: on_cpu, running_ns: on_cpu };
+        let mut t = TaskTotals {
+            first_seen_ns: first_seen,
+            on_cpu_ns: on_cpu,
+            ..Default::default()
+        };
+        t.counters[0] = CounterReading {
+            value: cycles,
+            enabled_ns: on_cpu,
+            running_ns: on_cpu,
+        };
         t.comm[..4].copy_from_slice(b"burn");
         t
     }
 
-    fn reading(at: u64, live: Vec<(TaskKey, TaskTotals)>, exited: Vec<(TaskKey, TaskTotals)>) -> SensorReading {
+    fn reading(
+        at: u64,
+        live: Vec<(TaskKey, TaskTotals)>,
+        exited: Vec<(TaskKey, TaskTotals)>,
+    ) -> SensorReading {
         SensorReading {
             taken_at_ns: at,
             live_keys: live.iter().map(|(k, _)| *k).collect(),
@@ -188,7 +227,8 @@ mod tests {
 
     #[test]
     fn deltas_between_readings() {
-        let mut tracker = Tracker::new(1, &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
+        let mut tracker =
+            Tracker::new(1, &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
         let d = tracker.advance(&reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
         assert_eq!((d.start_ns, d.end_ns), (100, 200));
         assert_eq!(d.tasks.len(), 1);
@@ -211,7 +251,11 @@ mod tests {
     fn exit_reported_once_even_if_also_still_in_map() {
         let mut tracker = Tracker::new(0, &reading(0, vec![(key(3), totals(1, 10, 0))], vec![]));
         let final_totals = totals(1, 25, 0);
-        let d = tracker.advance(&reading(10, vec![(key(3), final_totals)], vec![(key(3), final_totals)]));
+        let d = tracker.advance(&reading(
+            10,
+            vec![(key(3), final_totals)],
+            vec![(key(3), final_totals)],
+        ));
         assert_eq!(d.tasks.len(), 1);
         assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].exited), (15, true));
         let d = tracker.advance(&reading(20, vec![], vec![]));
@@ -220,14 +264,21 @@ mod tests {
 
     #[test]
     fn pid_reuse_neither_negative_nor_merged() {
-        let mut tracker = Tracker::new(1, &reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]));
+        let mut tracker = Tracker::new(
+            1,
+            &reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]),
+        );
         // pid 4 died (final 1200) and a new pid 4 ran 30 ns, both within one interval.
         let d = tracker.advance(&reading(
             10,
             vec![(key(4), totals(777, 30, 60))],
             vec![(key(4), totals(1, 1200, 9500))],
         ));
-        let mut got: Vec<_> = d.tasks.iter().map(|t| (t.on_cpu_ns, t.counters[0], t.exited)).collect();
+        let mut got: Vec<_> = d
+            .tasks
+            .iter()
+            .map(|t| (t.on_cpu_ns, t.counters[0], t.exited))
+            .collect();
         got.sort();
         assert_eq!(got, vec![(30, 60, false), (200, 500, true)]);
         // The new incarnation's next delta is against itself.
@@ -237,8 +288,16 @@ mod tests {
 
     #[test]
     fn counter_wrap_and_multiplexing() {
-        let before = CounterReading { value: u64::MAX - 5, enabled_ns: 100, running_ns: 100 };
-        let now = CounterReading { value: 4, enabled_ns: 200, running_ns: 150 };
+        let before = CounterReading {
+            value: u64::MAX - 5,
+            enabled_ns: 100,
+            running_ns: 100,
+        };
+        let now = CounterReading {
+            value: 4,
+            enabled_ns: 200,
+            running_ns: 150,
+        };
         // 10 counted while running 50 of 100 enabled ns → 20.
         assert_eq!(counter_delta(&now, &before), 20);
         assert_eq!(scale_counter(10, 100, 100), 10);

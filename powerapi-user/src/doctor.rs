@@ -26,7 +26,11 @@ pub struct Check {
 
 impl Check {
     fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
-        Self { name, status, detail: detail.into() }
+        Self {
+            name,
+            status,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -72,8 +76,18 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
     let release = release.trim();
     checks.push(match parse_kernel_version(release) {
         Some(v) if v >= (5, 10) => Check::new("kernel", Status::Ok, format!("Linux {release}")),
-        Some(_) => Check::new("kernel", Status::Fail, format!("Linux {release}: powerapi needs ≥ 5.10 (per-CPU BPF test runs); upgrade the kernel")),
-        None => Check::new("kernel", Status::Warn, "cannot read the kernel version from /proc/sys/kernel/osrelease"),
+        Some(_) => Check::new(
+            "kernel",
+            Status::Fail,
+            format!(
+                "Linux {release}: powerapi needs ≥ 5.10 (per-CPU BPF test runs); upgrade the kernel"
+            ),
+        ),
+        None => Check::new(
+            "kernel",
+            Status::Warn,
+            "cannot read the kernel version from /proc/sys/kernel/osrelease",
+        ),
     });
 
     let privileged = privilege::can_trace(root);
@@ -90,7 +104,11 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
     });
 
     if privileged {
-        let config = SensorConfig { counters: Vec::new(), root: root.to_path_buf(), ..Default::default() };
+        let config = SensorConfig {
+            counters: Vec::new(),
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
         checks.push(match Sensor::start(&config).and_then(|mut s| s.read().map(|r| (s, r))) {
             Ok((sensor, reading)) => Check::new(
                 "bpf sensor",
@@ -103,8 +121,16 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
             ),
             Err(e) => Check::new("bpf sensor", Status::Fail, e.to_string()),
         });
-        for name in ["cycles", "instructions", "ref-cycles", "llc-misses", "cpu-clock"] {
-            let Ok(spec) = name.parse::<counters::CounterSpec>() else { continue };
+        for name in [
+            "cycles",
+            "instructions",
+            "ref-cycles",
+            "llc-misses",
+            "cpu-clock",
+        ] {
+            let Ok(spec) = name.parse::<counters::CounterSpec>() else {
+                continue;
+            };
             checks.push(match counters::open_on_cpu(&spec, 0) {
                 Ok(_) => Check::new(counter_check_name(name), Status::Ok, "available"),
                 Err(e) => Check::new(
@@ -117,8 +143,16 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
     }
 
     checks.push(match read_cgroup2_mount(root) {
-        Ok(mount) => Check::new("cgroup v2", Status::Ok, format!("mounted at {}", mount.display())),
-        Err(e) => Check::new("cgroup v2", Status::Warn, format!("{e}; records will carry cgroup ids without paths")),
+        Ok(mount) => Check::new(
+            "cgroup v2",
+            Status::Ok,
+            format!("mounted at {}", mount.display()),
+        ),
+        Err(e) => Check::new(
+            "cgroup v2",
+            Status::Warn,
+            format!("{e}; records will carry cgroup ids without paths"),
+        ),
     });
 
     let zones = list_dir(&root.join("sys/class/powercap"), "intel-rapl");
@@ -138,10 +172,20 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         )
     });
 
-    let power_events = list_dir(&root.join("sys/bus/event_source/devices/power/events"), "energy-");
-    let power_events: Vec<_> = power_events.into_iter().filter(|e| !e.contains('.')).collect();
+    let power_events = list_dir(
+        &root.join("sys/bus/event_source/devices/power/events"),
+        "energy-",
+    );
+    let power_events: Vec<_> = power_events
+        .into_iter()
+        .filter(|e| !e.contains('.'))
+        .collect();
     checks.push(if power_events.is_empty() {
-        Check::new("rapl perf pmu", Status::Warn, "no perf `power` PMU under /sys/bus/event_source/devices/power (no RAPL, or a VM)")
+        Check::new(
+            "rapl perf pmu",
+            Status::Warn,
+            "no perf `power` PMU under /sys/bus/event_source/devices/power (no RAPL, or a VM)",
+        )
     } else {
         Check::new("rapl perf pmu", Status::Ok, power_events.join(", "))
     });
@@ -149,16 +193,27 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
     checks.push(if root.join("dev/cpu/0/msr").exists() {
         Check::new("rapl msr", Status::Ok, "/dev/cpu/0/msr present")
     } else if root.join("sys/module/msr").exists() {
-        Check::new("rapl msr", Status::Warn, "msr module loaded but /dev/cpu/0/msr missing (no MSR access in this VM/container)")
+        Check::new(
+            "rapl msr",
+            Status::Warn,
+            "msr module loaded but /dev/cpu/0/msr missing (no MSR access in this VM/container)",
+        )
     } else {
-        Check::new("rapl msr", Status::Warn, "/dev/cpu/*/msr absent: `modprobe msr` as root if this CPU has RAPL MSRs")
+        Check::new(
+            "rapl msr",
+            Status::Warn,
+            "/dev/cpu/*/msr absent: `modprobe msr` as root if this CPU has RAPL MSRs",
+        )
     });
 
     if let Ok(paranoid) = fs::read_to_string(root.join("proc/sys/kernel/perf_event_paranoid")) {
         checks.push(Check::new(
             "perf paranoid",
             Status::Ok,
-            format!("perf_event_paranoid = {} (root and CAP_PERFMON are not limited by it)", paranoid.trim()),
+            format!(
+                "perf_event_paranoid = {} (root and CAP_PERFMON are not limited by it)",
+                paranoid.trim()
+            ),
         ));
     }
     checks

@@ -8,7 +8,10 @@ const CAP_BPF: u32 = 39;
 
 /// Effective capabilities from `/proc/<pid>/status` text (`CapEff:\t000001ffffffffff`).
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -26,8 +29,7 @@ pub fn can_trace(root: &Path) -> bool {
         .is_some_and(caps_allow_tracing)
 }
 
-pub const PRIVILEGE_HINT: &str =
-    "powerapi needs root or CAP_BPF+CAP_PERFMON: run it with sudo (or `setcap cap_bpf,cap_perfmon+ep`)";
+pub const PRIVILEGE_HINT: &str = "powerapi needs root or CAP_BPF+CAP_PERFMON: run it with sudo (or `setcap cap_bpf,cap_perfmon+ep`)";
 
 #[cfg(test)]
 mod tests {
@@ -37,7 +39,9 @@ mod tests {
     fn caps() {
         let root = parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n").expect("parse");
         assert!(caps_allow_tracing(root));
-        assert!(!caps_allow_tracing(parse_cap_eff("CapEff:\t0000000000000000").expect("parse")));
+        assert!(!caps_allow_tracing(
+            parse_cap_eff("CapEff:\t0000000000000000").expect("parse")
+        ));
         assert!(caps_allow_tracing((1 << 38) | (1 << 39)));
         assert!(!caps_allow_tracing(1 << 39));
         assert_eq!(parse_cap_eff("nothing"), None);

@@ -14,8 +14,8 @@ use crate::{
     cgroup::{CgroupResolver, parse_container, parse_systemd_unit},
     collect::{CollectError, Collector, CollectorConfig, Snapshot},
     report::{
-        CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA, TaskRecord, ipc,
-        machine_energy, named_counters, task_energy,
+        CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA,
+        TaskRecord, ipc, machine_energy, named_counters, task_energy,
     },
     sink::{Sink, SinkError},
 };
@@ -90,13 +90,20 @@ pub fn cgroup_info(resolver: Option<&CgroupResolver>, id: u64) -> CgroupInfo {
     CgroupInfo {
         id,
         container: path.as_deref().and_then(parse_container),
-        unit: path.as_deref().and_then(parse_systemd_unit).map(str::to_string),
+        unit: path
+            .as_deref()
+            .and_then(parse_systemd_unit)
+            .map(str::to_string),
         path,
     }
 }
 
 fn percent(ns: u64, duration_ns: u64) -> f64 {
-    if duration_ns == 0 { 0.0 } else { ns as f64 * 100.0 / duration_ns as f64 }
+    if duration_ns == 0 {
+        0.0
+    } else {
+        ns as f64 * 100.0 / duration_ns as f64
+    }
 }
 
 /// Builds one interval's records: the machine record first, then the chosen granularity.
@@ -127,7 +134,12 @@ pub fn build_records(
         energy: snapshot.power.as_ref().map(machine_energy),
     })];
     let seconds = interval.duration_ns as f64 / 1e9;
-    let energy_of = |joules: &crate::attribution::DomainJoules| snapshot.power.as_ref().map(|p| task_energy(p, joules, seconds));
+    let energy_of = |joules: &crate::attribution::DomainJoules| {
+        snapshot
+            .power
+            .as_ref()
+            .map(|p| task_energy(p, joules, seconds))
+    };
     let task_record = |group: &Group, thread: bool| {
         let counters = named_counters(&run.counters, &group.usage.counters);
         TaskRecord {
@@ -156,7 +168,13 @@ pub fn build_records(
                     .iter()
                     .map(|g| task_record(g, thread))
                     .filter(|r| filter.matches(r.pid, &r.comm, &r.cgroup))
-                    .map(|r| if thread { Record::Thread(r) } else { Record::Process(r) }),
+                    .map(|r| {
+                        if thread {
+                            Record::Thread(r)
+                        } else {
+                            Record::Process(r)
+                        }
+                    }),
             );
         }
         Granularity::Cgroup => {
@@ -189,7 +207,9 @@ pub fn announce(collector: &Collector, run: &RunInfo) {
     if let Some(note) = collector.energy_note() {
         eprintln!("powerapi: {note}");
     } else if collector.energy_estimated() {
-        eprintln!("powerapi: energy is ESTIMATED by the linear model (--energy-source model), not measured");
+        eprintln!(
+            "powerapi: energy is ESTIMATED by the linear model (--energy-source model), not measured"
+        );
     }
 }
 
@@ -197,7 +217,11 @@ pub fn run_info(collector: &Collector) -> RunInfo {
     let sensor = collector.sensor();
     let counters = sensor.counter_names();
     RunInfo {
-        mode: if counters.is_empty() { Mode::TimeOnly } else { Mode::Counters },
+        mode: if counters.is_empty() {
+            Mode::TimeOnly
+        } else {
+            Mode::Counters
+        },
         mode_reason: sensor.time_only_reason().map(str::to_string),
         counters,
         cpus: sensor.cpus().len() as u32,
@@ -206,7 +230,11 @@ pub fn run_info(collector: &Collector) -> RunInfo {
 
 /// Runs until `duration` ends or `stop` receives (or disconnects); returns how many intervals
 /// were written.
-pub fn record(config: &RecordConfig, sink: &mut dyn Sink, stop: &Receiver<()>) -> Result<u64, RecordError> {
+pub fn record(
+    config: &RecordConfig,
+    sink: &mut dyn Sink,
+    stop: &Receiver<()>,
+) -> Result<u64, RecordError> {
     let mut collector = Collector::start(&config.collector)?;
     let run = run_info(&collector);
     announce(&collector, &run);
@@ -253,17 +281,36 @@ mod tests {
 
     #[test]
     fn filters() {
-        let cg = CgroupInfo { id: 42, path: Some("/system.slice/nginx.service".into()), ..Default::default() };
+        let cg = CgroupInfo {
+            id: 42,
+            path: Some("/system.slice/nginx.service".into()),
+            ..Default::default()
+        };
         assert!(Filter::default().matches(1, "x", &cg));
-        let f = Filter { pids: vec![7], ..Default::default() };
+        let f = Filter {
+            pids: vec![7],
+            ..Default::default()
+        };
         assert!(f.matches(7, "x", &cg) && !f.matches(8, "x", &cg));
-        let f = Filter { comms: vec!["nginx".into()], ..Default::default() };
+        let f = Filter {
+            comms: vec!["nginx".into()],
+            ..Default::default()
+        };
         assert!(f.matches(1, "nginx", &cg) && !f.matches(1, "ngin", &cg));
-        let f = Filter { cgroups: vec!["/system.slice".into()], ..Default::default() };
+        let f = Filter {
+            cgroups: vec!["/system.slice".into()],
+            ..Default::default()
+        };
         assert!(f.matches(1, "x", &cg));
-        let f = Filter { cgroups: vec!["/system.sl".into()], ..Default::default() };
+        let f = Filter {
+            cgroups: vec!["/system.sl".into()],
+            ..Default::default()
+        };
         assert!(!f.matches(1, "x", &cg));
-        let f = Filter { cgroups: vec!["42".into()], ..Default::default() };
+        let f = Filter {
+            cgroups: vec!["42".into()],
+            ..Default::default()
+        };
         assert!(f.matches(1, "x", &cg));
     }
 }

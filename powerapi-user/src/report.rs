@@ -222,11 +222,17 @@ pub fn machine_energy(power: &PowerReport) -> MachineEnergy {
 
 /// A task's (or group's) energy over `seconds`, for the domains the source measured.
 pub fn task_energy(power: &PowerReport, joules: &DomainJoules, seconds: f64) -> TaskEnergy {
-    let mut energy = TaskEnergy { estimated: power.estimated, joules: BTreeMap::new(), watts: BTreeMap::new() };
+    let mut energy = TaskEnergy {
+        estimated: power.estimated,
+        joules: BTreeMap::new(),
+        watts: BTreeMap::new(),
+    };
     for d in &power.domains {
         let j = joules[d.key.domain.index()];
         energy.joules.insert(d.key.domain, j);
-        energy.watts.insert(d.key.domain, if seconds > 0.0 { j / seconds } else { 0.0 });
+        energy
+            .watts
+            .insert(d.key.domain, if seconds > 0.0 { j / seconds } else { 0.0 });
     }
     energy
 }
@@ -274,7 +280,11 @@ mod tests {
             ipc: ipc(counters.as_ref()),
             counters,
             threads: Some(1),
-            cgroup: CgroupInfo { id: 7, path: Some("/a".into()), ..Default::default() },
+            cgroup: CgroupInfo {
+                id: 7,
+                path: Some("/a".into()),
+                ..Default::default()
+            },
             exited: false,
             energy: Some(TaskEnergy {
                 estimated: true,
@@ -283,10 +293,21 @@ mod tests {
             }),
         });
         let line = serde_json::to_string(&record).expect("serialize");
-        assert!(line.starts_with(r#"{"type":"process","schema":1,"#), "{line}");
+        assert!(
+            line.starts_with(r#"{"type":"process","schema":1,"#),
+            "{line}"
+        );
         assert!(line.contains(r#""ipc":2.5"#));
-        assert!(line.contains(r#""energy":{"estimated":true,"joules":{"package":1.5},"watts":{"package":1.5}}"#), "{line}");
-        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), record);
+        assert!(
+            line.contains(
+                r#""energy":{"estimated":true,"joules":{"package":1.5},"watts":{"package":1.5}}"#
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Record>(&line).expect("parse"),
+            record
+        );
     }
 
     #[test]
@@ -311,6 +332,9 @@ mod tests {
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(line.contains(r#""mode":"time-only""#));
         assert!(!line.contains("counters"));
-        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), record);
+        assert_eq!(
+            serde_json::from_str::<Record>(&line).expect("parse"),
+            record
+        );
     }
 }

@@ -28,10 +28,18 @@ use crate::{
 pub enum RunError {
     #[error(transparent)]
     Collect(#[from] CollectError),
-    #[error("powerapi run follows CMD through a cgroup v2 of its own and cannot create one ({path}: {source}); mount cgroup2 read-write or run as root")]
-    Cgroup { path: String, source: std::io::Error },
+    #[error(
+        "powerapi run follows CMD through a cgroup v2 of its own and cannot create one ({path}: {source}); mount cgroup2 read-write or run as root"
+    )]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start {command}: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -69,8 +77,15 @@ impl Stat {
             return Self::default();
         }
         let mean = values.iter().sum::<f64>() / n;
-        let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-        Self { mean, stddev: var.sqrt() }
+        let var = if values.len() > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            mean,
+            stddev: var.sqrt(),
+        }
     }
 }
 
@@ -95,22 +110,57 @@ pub struct RunReport {
 }
 
 /// Summarises the repetitions. Pure.
-pub fn summarise(command: &[String], runs: Vec<RunMeasurement>, source: Option<String>, estimated: bool, mode: &str) -> RunReport {
-    let stat = |f: &dyn Fn(&RunMeasurement) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
-    let domains: Vec<Domain> = runs.iter().flat_map(|r| r.joules.keys().copied()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+pub fn summarise(
+    command: &[String],
+    runs: Vec<RunMeasurement>,
+    source: Option<String>,
+    estimated: bool,
+    mode: &str,
+) -> RunReport {
+    let stat =
+        |f: &dyn Fn(&RunMeasurement) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let domains: Vec<Domain> = runs
+        .iter()
+        .flat_map(|r| r.joules.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut joules = BTreeMap::new();
     let mut watts = BTreeMap::new();
     let mut share = BTreeMap::new();
     for d in domains {
         joules.insert(d, stat(&|r| r.joules.get(&d).copied().unwrap_or(0.0)));
-        watts.insert(d, stat(&|r| if r.duration_s > 0.0 { r.joules.get(&d).copied().unwrap_or(0.0) / r.duration_s } else { 0.0 }));
-        share.insert(d, stat(&|r| match r.machine_joules.get(&d) { Some(&m) if m > 0.0 => r.joules.get(&d).copied().unwrap_or(0.0) / m, _ => 0.0 }).mean);
+        watts.insert(
+            d,
+            stat(&|r| {
+                if r.duration_s > 0.0 {
+                    r.joules.get(&d).copied().unwrap_or(0.0) / r.duration_s
+                } else {
+                    0.0
+                }
+            }),
+        );
+        share.insert(
+            d,
+            stat(&|r| match r.machine_joules.get(&d) {
+                Some(&m) if m > 0.0 => r.joules.get(&d).copied().unwrap_or(0.0) / m,
+                _ => 0.0,
+            })
+            .mean,
+        );
     }
     let cycles: u64 = runs.iter().filter_map(|r| r.counters.get("cycles")).sum();
-    let instructions: u64 = runs.iter().filter_map(|r| r.counters.get("instructions")).sum();
+    let instructions: u64 = runs
+        .iter()
+        .filter_map(|r| r.counters.get("instructions"))
+        .sum();
     RunReport {
         command: command.to_vec(),
-        exit_code: runs.iter().map(|r| r.exit_code).find(|&c| c != 0).unwrap_or(0),
+        exit_code: runs
+            .iter()
+            .map(|r| r.exit_code)
+            .find(|&c| c != 0)
+            .unwrap_or(0),
         source,
         estimated,
         mode: mode.to_string(),
@@ -126,8 +176,15 @@ pub fn summarise(command: &[String], runs: Vec<RunMeasurement>, source: Option<S
 
 fn plus_minus(stat: &Stat, n: usize, unit: &str, precision: usize) -> String {
     if n > 1 {
-        let rel = if stat.mean != 0.0 { stat.stddev / stat.mean * 100.0 } else { 0.0 };
-        format!("{:>10.precision$} {unit:<2} ± {:.precision$} ({rel:.1}%)", stat.mean, stat.stddev)
+        let rel = if stat.mean != 0.0 {
+            stat.stddev / stat.mean * 100.0
+        } else {
+            0.0
+        };
+        format!(
+            "{:>10.precision$} {unit:<2} ± {:.precision$} ({rel:.1}%)",
+            stat.mean, stat.stddev
+        )
     } else {
         format!("{:>10.precision$} {unit}", stat.mean)
     }
@@ -137,17 +194,38 @@ fn plus_minus(stat: &Stat, n: usize, unit: &str, precision: usize) -> String {
 pub fn render(report: &RunReport) -> String {
     let n = report.runs.len();
     let mut out = String::new();
-    let runs = if n > 1 { format!(" ({n} runs)") } else { String::new() };
-    out.push_str(&format!("\n powerapi run '{}'{runs}:\n\n", report.command.join(" ")));
-    out.push_str(&format!("   {:<20}{}\n", "duration", plus_minus(&report.duration_s, n, "s", 3)));
-    out.push_str(&format!("   {:<20}{}\n", "cpu time", plus_minus(&report.cpu_time_s, n, "s", 3)));
+    let runs = if n > 1 {
+        format!(" ({n} runs)")
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "\n powerapi run '{}'{runs}:\n\n",
+        report.command.join(" ")
+    ));
+    out.push_str(&format!(
+        "   {:<20}{}\n",
+        "duration",
+        plus_minus(&report.duration_s, n, "s", 3)
+    ));
+    out.push_str(&format!(
+        "   {:<20}{}\n",
+        "cpu time",
+        plus_minus(&report.cpu_time_s, n, "s", 3)
+    ));
     let mut total_cycles = 0;
     for run in &report.runs {
         total_cycles += run.counters.get("cycles").copied().unwrap_or(0);
     }
     if let Some(first) = report.runs.first() {
         for name in first.counters.keys() {
-            let stat = Stat::of(&report.runs.iter().map(|r| r.counters.get(name).copied().unwrap_or(0) as f64).collect::<Vec<_>>());
+            let stat = Stat::of(
+                &report
+                    .runs
+                    .iter()
+                    .map(|r| r.counters.get(name).copied().unwrap_or(0) as f64)
+                    .collect::<Vec<_>>(),
+            );
             out.push_str(&format!("   {:<20}{}\n", name, plus_minus(&stat, n, "", 0)));
         }
     }
@@ -166,7 +244,10 @@ pub fn render(report: &RunReport) -> String {
     }
     let how = match (&report.source, report.estimated) {
         (None, _) => "no energy source (--energy-source none): CPU time only".to_string(),
-        (Some(_), true) => "energy ESTIMATED by the linear model (no RAPL here): compare runs, do not quote watts".to_string(),
+        (Some(_), true) => {
+            "energy ESTIMATED by the linear model (no RAPL here): compare runs, do not quote watts"
+                .to_string()
+        }
         (Some(source), false) => format!("energy measured by RAPL ({source})"),
     };
     out.push_str(&format!("\n   {how}; counters: {}\n", report.mode));
@@ -187,11 +268,19 @@ impl RunCgroup {
     fn create(mount: &Path, n: u32) -> Result<Self, RunError> {
         use std::os::unix::fs::MetadataExt;
         let dir = mount.join(format!("powerapi-run-{}-{n}", std::process::id()));
-        let err = |source| RunError::Cgroup { path: dir.display().to_string(), source };
+        let err = |source| RunError::Cgroup {
+            path: dir.display().to_string(),
+            source,
+        };
         fs::create_dir(&dir).map_err(err)?;
         let id = fs::metadata(&dir).map_err(err)?.ino();
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes().to_vec())
-            .map_err(|_| err(std::io::Error::other("path contains NUL")))?;
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes()
+                .to_vec(),
+        )
+        .map_err(|_| err(std::io::Error::other("path contains NUL")))?;
         Ok(Self { dir, procs, id })
     }
 }
@@ -199,16 +288,28 @@ impl RunCgroup {
 impl Drop for RunCgroup {
     fn drop(&mut self) {
         if fs::remove_dir(&self.dir).is_err() {
-            eprintln!("powerapi: {} still has processes (CMD left descendants running); remove it when they end", self.dir.display());
+            eprintln!(
+                "powerapi: {} still has processes (CMD left descendants running); remove it when they end",
+                self.dir.display()
+            );
         }
     }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1)
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
 }
 
-fn measure_once(collector: &mut Collector, config: &RunConfig, mount: &Path, n: u32, stop: &Receiver<()>) -> Result<RunMeasurement, RunError> {
+fn measure_once(
+    collector: &mut Collector,
+    config: &RunConfig,
+    mount: &Path,
+    n: u32,
+    stop: &Receiver<()>,
+) -> Result<RunMeasurement, RunError> {
     let cgroup = RunCgroup::create(mount, n)?;
     let mut command = Command::new(&config.command[0]);
     command.args(&config.command[1..]);
@@ -231,7 +332,10 @@ fn measure_once(collector: &mut Collector, config: &RunConfig, mount: &Path, n: 
     }
     collector.collect()?; // start from a clean interval boundary
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|source| RunError::Spawn { command: config.command[0].clone(), source })?;
+    let mut child = command.spawn().map_err(|source| RunError::Spawn {
+        command: config.command[0].clone(),
+        source,
+    })?;
     let child_pid = child.id() as i32;
     let (done_tx, done_rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
@@ -257,19 +361,30 @@ fn measure_once(collector: &mut Collector, config: &RunConfig, mount: &Path, n: 
     for domain in measurement.machine_joules.keys() {
         measurement.joules.entry(*domain).or_default();
     }
-    let status = waiter.join().map_err(|_| RunError::Spawn { command: config.command[0].clone(), source: std::io::Error::other("waiter thread panicked") })?;
+    let status = waiter.join().map_err(|_| RunError::Spawn {
+        command: config.command[0].clone(),
+        source: std::io::Error::other("waiter thread panicked"),
+    })?;
     measurement.exit_code = status.map(exit_code).unwrap_or(1);
     Ok(measurement)
 }
 
 /// Closes an interval and adds CMD's cgroup's share of it to `m`.
-fn accumulate(collector: &mut Collector, cgroup_id: u64, m: &mut RunMeasurement) -> Result<(), RunError> {
+fn accumulate(
+    collector: &mut Collector,
+    cgroup_id: u64,
+    m: &mut RunMeasurement,
+) -> Result<(), RunError> {
     let snapshot = collector.collect()?;
     let counters = collector.sensor().counter_names();
     for name in &counters {
         m.counters.entry(name.clone()).or_default();
     }
-    let group = snapshot.aggregate.cgroups.iter().find(|g| g.cgroup_id == cgroup_id);
+    let group = snapshot
+        .aggregate
+        .cgroups
+        .iter()
+        .find(|g| g.cgroup_id == cgroup_id);
     if let Some(group) = group {
         m.cpu_time_s += group.usage.on_cpu_ns as f64 / 1e9;
         for (name, value) in counters.iter().zip(group.usage.counters) {
@@ -281,14 +396,22 @@ fn accumulate(collector: &mut Collector, cgroup_id: u64, m: &mut RunMeasurement)
             *m.machine_joules.entry(d.key.domain).or_default() += d.measured_j;
         }
         if let Some(group) = group {
-            add_joules(&mut m.joules, &group.usage.joules, power.domains.iter().map(|d| d.key.domain));
+            add_joules(
+                &mut m.joules,
+                &group.usage.joules,
+                power.domains.iter().map(|d| d.key.domain),
+            );
         }
     }
     Ok(())
 }
 
 /// Adds each domain once (a domain measured on several sockets is summed in `joules` already).
-fn add_joules(total: &mut BTreeMap<Domain, f64>, joules: &DomainJoules, domains: impl Iterator<Item = Domain>) {
+fn add_joules(
+    total: &mut BTreeMap<Domain, f64>,
+    joules: &DomainJoules,
+    domains: impl Iterator<Item = Domain>,
+) {
     let mut seen = Vec::new();
     for domain in domains {
         if !seen.contains(&domain) {
@@ -300,7 +423,11 @@ fn add_joules(total: &mut BTreeMap<Domain, f64>, joules: &DomainJoules, domains:
 
 /// Runs CMD `repeat` times and reports; the caller exits with `report.exit_code`.
 pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunError> {
-    let mount = read_cgroup2_mount(&config.collector.sensor.root).map_err(|e| RunError::Cgroup { path: "cgroup2".into(), source: std::io::Error::other(e.to_string()) })?;
+    let mount =
+        read_cgroup2_mount(&config.collector.sensor.root).map_err(|e| RunError::Cgroup {
+            path: "cgroup2".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let mut collector = Collector::start(&config.collector)?;
     let info = run_info(&collector);
     announce(&collector, &info);
@@ -309,8 +436,18 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
         runs.push(measure_once(&mut collector, config, &mount, n, stop)?);
     }
     let source = collector.energy_source_name();
-    let mode = if info.counters.is_empty() { "time-only".to_string() } else { info.counters.join(",") };
-    Ok(summarise(&config.command, runs, source, collector.energy_estimated(), &mode))
+    let mode = if info.counters.is_empty() {
+        "time-only".to_string()
+    } else {
+        info.counters.join(",")
+    };
+    Ok(summarise(
+        &config.command,
+        runs,
+        source,
+        collector.energy_estimated(),
+        &mode,
+    ))
 }
 
 #[cfg(test)]
@@ -339,7 +476,13 @@ mod tests {
     #[test]
     fn summary_and_render() {
         let cmd = vec!["make".to_string(), "-j2".to_string()];
-        let report = summarise(&cmd, vec![measurement(10.0, 40.0, 2.0), measurement(12.0, 40.0, 2.0)], Some("powercap".into()), false, "time-only");
+        let report = summarise(
+            &cmd,
+            vec![measurement(10.0, 40.0, 2.0), measurement(12.0, 40.0, 2.0)],
+            Some("powercap".into()),
+            false,
+            "time-only",
+        );
         assert_eq!(report.joules[&Domain::Package].mean, 11.0);
         assert_eq!(report.watts[&Domain::Package].mean, 5.5);
         assert!((report.share[&Domain::Package] - 0.275).abs() < 1e-12);
@@ -347,9 +490,18 @@ mod tests {
         assert!(text.contains("energy package"), "{text}");
         assert!(text.contains("± 1.414"), "{text}");
         assert!(text.contains("measured by RAPL (powercap)"));
-        let estimated = render(&summarise(&cmd, vec![measurement(1.0, 2.0, 1.0)], Some("model".into()), true, "time-only"));
+        let estimated = render(&summarise(
+            &cmd,
+            vec![measurement(1.0, 2.0, 1.0)],
+            Some("model".into()),
+            true,
+            "time-only",
+        ));
         assert!(estimated.contains("ESTIMATED"), "{estimated}");
         let json = serde_json::to_string(&report).expect("json");
-        assert_eq!(serde_json::from_str::<RunReport>(&json).expect("parse"), report);
+        assert_eq!(
+            serde_json::from_str::<RunReport>(&json).expect("parse"),
+            report
+        );
     }
 }

@@ -43,7 +43,10 @@ impl JsonLinesSink {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Self::new(&path.display().to_string(), Box::new(BufWriter::new(file))))
+        Ok(Self::new(
+            &path.display().to_string(),
+            Box::new(BufWriter::new(file)),
+        ))
     }
 
     pub fn new(name: &str, out: Box<dyn Write + Send>) -> Self {
@@ -66,7 +69,10 @@ impl Sink for JsonLinesSink {
             serde_json::to_writer(&mut self.line_buf, record)?;
             self.line_buf.push(b'\n');
         }
-        let err = |source| SinkError::Write { path: self.name.clone(), source };
+        let err = |source| SinkError::Write {
+            path: self.name.clone(),
+            source,
+        };
         self.out.write_all(&self.line_buf).map_err(err)?;
         self.out.flush().map_err(err)
     }

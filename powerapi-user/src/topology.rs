@@ -53,7 +53,9 @@ pub fn read_cpus(root: &Path) -> Result<Vec<Cpu>, TopologyError> {
     Ok(ids
         .into_iter()
         .map(|id| {
-            let package = root.join(format!("sys/devices/system/cpu/cpu{id}/topology/physical_package_id"));
+            let package = root.join(format!(
+                "sys/devices/system/cpu/cpu{id}/topology/physical_package_id"
+            ));
             let socket = fs::read_to_string(package)
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
@@ -82,7 +84,10 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
         assert_eq!(parse_cpu_list("0"), Some(vec![0]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);

@@ -25,7 +25,14 @@ const RANGE_UJ: u64 = 30_000_000;
 /// (busy, total) jiffies summed over all CPUs, from /proc/stat.
 fn proc_stat() -> (u64, u64) {
     let text = fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let fields: Vec<u64> = text.lines().next().expect("cpu line").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest is already in user)
     let total: u64 = fields.iter().take(8).sum();
     let idle = fields[3] + fields[4];
@@ -60,7 +67,11 @@ impl Injector {
                 std::thread::sleep(Duration::from_millis(20));
                 let (busy, all) = proc_stat();
                 let now = Instant::now();
-                let fraction = if all > all0 { (busy - busy0) as f64 / (all - all0) as f64 } else { 0.0 };
+                let fraction = if all > all0 {
+                    (busy - busy0) as f64 / (all - all0) as f64
+                } else {
+                    0.0
+                };
                 let dt = now.duration_since(t0).as_secs_f64();
                 let before = (total_uj as u64) % RANGE_UJ;
                 total_uj += (IDLE_W + ACTIVE_W * fraction) * dt * 1e6;
@@ -75,7 +86,12 @@ impl Injector {
                 (busy0, all0, t0) = (busy, all, now);
             }
         });
-        Self { dir, stop, wraps, thread: Some(thread) }
+        Self {
+            dir,
+            stop,
+            wraps,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -98,25 +114,52 @@ fn assert_energy_conserved(records: &[Value]) {
     for m in of_type(records, "machine") {
         for d in m["energy"]["domains"].as_array().expect("domains") {
             let measured = f64_of(&d["measured_j"]);
-            let sum = f64_of(&d["attributed_j"]) + f64_of(&d["idle_j"]) + f64_of(&d["unattributed_j"]);
-            assert!((sum - measured).abs() <= 1e-9 * measured.max(1.0), "not conserved: {d}");
-            assert!(measured >= 0.0 && f64_of(&d["attributed_j"]) >= 0.0 && f64_of(&d["idle_j"]) >= 0.0);
+            let sum =
+                f64_of(&d["attributed_j"]) + f64_of(&d["idle_j"]) + f64_of(&d["unattributed_j"]);
+            assert!(
+                (sum - measured).abs() <= 1e-9 * measured.max(1.0),
+                "not conserved: {d}"
+            );
+            assert!(
+                measured >= 0.0 && f64_of(&d["attributed_j"]) >= 0.0 && f64_of(&d["idle_j"]) >= 0.0
+            );
         }
     }
 }
 
 fn burner_cpu_ns(stdout: &[u8]) -> u64 {
-    String::from_utf8_lossy(stdout).lines().filter_map(|l| l.strip_prefix("cpu_ns=")?.parse::<u64>().ok()).sum()
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("cpu_ns=")?.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]
 fn powercap_dir_attribution_matches_injected_model() {
-    let Some(_lock) = bpf_test("powercap_dir_attribution_matches_injected_model") else { return };
+    let Some(_lock) = bpf_test("powercap_dir_attribution_matches_injected_model") else {
+        return;
+    };
     let injector = Injector::start("powercap");
     let source = format!("powercap-dir:{}", injector.dir.display());
-    let recording = Recording::start("energy", &["--interval", "500ms", "--counters", "none", "--energy-source", &source, "--idle-watts", "10"]);
+    let recording = Recording::start(
+        "energy",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            &source,
+            "--idle-watts",
+            "10",
+        ],
+    );
     let wraps_before = injector.wraps.load(Ordering::Relaxed);
-    let (pid, cpu_ns) = run_measured(Command::new(LOAD).args(["burn", "3", "1"]).stdout(std::process::Stdio::null()));
+    let (pid, cpu_ns) = run_measured(
+        Command::new(LOAD)
+            .args(["burn", "3", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let records = recording.stop();
     let wraps = injector.wraps.load(Ordering::Relaxed) - wraps_before;
@@ -125,72 +168,143 @@ fn powercap_dir_attribution_matches_injected_model() {
     let cpus = u64_of(&of_type(&records, "machine").next().expect("machine")["cpus"]) as f64;
     for m in of_type(&records, "machine") {
         let e = &m["energy"];
-        assert_eq!((e["source"].as_str(), e["estimated"].as_bool()), (Some("powercap-dir"), Some(false)));
+        assert_eq!(
+            (e["source"].as_str(), e["estimated"].as_bool()),
+            (Some("powercap-dir"), Some(false))
+        );
         let seconds = u64_of(&m["interval"]["duration_ns"]) as f64 / 1e9;
         for d in e["domains"].as_array().expect("domains") {
             // No negative or giant value across the wraps: at most the model's full power.
             let watts = f64_of(&d["measured_j"]) / seconds.max(1e-3);
-            assert!(watts < (IDLE_W + ACTIVE_W) * 1.5, "implausible {watts} W in {d}");
+            assert!(
+                watts < (IDLE_W + ACTIVE_W) * 1.5,
+                "implausible {watts} W in {d}"
+            );
             assert_eq!(d["idle_source"], "flag");
         }
     }
     assert_energy_conserved(&records);
 
-    let attributed: f64 = of_type(&records, "process").filter(|r| r["pid"] == pid).map(|r| f64_of(&r["energy"]["joules"]["package"])).sum();
+    let attributed: f64 = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| f64_of(&r["energy"]["joules"]["package"]))
+        .sum();
     let expected = ACTIVE_W * (cpu_ns as f64 / 1e9) / cpus;
     let error = (attributed - expected).abs() / expected;
-    eprintln!("burner: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%), {wraps} wraps", (attributed / expected - 1.0) * 100.0);
-    assert!(error <= 0.05, "burner got {attributed:.2} J, the injected model says {expected:.2} J ({:.1}%)", error * 100.0);
+    eprintln!(
+        "burner: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%), {wraps} wraps",
+        (attributed / expected - 1.0) * 100.0
+    );
+    assert!(
+        error <= 0.05,
+        "burner got {attributed:.2} J, the injected model says {expected:.2} J ({:.1}%)",
+        error * 100.0
+    );
 }
 
 #[test]
 fn model_estimates_are_labelled_and_follow_load() {
-    let Some(_lock) = bpf_test("model_estimates_are_labelled_and_follow_load") else { return };
-    let recording = Recording::start("model", &["--interval", "500ms", "--counters", "none", "--energy-source", "model", "--idle-watts", "4", "--max-watts", "20"]);
+    let Some(_lock) = bpf_test("model_estimates_are_labelled_and_follow_load") else {
+        return;
+    };
+    let recording = Recording::start(
+        "model",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            "model",
+            "--idle-watts",
+            "4",
+            "--max-watts",
+            "20",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(600));
-    run_measured(Command::new(LOAD).args(["burn", "1.5", "1"]).stdout(std::process::Stdio::null()));
+    run_measured(
+        Command::new(LOAD)
+            .args(["burn", "1.5", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
     std::thread::sleep(Duration::from_millis(600));
     let records = recording.stop();
     let mut powers = Vec::new();
     for m in of_type(&records, "machine") {
         let e = &m["energy"];
-        assert_eq!((e["source"].as_str(), e["estimated"].as_bool()), (Some("model"), Some(true)));
+        assert_eq!(
+            (e["source"].as_str(), e["estimated"].as_bool()),
+            (Some("model"), Some(true))
+        );
         let d = &e["domains"][0];
         let busy = u64_of(&m["busy_ns"]) as f64 / u64_of(&m["capacity_ns"]) as f64;
         let power = f64_of(&d["power_w"]);
-        assert!((power - (4.0 + 16.0 * busy)).abs() < 0.05, "model: {power} W at {busy} busy");
+        assert!(
+            (power - (4.0 + 16.0 * busy)).abs() < 0.05,
+            "model: {power} W at {busy} busy"
+        );
         assert_eq!(d["idle_source"], "model");
         if m["interval"]["partial"] == false {
             powers.push(power);
         }
     }
     for r in of_type(&records, "process") {
-        assert_eq!(r["energy"]["estimated"], true, "every estimated figure is labelled");
+        assert_eq!(
+            r["energy"]["estimated"], true,
+            "every estimated figure is labelled"
+        );
     }
-    let (lo, hi) = powers.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+    let (lo, hi) = powers
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
     assert!(hi - lo > 5.0, "estimates do not move with load: {powers:?}");
     assert_energy_conserved(&records);
 }
 
 fn run_powerapi(args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = Command::new(powerapi()).arg("run").args(args).output().expect("powerapi run");
-    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(powerapi())
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("powerapi run");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn run_follows_descendants_and_passes_the_exit_code() {
-    let Some(_lock) = bpf_test("run_follows_descendants_and_passes_the_exit_code") else { return };
+    let Some(_lock) = bpf_test("run_follows_descendants_and_passes_the_exit_code") else {
+        return;
+    };
     let report_path = temp_path("run.json");
     let script = format!("{LOAD} burn 0.6 & {LOAD} burn 0.6 & {LOAD} burn 0.3; wait; exit 7");
-    let (code, stdout, stderr) = run_powerapi(&["--json", "--energy-source", "model", "-o", report_path.to_str().expect("utf-8"), "--", "sh", "-c", &script]);
+    let (code, stdout, stderr) = run_powerapi(&[
+        "--json",
+        "--energy-source",
+        "model",
+        "-o",
+        report_path.to_str().expect("utf-8"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
     assert_eq!(code, 7, "CMD's exit code: {stderr}");
     let truth = burner_cpu_ns(&stdout) as f64 / 1e9;
-    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path).expect("report")).expect("JSON report");
+    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path).expect("report"))
+        .expect("JSON report");
     let _ = fs::remove_file(&report_path);
     assert_eq!(report["exit_code"], 7);
     assert_eq!(report["estimated"], true);
     let cpu = f64_of(&report["cpu_time_s"]["mean"]);
-    assert!((cpu - truth).abs() <= truth * 0.05 + 0.02, "descendants' CPU {cpu} s vs their own clocks {truth} s");
+    assert!(
+        (cpu - truth).abs() <= truth * 0.05 + 0.02,
+        "descendants' CPU {cpu} s vs their own clocks {truth} s"
+    );
     assert!(f64_of(&report["joules"]["package"]["mean"]) > 0.0);
     let share = f64_of(&report["share"]["package"]);
     assert!(share > 0.0 && share <= 1.0);
@@ -198,20 +312,42 @@ fn run_follows_descendants_and_passes_the_exit_code() {
 
 #[test]
 fn run_repeats_and_prints_a_text_report() {
-    let Some(_lock) = bpf_test("run_repeats_and_prints_a_text_report") else { return };
-    let (code, stdout, stderr) = run_powerapi(&["--repeat", "3", "--energy-source", "model", "--", LOAD, "burn", "0.2"]);
+    let Some(_lock) = bpf_test("run_repeats_and_prints_a_text_report") else {
+        return;
+    };
+    let (code, stdout, stderr) = run_powerapi(&[
+        "--repeat",
+        "3",
+        "--energy-source",
+        "model",
+        "--",
+        LOAD,
+        "burn",
+        "0.2",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let text = String::from_utf8_lossy(&stdout);
-    assert!(text.contains("(3 runs)") && text.contains("energy package") && text.contains("±"), "{text}");
+    assert!(
+        text.contains("(3 runs)") && text.contains("energy package") && text.contains("±"),
+        "{text}"
+    );
     assert!(text.contains("ESTIMATED"), "{text}");
     assert!(stderr.contains("ESTIMATED"), "{stderr}");
 }
 
 #[test]
 fn run_reports_a_missing_command_in_one_line() {
-    let Some(_lock) = bpf_test("run_reports_a_missing_command_in_one_line") else { return };
+    let Some(_lock) = bpf_test("run_reports_a_missing_command_in_one_line") else {
+        return;
+    };
     let (code, _, stderr) = run_powerapi(&["--energy-source", "none", "--", "/nonexistent/cmd"]);
     assert_eq!(code, 1);
-    assert!(stderr.lines().last().is_some_and(|l| l.contains("cannot start /nonexistent/cmd")), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("cannot start /nonexistent/cmd")),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"));
 }

@@ -8,58 +8,111 @@ use common::*;
 
 #[test]
 fn busy_loop_time_matches_rusage_and_shows_in_every_interval() {
-    let Some(_lock) = bpf_test("busy_loop_time_matches_rusage") else { return };
+    let Some(_lock) = bpf_test("busy_loop_time_matches_rusage") else {
+        return;
+    };
     let recording = Recording::start("accuracy", &["--interval", "500ms", "--counters", "none"]);
     let (pid, truth_ns) = run_measured(Command::new(LOAD).args(["burn", "3", "1"]));
     let records = recording.stop();
 
     let measured = on_cpu_of(&records, pid);
     let error = (measured as f64 - truth_ns as f64).abs() / truth_ns as f64;
-    assert!(error <= 0.02, "recorded {measured} ns vs rusage {truth_ns} ns ({:.2}%)", error * 100.0);
+    assert!(
+        error <= 0.02,
+        "recorded {measured} ns vs rusage {truth_ns} ns ({:.2}%)",
+        error * 100.0
+    );
 
     // Never switched out (alone on CPU 1), it must still appear in every interval it spans.
-    let intervals: Vec<_> = of_type(&records, "process").filter(|r| r["pid"] == pid).collect();
-    assert!(intervals.len() >= 5, "burner seen in only {} intervals", intervals.len());
-    let seqs: Vec<u64> = intervals.iter().map(|r| u64_of(&r["interval"]["seq"])).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gaps in the intervals of a running loop: {seqs:?}");
+    let intervals: Vec<_> = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .collect();
+    assert!(
+        intervals.len() >= 5,
+        "burner seen in only {} intervals",
+        intervals.len()
+    );
+    let seqs: Vec<u64> = intervals
+        .iter()
+        .map(|r| u64_of(&r["interval"]["seq"]))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gaps in the intervals of a running loop: {seqs:?}"
+    );
     let inner = &intervals[1..intervals.len() - 1];
     for r in inner {
         let share = u64_of(&r["on_cpu_ns"]) as f64 / u64_of(&r["interval"]["duration_ns"]) as f64;
-        assert!(share > 0.9, "busy loop got only {:.0}% of interval {}", share * 100.0, r["interval"]["seq"]);
+        assert!(
+            share > 0.9,
+            "busy loop got only {:.0}% of interval {}",
+            share * 100.0,
+            r["interval"]["seq"]
+        );
     }
-    assert_eq!(intervals.last().map(|r| r["exited"].clone()), Some(serde_json::json!(true)));
-    assert!(records.iter().all(|r| r["mode"] == "time-only"), "--counters none must say time-only");
+    assert_eq!(
+        intervals.last().map(|r| r["exited"].clone()),
+        Some(serde_json::json!(true))
+    );
+    assert!(
+        records.iter().all(|r| r["mode"] == "time-only"),
+        "--counters none must say time-only"
+    );
     assert_conservation(&records);
 }
 
 #[test]
 fn short_lived_processes_are_not_lost() {
-    let Some(_lock) = bpf_test("short_lived_processes_are_not_lost") else { return };
+    let Some(_lock) = bpf_test("short_lived_processes_are_not_lost") else {
+        return;
+    };
     let recording = Recording::start("storm", &["--interval", "1s", "--counters", "none"]);
-    let out = Command::new(LOAD).args(["storm", "500", "5"]).output().expect("storm runs");
+    let out = Command::new(LOAD)
+        .args(["storm", "500", "5"])
+        .output()
+        .expect("storm runs");
     assert!(out.status.success());
     let records = recording.stop();
     let truth: serde_json::Value = serde_json::from_slice(&out.stdout).expect("storm JSON");
-    let pids: std::collections::HashSet<u64> = truth["pids"].as_array().expect("pids").iter().map(u64_of).collect();
+    let pids: std::collections::HashSet<u64> = truth["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .map(u64_of)
+        .collect();
     assert_eq!(pids.len(), 500);
     let truth_ns = u64_of(&truth["children_cpu_ns"]);
 
-    let seen: Vec<&serde_json::Value> =
-        of_type(&records, "process").filter(|r| pids.contains(&u64_of(&r["pid"]))).collect();
+    let seen: Vec<&serde_json::Value> = of_type(&records, "process")
+        .filter(|r| pids.contains(&u64_of(&r["pid"])))
+        .collect();
     let measured: u64 = seen.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
     let distinct: std::collections::HashSet<u64> = seen.iter().map(|r| u64_of(&r["pid"])).collect();
     assert_eq!(distinct.len(), 500, "every short-lived process appears");
     let ratio = measured as f64 / truth_ns as f64;
-    assert!(ratio >= 0.99, "only {:.2}% of the children's CPU time recorded ({measured} of {truth_ns} ns)", ratio * 100.0);
-    assert!(ratio <= 1.05, "children's CPU time counted more than once: {:.2}%", ratio * 100.0);
+    assert!(
+        ratio >= 0.99,
+        "only {:.2}% of the children's CPU time recorded ({measured} of {truth_ns} ns)",
+        ratio * 100.0
+    );
+    assert!(
+        ratio <= 1.05,
+        "children's CPU time counted more than once: {:.2}%",
+        ratio * 100.0
+    );
     assert!(seen.iter().any(|r| r["exited"] == true));
     assert_conservation(&records);
 }
 
 #[test]
 fn software_counter_path_matches_on_cpu_time() {
-    let Some(_lock) = bpf_test("software_counter_path_matches_on_cpu_time") else { return };
-    let recording = Recording::start("counters", &["--interval", "500ms", "--counters", "cpu-clock"]);
+    let Some(_lock) = bpf_test("software_counter_path_matches_on_cpu_time") else {
+        return;
+    };
+    let recording = Recording::start(
+        "counters",
+        &["--interval", "500ms", "--counters", "cpu-clock"],
+    );
     let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "1.5"]));
     let records = recording.stop();
     assert!(records.iter().all(|r| r["mode"] == "counters"));
@@ -72,7 +125,12 @@ fn software_counter_path_matches_on_cpu_time() {
             continue;
         }
         let error = (clock as f64 - on_cpu as f64).abs() / on_cpu as f64;
-        assert!(error <= 0.01, "pid {} {}: cpu-clock {clock} vs on-CPU {on_cpu}", r["pid"], r["comm"]);
+        assert!(
+            error <= 0.01,
+            "pid {} {}: cpu-clock {clock} vs on-CPU {on_cpu}",
+            r["pid"],
+            r["comm"]
+        );
         checked += 1;
     }
     assert!(checked >= 3, "too few tasks to compare ({checked})");
@@ -85,7 +143,9 @@ fn software_counter_path_matches_on_cpu_time() {
 
 #[test]
 fn cgroup_usage_matches_cpu_stat() {
-    let Some(_lock) = bpf_test("cgroup_usage_matches_cpu_stat") else { return };
+    let Some(_lock) = bpf_test("cgroup_usage_matches_cpu_stat") else {
+        return;
+    };
     let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .iter()
         .map(std::path::Path::new)
@@ -97,34 +157,74 @@ fn cgroup_usage_matches_cpu_stat() {
     let dir = root.join(&name);
     fs::create_dir_all(&dir).expect("mkdir cgroup");
     let id = fs::metadata(&dir).expect("cgroup dir").ino();
-    let recording = Recording::start("cgroup", &["--interval", "500ms", "--counters", "none", "--granularity", "cgroup", "--cgroup", &format!("/{name}")]);
+    let recording = Recording::start(
+        "cgroup",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--granularity",
+            "cgroup",
+            "--cgroup",
+            &format!("/{name}"),
+        ],
+    );
     // The child moves itself into the cgroup before burning, so all its time is charged there.
-    let script = format!("echo $$ > {}/cgroup.procs && exec {LOAD} burn 1.5", dir.display());
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {LOAD} burn 1.5",
+        dir.display()
+    );
     let (_pid, _) = run_measured(Command::new("sh").args(["-c", &script]));
     let usage_us: u64 = fs::read_to_string(dir.join("cpu.stat"))
         .expect("cpu.stat")
         .lines()
-        .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("usage_usec ")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .expect("usage_usec");
     let records = recording.stop();
     let _ = fs::remove_dir(&dir);
 
     let rows: Vec<_> = of_type(&records, "cgroup").collect();
     assert!(!rows.is_empty(), "no cgroup record");
-    assert!(rows.iter().all(|r| r["cgroup"]["id"] == id && r["cgroup"]["path"] == format!("/{name}")), "filter and path");
+    assert!(
+        rows.iter()
+            .all(|r| r["cgroup"]["id"] == id && r["cgroup"]["path"] == format!("/{name}")),
+        "filter and path"
+    );
     let measured: u64 = rows.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
     let truth = usage_us * 1000;
     let error = (measured as f64 - truth as f64).abs() / truth as f64;
-    assert!(error <= 0.02, "cgroup recorded {measured} ns vs cpu.stat {truth} ns ({:.2}%)", error * 100.0);
+    assert!(
+        error <= 0.02,
+        "cgroup recorded {measured} ns vs cpu.stat {truth} ns ({:.2}%)",
+        error * 100.0
+    );
 }
 
 #[test]
 fn threads_are_reported_separately() {
-    let Some(_lock) = bpf_test("threads_are_reported_separately") else { return };
-    let recording = Recording::start("threads", &["--interval", "500ms", "--counters", "none", "--granularity", "thread"]);
+    let Some(_lock) = bpf_test("threads_are_reported_separately") else {
+        return;
+    };
+    let recording = Recording::start(
+        "threads",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--granularity",
+            "thread",
+        ],
+    );
     let (pid, truth_ns) = run_measured(Command::new(LOAD).args(["threads", "2", "1"]));
     let records = recording.stop();
-    let threads: Vec<_> = of_type(&records, "thread").filter(|r| r["pid"] == pid).collect();
+    let threads: Vec<_> = of_type(&records, "thread")
+        .filter(|r| r["pid"] == pid)
+        .collect();
     let tids: std::collections::HashSet<u64> = threads.iter().map(|r| u64_of(&r["tid"])).collect();
     assert_eq!(tids.len(), 3, "main thread + 2 workers");
     let measured: u64 = threads.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
@@ -135,25 +235,52 @@ fn threads_are_reported_separately() {
 
 #[test]
 fn sigterm_writes_the_partial_interval() {
-    let Some(_lock) = bpf_test("sigterm_writes_the_partial_interval") else { return };
+    let Some(_lock) = bpf_test("sigterm_writes_the_partial_interval") else {
+        return;
+    };
     let recording = Recording::start("sigterm", &["--interval", "300ms", "--counters", "none"]);
     std::thread::sleep(std::time::Duration::from_millis(450));
     let records = recording.stop_with(libc::SIGTERM);
-    let last = of_type(&records, "machine").last().expect("machine records");
-    assert_eq!(last["interval"]["partial"], true, "the cut-short interval is written and marked");
-    assert!(of_type(&records, "machine").filter(|m| m["interval"]["partial"] == false).count() >= 1);
+    let last = of_type(&records, "machine")
+        .last()
+        .expect("machine records");
+    assert_eq!(
+        last["interval"]["partial"], true,
+        "the cut-short interval is written and marked"
+    );
+    assert!(
+        of_type(&records, "machine")
+            .filter(|m| m["interval"]["partial"] == false)
+            .count()
+            >= 1
+    );
     assert!(records.iter().all(|r| r["schema"] == 1));
 }
 
 #[test]
 fn pid_and_comm_filters() {
-    let Some(_lock) = bpf_test("pid_and_comm_filters") else { return };
-    let recording = Recording::start("filter", &["--interval", "500ms", "--counters", "none", "--comm", "powerapi-load"]);
+    let Some(_lock) = bpf_test("pid_and_comm_filters") else {
+        return;
+    };
+    let recording = Recording::start(
+        "filter",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--comm",
+            "powerapi-load",
+        ],
+    );
     let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "0.6"]));
     let records = recording.stop();
     let processes: Vec<_> = of_type(&records, "process").collect();
     assert!(!processes.is_empty());
     assert!(processes.iter().all(|r| r["comm"] == "powerapi-load"));
     assert!(processes.iter().any(|r| r["pid"] == pid));
-    assert!(of_type(&records, "machine").all(|m| u64_of(&m["idle_ns"]) > 0), "machine record is not filtered");
+    assert!(
+        of_type(&records, "machine").all(|m| u64_of(&m["idle_ns"]) > 0),
+        "machine record is not filtered"
+    );
 }

@@ -24,14 +24,31 @@ struct Pty {
 impl Pty {
     fn open(rows: u16, cols: u16) -> Self {
         let (mut master, mut slave) = (0, 0);
-        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: valid out pointers; no name buffer or termios requested.
-        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
         assert_eq!(rc, 0, "openpty");
         // SAFETY: openpty returned two new descriptors we now own.
         let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let screen = Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0)));
-        let (mut reader, mut answer, parser) = (master.try_clone().expect("dup"), master.try_clone().expect("dup"), screen.clone());
+        let (mut reader, mut answer, parser) = (
+            master.try_clone().expect("dup"),
+            master.try_clone().expect("dup"),
+            screen.clone(),
+        );
         std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
             while let Ok(n) = reader.read(&mut buf) {
@@ -42,14 +59,25 @@ impl Pty {
                 if buf[..n].windows(4).any(|w| w == b"\x1b[6n") {
                     let _ = answer.write_all(b"\x1b[1;1R");
                 }
-                parser.lock().unwrap_or_else(|e| e.into_inner()).process(&buf[..n]);
+                parser
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .process(&buf[..n]);
             }
         });
-        Self { master, slave, screen }
+        Self {
+            master,
+            slave,
+            screen,
+        }
     }
 
     fn contents(&self) -> String {
-        self.screen.lock().unwrap_or_else(|e| e.into_inner()).screen().contents()
+        self.screen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .screen()
+            .contents()
     }
 
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -59,7 +87,10 @@ impl Pty {
             if pred(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -73,7 +104,10 @@ impl Pty {
         // SAFETY: zeroed termios is a valid out buffer; the slave fd is open.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) }, 0);
+        assert_eq!(
+            unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) },
+            0
+        );
         t
     }
 }
@@ -81,8 +115,14 @@ impl Pty {
 /// The first table row: the line after the one starting with the PID/TID header.
 fn first_row(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    let header = lines.iter().position(|l| l.starts_with("PID") || l.starts_with("TID")).unwrap_or(0);
-    lines.get(header + 1).map(|l| l.to_string()).unwrap_or_default()
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("PID") || l.starts_with("TID"))
+        .unwrap_or(0);
+    lines
+        .get(header + 1)
+        .map(|l| l.to_string())
+        .unwrap_or_default()
 }
 
 /// Starts `powerapi top ARGS` with the pty as its controlling terminal.
@@ -92,9 +132,9 @@ fn spawn_top(pty: &Pty, args: &[&str]) -> std::process::Child {
     top.arg("top")
         .args(args)
         .env("TERM", "xterm-256color")
-        .stdin(fd(&pty))
-        .stdout(fd(&pty))
-        .stderr(fd(&pty));
+        .stdin(fd(pty))
+        .stdout(fd(pty))
+        .stderr(fd(pty));
     // SAFETY: setsid and ioctl are async-signal-safe; the child makes the pty its terminal.
     unsafe {
         top.pre_exec(|| {
@@ -124,26 +164,50 @@ fn assert_restored(pty: &Pty, before: &libc::termios) {
     assert!(!parser.screen().hide_cursor(), "cursor shown again");
     drop(parser);
     let after = pty.termios();
-    assert_eq!(after.c_lflag & (libc::ICANON | libc::ECHO), before.c_lflag & (libc::ICANON | libc::ECHO), "raw mode undone");
+    assert_eq!(
+        after.c_lflag & (libc::ICANON | libc::ECHO),
+        before.c_lflag & (libc::ICANON | libc::ECHO),
+        "raw mode undone"
+    );
 }
 
 #[test]
 fn top_under_a_pty() {
-    let Some(_lock) = bpf_test("top_under_a_pty") else { return };
-    let mut burner = Command::new(LOAD).args(["burn", "20", "1"]).stdout(Stdio::null()).spawn().expect("burner");
+    let Some(_lock) = bpf_test("top_under_a_pty") else {
+        return;
+    };
+    let mut burner = Command::new(LOAD)
+        .args(["burn", "20", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("burner");
     let mut pty = Pty::open(24, 80);
     let before = pty.termios();
     let mut child = spawn_top(&pty, &["--interval", "500ms", "--energy-source", "model"]);
 
-    let text = pty.wait_for("the burner on top", |t| first_row(t).contains("powerapi-load"));
-    assert!(text.contains(" ESTIMATED "), "model figures are badged:\n{text}");
-    assert!(pty.screen.lock().map(|p| p.screen().alternate_screen()).unwrap_or(false), "runs on the alternate screen");
+    let text = pty.wait_for("the burner on top", |t| {
+        first_row(t).contains("powerapi-load")
+    });
+    assert!(
+        text.contains(" ESTIMATED "),
+        "model figures are badged:\n{text}"
+    );
+    assert!(
+        pty.screen
+            .lock()
+            .map(|p| p.screen().alternate_screen())
+            .unwrap_or(false),
+        "runs on the alternate screen"
+    );
 
     pty.keys(">");
     pty.wait_for("sort by J", |t| t.contains("J▼"));
     pty.keys("/powerapi-l\r");
     let text = pty.wait_for("filter", |t| t.contains("filter: powerapi-l"));
-    assert!(!text.contains("kworker"), "filter hides other rows:\n{text}");
+    assert!(
+        !text.contains("kworker"),
+        "filter hides other rows:\n{text}"
+    );
     pty.keys("\x1b"); // Esc clears the filter
     pty.wait_for("filter cleared", |t| !t.contains("filter: powerapi-l"));
     pty.keys("g");
@@ -163,11 +227,23 @@ fn top_under_a_pty() {
 
 #[test]
 fn top_restores_the_terminal_on_sigterm_and_keeps_its_record() {
-    let Some(_lock) = bpf_test("top_restores_the_terminal_on_sigterm") else { return };
+    let Some(_lock) = bpf_test("top_restores_the_terminal_on_sigterm") else {
+        return;
+    };
     let pty = Pty::open(30, 120);
     let before = pty.termios();
     let trace = temp_path("top.jsonl");
-    let mut child = spawn_top(&pty, &["--interval", "300ms", "--energy-source", "model", "--record", trace.to_str().expect("utf-8")]);
+    let mut child = spawn_top(
+        &pty,
+        &[
+            "--interval",
+            "300ms",
+            "--energy-source",
+            "model",
+            "--record",
+            trace.to_str().expect("utf-8"),
+        ],
+    );
     pty.wait_for("a first interval", |t| t.contains("by process"));
     std::thread::sleep(Duration::from_millis(700));
     // SAFETY: signalling our own child.
@@ -178,14 +254,25 @@ fn top_restores_the_terminal_on_sigterm_and_keeps_its_record() {
     let records = read_records(&trace);
     let _ = std::fs::remove_file(&trace);
     let machines: Vec<_> = of_type(&records, "machine").collect();
-    assert!(machines.len() >= 2, "--record wrote {} intervals", machines.len());
-    assert_eq!(machines.last().map(|m| m["interval"]["partial"].clone()), Some(serde_json::json!(true)));
+    assert!(
+        machines.len() >= 2,
+        "--record wrote {} intervals",
+        machines.len()
+    );
+    assert_eq!(
+        machines.last().map(|m| m["interval"]["partial"].clone()),
+        Some(serde_json::json!(true))
+    );
     assert!(of_type(&records, "process").all(|r| r["energy"]["estimated"] == true));
 }
 
 #[test]
 fn top_without_a_terminal_says_so() {
-    let out = Command::new(powerapi()).args(["top"]).stdin(Stdio::null()).output().expect("powerapi top runs");
+    let out = Command::new(powerapi())
+        .args(["top"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("powerapi top runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

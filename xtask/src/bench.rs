@@ -30,6 +30,13 @@ pub enum Which {
         #[arg(long, default_value_t = 10_000)]
         threads: usize,
     },
+    /// CPU cost of `powerapi top` (in a pseudo-terminal) over `powerapi record`, with many processes.
+    Top {
+        #[arg(long, default_value_t = 1_000)]
+        processes: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 pub fn run(which: Which, binary: &Path) -> Result<()> {
@@ -37,8 +44,12 @@ pub fn run(which: Which, binary: &Path) -> Result<()> {
         bail!("benchmarks attach BPF programs: run `cargo xtask bench` as root");
     }
     match which {
-        Which::Overhead { round_trips, repeats } => overhead(binary, round_trips, repeats),
+        Which::Overhead {
+            round_trips,
+            repeats,
+        } => overhead(binary, round_trips, repeats),
         Which::Drain { threads } => drain(binary, threads),
+        Which::Top { processes, seconds } => top(binary, processes, seconds),
     }
 }
 
@@ -75,13 +86,19 @@ fn ping_pong(round_trips: u32) -> Result<f64> {
         b_read.read_exact(&mut byte)?;
     }
     let elapsed = began.elapsed();
-    partner.join().map_err(|_| anyhow::anyhow!("ping-pong partner panicked"))??;
+    partner
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping-pong partner panicked"))??;
     Ok(elapsed.as_nanos() as f64 / (2.0 * f64::from(round_trips)))
 }
 
 /// Starts a tracer and waits until its stdout/stderr shows `ready` (or the file it writes is non-empty).
 fn start_tracer(mut cmd: Command, ready: &str) -> Result<Child> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -122,7 +139,11 @@ const BPFTRACE_SCRIPT: &str = "tracepoint:sched:sched_switch { if (@start[cpu]) 
 fn ensure_bpftrace() -> Result<()> {
     if Command::new("bpftrace").arg("--version").output().is_err() {
         println!("xtask bench: apt-get install -y bpftrace");
-        run_checked(Command::new("apt-get").args(["install", "-y", "bpftrace"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run_checked(
+            Command::new("apt-get")
+                .args(["install", "-y", "bpftrace"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     }
     // Classic tracepoints need tracefs, which a fresh machine does not mount (powerapi does not need it).
     if !Path::new("/sys/kernel/tracing/events").exists() {
@@ -212,14 +233,25 @@ fn overhead(binary: &Path, round_trips: u32, repeats: usize) -> Result<()> {
             let in_prog = program_ns_per_switch(&before, &after, 2 * u64::from(round_trips));
             samples[i].push(ns);
             prog_ns[i].push(in_prog);
-            eprintln!("round {}/{repeats}: {name:<14} {ns:8.1} ns/switch ({in_prog:6.1} ns inside BPF programs)", round + 1);
+            eprintln!(
+                "round {}/{repeats}: {name:<14} {ns:8.1} ns/switch ({in_prog:6.1} ns inside BPF programs)",
+                round + 1
+            );
         }
     }
-    let best: Vec<f64> = samples.iter().map(|s| s.iter().copied().fold(f64::INFINITY, f64::min)).collect();
+    let best: Vec<f64> = samples
+        .iter()
+        .map(|s| s.iter().copied().fold(f64::INFINITY, f64::min))
+        .collect();
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     let in_prog: Vec<f64> = prog_ns.iter_mut().map(|s| median(s)).collect();
-    println!("\nping-pong pinned to CPU 0, {round_trips} round trips × {repeats} rounds (interleaved), ns per context switch:");
-    println!("  {:<14} {:>9} {:>12} {:>9} {:>22}", "config", "best", "added(best)", "median", "inside BPF (bpf_stats)");
+    println!(
+        "\nping-pong pinned to CPU 0, {round_trips} round trips × {repeats} rounds (interleaved), ns per context switch:"
+    );
+    println!(
+        "  {:<14} {:>9} {:>12} {:>9} {:>22}",
+        "config", "best", "added(best)", "median", "inside BPF (bpf_stats)"
+    );
     for (i, name) in configs.iter().enumerate() {
         println!(
             "  {name:<14} {:9.1} {:12.1} {:9.1} {:22.1}",
@@ -230,8 +262,14 @@ fn overhead(binary: &Path, round_trips: u32, repeats: usize) -> Result<()> {
         );
     }
     let added = |i: usize| (best[i] - best[0]).max(1.0);
-    println!("powerapi added / bpftrace added      = {:.3}  (target ≤ 0.25)", added(2) / added(3));
-    println!("powerapi added / empty program added = {:.3}  (target ≤ 3.5)", added(2) / added(1));
+    println!(
+        "powerapi added / bpftrace added      = {:.3}  (target ≤ 0.25)",
+        added(2) / added(3)
+    );
+    println!(
+        "powerapi added / empty program added = {:.3}  (target ≤ 3.5)",
+        added(2) / added(1)
+    );
     Ok(())
 }
 
@@ -239,8 +277,10 @@ fn overhead(binary: &Path, round_trips: u32, repeats: usize) -> Result<()> {
 pub fn spawn_threads(count: usize) {
     let mut handles = Vec::with_capacity(count);
     for _ in 0..count {
-        let spawned = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| loop {
-            std::thread::sleep(Duration::from_secs(1));
+        let spawned = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         });
         match spawned {
             Ok(h) => handles.push(h),
@@ -261,7 +301,8 @@ fn drain(binary: &Path, threads: usize) -> Result<()> {
     let mut load_cmd = Command::new(&xtask);
     load_cmd.args(["spawn-threads", &threads.to_string()]);
     let load = start_tracer(load_cmd, "spawned")?;
-    let out: PathBuf = std::env::temp_dir().join(format!("powerapi-drain-{}.jsonl", std::process::id()));
+    let out: PathBuf =
+        std::env::temp_dir().join(format!("powerapi-drain-{}.jsonl", std::process::id()));
     let status = Command::new(binary)
         .args(["record", "--interval", "1s", "--duration", "8s", "-o"])
         .arg(&out)
@@ -289,8 +330,149 @@ fn drain(binary: &Path, threads: usize) -> Result<()> {
     }
     let worst = drains.iter().copied().fold(0.0, f64::max);
     println!("threads live: {threads}, threads per interval (max): {max_threads}");
-    println!("drain per interval: median {:.2} ms, worst {:.2} ms (target ≤ 10 ms)", median(&mut drains), worst);
-    println!("meter CPU per 1 s interval: median {:.1} ms", median(&mut cpu));
-    println!("peak RSS: {:.1} MiB (target ≤ 50 MiB)", peak_rss as f64 / 1024.0);
+    println!(
+        "drain per interval: median {:.2} ms, worst {:.2} ms (target ≤ 10 ms)",
+        median(&mut drains),
+        worst
+    );
+    println!(
+        "meter CPU per 1 s interval: median {:.1} ms",
+        median(&mut cpu)
+    );
+    println!(
+        "peak RSS: {:.1} MiB (target ≤ 50 MiB)",
+        peak_rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Keeps `count` processes alive, each waking once a second (so all appear in every interval).
+pub fn spawn_processes(count: usize) {
+    let mut children = Vec::with_capacity(count);
+    for _ in 0..count {
+        // SAFETY: called before this process starts any thread; the child only sleeps and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                // SAFETY: getppid has no preconditions; exit when the parent is gone.
+                if unsafe { libc::getppid() } == 1 {
+                    // SAFETY: leave without running the parent's handlers.
+                    unsafe { libc::_exit(0) };
+                }
+            }
+        }
+        if pid > 0 {
+            children.push(pid);
+        }
+    }
+    println!("spawned {}", children.len());
+    loop {
+        std::thread::park();
+    }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("bad /proc/pid/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Runs `cmd` for `seconds` after a warm-up and returns the CPU it used meanwhile.
+fn measure_cpu(mut cmd: Command, seconds: u64) -> Result<f64> {
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let start = cpu_seconds(child.id())?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    let end = cpu_seconds(child.id())?;
+    stop(child);
+    Ok(end - start)
+}
+
+fn top(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
+    let xtask = std::env::current_exe()?;
+    let mut load_cmd = Command::new(&xtask);
+    load_cmd.args(["spawn-processes", &processes.to_string()]);
+    let load = start_tracer(load_cmd, "spawned")?;
+
+    let mut record = Command::new(binary);
+    record
+        .args(["record", "--interval", "1s", "-o", "/dev/null"])
+        .stderr(Stdio::null());
+    let record_cpu = measure_cpu(record, seconds)?;
+
+    // top needs a terminal: a pseudo-terminal whose output a thread drains.
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 50,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out pointers.
+    if unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    } != 0
+    {
+        bail!("openpty failed: {}", std::io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: openpty returned two descriptors we now own.
+    let (mut master, slave) = unsafe {
+        (
+            fs::File::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while matches!(master.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let mut top = Command::new(binary);
+    top.args(["top", "--interval", "1s"])
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    let top_cpu = measure_cpu(top, seconds)?;
+    stop(load);
+
+    let percent = |cpu: f64| cpu / seconds as f64 * 100.0;
+    println!("{processes} processes, 1 s refresh, {seconds} s measured (after 3 s warm-up):");
+    println!(
+        "  powerapi record (sensor, drain, attribution): {:.2}% of one CPU",
+        percent(record_cpu)
+    );
+    println!(
+        "  powerapi top (the same + UI):                 {:.2}% of one CPU",
+        percent(top_cpu)
+    );
+    println!(
+        "top's cost on top of the sensor: {:.2}% of one CPU (target ≤ 2%)",
+        percent(top_cpu - record_cpu)
+    );
     Ok(())
 }

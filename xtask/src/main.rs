@@ -42,6 +42,9 @@ enum Cmd {
     /// Keep N threads waking up periodically until killed (load generator for `bench drain`).
     #[command(hide = true)]
     SpawnThreads { count: usize },
+    /// Keep N processes waking up periodically until killed (load generator for `bench top`).
+    #[command(hide = true)]
+    SpawnProcesses { count: usize },
 }
 
 pub fn cargo() -> Command {
@@ -49,7 +52,9 @@ pub fn cargo() -> Command {
 }
 
 pub fn run_checked(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -64,7 +69,12 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 fn build_release() -> Result<std::path::PathBuf> {
-    run_checked(cargo().current_dir(workspace_root()).args(["build", "--release", "-p", "powerapi-user"]))?;
+    run_checked(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "powerapi-user",
+    ]))?;
     Ok(workspace_root().join("target/release/powerapi"))
 }
 
@@ -101,21 +111,34 @@ fn real_main() -> Result<ExitCode> {
                 sudo.arg(&binary);
                 sudo
             };
-            let status = cmd.args(&args).status().with_context(|| format!("cannot start {}", binary.display()))?;
+            let status = cmd
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot start {}", binary.display()))?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
         }
         Cmd::Test { args } => {
             setup::setup()?;
             let root = workspace_root();
             // The end-to-end tests run the real binary; build it first so they need not.
-            run_checked(cargo().current_dir(&root).args(["build", "-p", "powerapi-user", "--bin", "powerapi"]))?;
+            run_checked(cargo().current_dir(&root).args([
+                "build",
+                "-p",
+                "powerapi-user",
+                "--bin",
+                "powerapi",
+            ]))?;
             let status = cargo()
                 .current_dir(&root)
                 .args(["test", "--workspace", "--exclude", "powerapi-ebpf"])
                 .args(&args)
                 .status()
                 .context("cannot run cargo test")?;
-            return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Cmd::Bench { which } => {
             setup::setup()?;
@@ -123,6 +146,7 @@ fn real_main() -> Result<ExitCode> {
             bench::run(which, &binary)?;
         }
         Cmd::SpawnThreads { count } => bench::spawn_threads(count),
+        Cmd::SpawnProcesses { count } => bench::spawn_processes(count),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn setup() -> Result<()> {
@@ -20,36 +22,73 @@ pub fn setup() -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("rustup not found: install it from https://rustup.rs"))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("xtask setup: installing the nightly toolchain");
-        run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         println!("xtask setup: rustup component add rust-src --toolchain nightly");
-        run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     // 2. LLVM 22 development libraries, which bpf-linker links against.
     let has_llvm = Path::new(LLVM_PREFIX).join("lib/libLLVM.so").exists()
-        || output(Command::new("dpkg").args(["-s", "llvm-22-dev"])).is_some_and(|s| s.contains("Status: install ok installed"));
+        || output(Command::new("dpkg").args(["-s", "llvm-22-dev"]))
+            .is_some_and(|s| s.contains("Status: install ok installed"));
     if !has_llvm {
         if !Path::new("/usr/bin/apt-get").exists() {
-            bail!("llvm-22-dev is missing and this is not a Debian-like system: install LLVM 22 and set LLVM_PREFIX, then rerun");
+            bail!(
+                "llvm-22-dev is missing and this is not a Debian-like system: install LLVM 22 and set LLVM_PREFIX, then rerun"
+            );
         }
         if !is_root() {
-            bail!("llvm-22-dev is missing: run `sudo apt-get update && sudo apt-get install -y llvm-22-dev`, or rerun as root");
+            bail!(
+                "llvm-22-dev is missing: run `sudo apt-get update && sudo apt-get install -y llvm-22-dev`, or rerun as root"
+            );
         }
         println!("xtask setup: apt-get update && apt-get install -y llvm-22-dev");
         run_checked(Command::new("apt-get").arg("update"))?;
-        run_checked(Command::new("apt-get").args(["install", "-y", "llvm-22-dev"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run_checked(
+            Command::new("apt-get")
+                .args(["install", "-y", "llvm-22-dev"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     }
 
     // 3. bpf-linker built against that LLVM.
     if !bpf_linker_uses_llvm22() {
-        println!("xtask setup: LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --locked --no-default-features --features llvm-22");
+        println!(
+            "xtask setup: LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --locked --no-default-features --features llvm-22"
+        );
         run_checked(
             cargo()
-                .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22", "--force"])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                    "--force",
+                ])
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
     }

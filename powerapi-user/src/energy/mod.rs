@@ -7,7 +7,12 @@ pub mod msr;
 pub mod perf_pmu;
 pub mod powercap;
 
-use std::{collections::HashMap, fmt, path::{Path, PathBuf}, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -28,7 +33,14 @@ pub enum Domain {
 }
 
 impl Domain {
-    pub const ALL: [Domain; 6] = [Domain::Package, Domain::Core, Domain::Uncore, Domain::Dram, Domain::Gpu, Domain::Psys];
+    pub const ALL: [Domain; 6] = [
+        Domain::Package,
+        Domain::Core,
+        Domain::Uncore,
+        Domain::Dram,
+        Domain::Gpu,
+        Domain::Psys,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,7 +68,10 @@ impl fmt::Display for Domain {
 /// DRAM, which do not overlap; else psys; else whatever was measured.
 pub fn headline_domains(measured: &[Domain]) -> Vec<Domain> {
     if measured.contains(&Domain::Package) {
-        [Domain::Package, Domain::Dram].into_iter().filter(|d| measured.contains(d)).collect()
+        [Domain::Package, Domain::Dram]
+            .into_iter()
+            .filter(|d| measured.contains(d))
+            .collect()
     } else if measured.contains(&Domain::Psys) {
         vec![Domain::Psys]
     } else {
@@ -96,24 +111,40 @@ pub struct EnergySample {
 
 #[derive(Debug, Error)]
 pub enum EnergyError {
-    #[error("cannot read {path}: permission denied; energy_uj is root-only since Linux 5.10 (PLATYPUS): run as root, and in Docker unmask /sys/devices/virtual/powercap")]
+    #[error(
+        "cannot read {path}: permission denied; energy_uj is root-only since Linux 5.10 (PLATYPUS): run as root, and in Docker unmask /sys/devices/virtual/powercap"
+    )]
     PermissionDenied { path: String },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot parse {path}: {detail}")]
     Parse { path: String, detail: String },
     #[error("{0}")]
     Unavailable(String),
-    #[error("cannot open perf event {event} on CPU {cpu}: {source}; run as root or with CAP_PERFMON")]
-    PerfOpen { event: String, cpu: u32, source: std::io::Error },
+    #[error(
+        "cannot open perf event {event} on CPU {cpu}: {source}; run as root or with CAP_PERFMON"
+    )]
+    PerfOpen {
+        event: String,
+        cpu: u32,
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, EnergyError> {
     std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
-            EnergyError::PermissionDenied { path: path.display().to_string() }
+            EnergyError::PermissionDenied {
+                path: path.display().to_string(),
+            }
         } else {
-            EnergyError::Read { path: path.display().to_string(), source }
+            EnergyError::Read {
+                path: path.display().to_string(),
+                source,
+            }
         }
     })
 }
@@ -155,7 +186,12 @@ impl EnergyMeter {
             }
         }
         domains.sort_by_key(|(k, _)| *k);
-        Ok(EnergySample { source: self.source.name().to_string(), estimated: false, domains, known_idle_w: Vec::new() })
+        Ok(EnergySample {
+            source: self.source.name().to_string(),
+            estimated: false,
+            domains,
+            known_idle_w: Vec::new(),
+        })
     }
 }
 
@@ -186,7 +222,11 @@ impl FromStr for SourceSpec {
             "none" => Self::None,
             _ => match s.strip_prefix("powercap-dir:") {
                 Some(path) if !path.is_empty() => Self::PowercapDir(PathBuf::from(path)),
-                _ => return Err(format!("unknown energy source {s:?}: use auto, perf, powercap, powercap-dir:PATH, msr, model or none")),
+                _ => {
+                    return Err(format!(
+                        "unknown energy source {s:?}: use auto, perf, powercap, powercap-dir:PATH, msr, model or none"
+                    ));
+                }
             },
         })
     }
@@ -208,7 +248,12 @@ pub enum EnergySource {
 impl EnergySource {
     /// Opens the source `spec` asks for (`None` for [`SourceSpec::None`]). `Auto` falls back in
     /// order and, at the end, to the model; the returned note says so, for the user.
-    pub fn open(spec: &SourceSpec, root: &Path, cpus: &[Cpu], model: &ModelConfig) -> Result<(Option<Self>, Option<String>), EnergyError> {
+    pub fn open(
+        spec: &SourceSpec,
+        root: &Path,
+        cpus: &[Cpu],
+        model: &ModelConfig,
+    ) -> Result<(Option<Self>, Option<String>), EnergyError> {
         if *spec == SourceSpec::None {
             return Ok((None, None));
         }
@@ -216,43 +261,72 @@ impl EnergySource {
         Ok((Some(source), note))
     }
 
-    fn open_some(spec: &SourceSpec, root: &Path, cpus: &[Cpu], model: &ModelConfig) -> Result<(Self, Option<String>), EnergyError> {
-        let measured = |source: Result<Box<dyn CounterSource>, EnergyError>| -> Result<Self, EnergyError> {
-            Ok(Self::Measured(EnergyMeter::new(source?)?))
+    fn open_some(
+        spec: &SourceSpec,
+        root: &Path,
+        cpus: &[Cpu],
+        model: &ModelConfig,
+    ) -> Result<(Self, Option<String>), EnergyError> {
+        let measured = |spec: &SourceSpec| -> Result<Self, EnergyError> {
+            let source: Box<dyn CounterSource> = match spec {
+                SourceSpec::Perf => Box::new(perf_pmu::PerfPmu::open(root, cpus)?),
+                SourceSpec::Powercap => Box::new(powercap::Powercap::open(
+                    &root.join("sys/class/powercap"),
+                    "powercap",
+                )?),
+                SourceSpec::PowercapDir(dir) => {
+                    Box::new(powercap::Powercap::open(dir, "powercap-dir")?)
+                }
+                _ => Box::new(msr::Msr::open(root, cpus)?),
+            };
+            Ok(Self::Measured(EnergyMeter::new(source)?))
         };
-        let model_source = || Self::Model(model::LinearModel::new(cpus, model.idle_watts, model.max_watts));
         match spec {
-            SourceSpec::Perf => Ok((measured(perf_pmu::PerfPmu::open(root, cpus).map(|s| Box::new(s) as _))?, None)),
-            SourceSpec::Powercap => Ok((measured(powercap::Powercap::open(&root.join("sys/class/powercap"), "powercap").map(|s| Box::new(s) as _))?, None)),
-            SourceSpec::PowercapDir(dir) => Ok((measured(powercap::Powercap::open(dir, "powercap-dir").map(|s| Box::new(s) as _))?, None)),
-            SourceSpec::Msr => Ok((measured(msr::Msr::open(root, cpus).map(|s| Box::new(s) as _))?, None)),
-            SourceSpec::Model | SourceSpec::None => Ok((model_source(), None)),
+            SourceSpec::Model | SourceSpec::None => Ok((
+                Self::Model(model::LinearModel::new(
+                    cpus,
+                    model.idle_watts,
+                    model.max_watts,
+                )),
+                None,
+            )),
             SourceSpec::Auto => {
                 let mut reasons: Vec<String> = Vec::new();
-                let attempts: [(&str, Box<dyn Fn() -> Result<Box<dyn CounterSource>, EnergyError>>); 3] = [
-                    ("perf", Box::new(|| perf_pmu::PerfPmu::open(root, cpus).map(|s| Box::new(s) as _))),
-                    ("powercap", Box::new(|| powercap::Powercap::open(&root.join("sys/class/powercap"), "powercap").map(|s| Box::new(s) as _))),
-                    ("msr", Box::new(|| msr::Msr::open(root, cpus).map(|s| Box::new(s) as _))),
-                ];
-                for (name, attempt) in attempts {
-                    match measured(attempt()) {
+                for (name, candidate) in [
+                    ("perf", SourceSpec::Perf),
+                    ("powercap", SourceSpec::Powercap),
+                    ("msr", SourceSpec::Msr),
+                ] {
+                    match measured(&candidate) {
                         Ok(source) => return Ok((source, None)),
                         // Absent is the normal VM case; present but failing is worth saying.
                         Err(EnergyError::Unavailable(_)) => {}
                         Err(e) => reasons.push(format!("{name}: {e}")),
                     }
                 }
-                let why = if reasons.is_empty() { "none here".to_string() } else { reasons.join("; ") };
+                let why = if reasons.is_empty() {
+                    "none here".to_string()
+                } else {
+                    reasons.join("; ")
+                };
+                let (model, _) = Self::open_some(&SourceSpec::Model, root, cpus, model)?;
                 Ok((
-                    model_source(),
-                    Some(format!("no usable RAPL energy source ({why}): energy is ESTIMATED from CPU utilisation (--energy-source model)")),
+                    model,
+                    Some(format!(
+                        "no usable RAPL energy source ({why}): energy is ESTIMATED from CPU utilisation (--energy-source model)"
+                    )),
                 ))
             }
+            other => Ok((measured(other)?, None)),
         }
     }
 
     /// Energy over the interval that just ended; `busy_ns_by_socket` feeds the model.
-    pub fn sample(&mut self, duration_ns: u64, busy_ns_by_socket: &[(u32, u64)]) -> Result<EnergySample, EnergyError> {
+    pub fn sample(
+        &mut self,
+        duration_ns: u64,
+        busy_ns_by_socket: &[(u32, u64)],
+    ) -> Result<EnergySample, EnergyError> {
         match self {
             Self::Measured(meter) => meter.sample(),
             Self::Model(model) => Ok(model.sample(duration_ns, busy_ns_by_socket)),
@@ -277,7 +351,10 @@ mod tests {
 
     #[test]
     fn headline() {
-        assert_eq!(headline_domains(&[Domain::Psys, Domain::Dram, Domain::Package, Domain::Core]), vec![Domain::Package, Domain::Dram]);
+        assert_eq!(
+            headline_domains(&[Domain::Psys, Domain::Dram, Domain::Package, Domain::Core]),
+            vec![Domain::Package, Domain::Dram]
+        );
         assert_eq!(headline_domains(&[Domain::Psys]), vec![Domain::Psys]);
         assert_eq!(headline_domains(&[Domain::Core]), vec![Domain::Core]);
     }
@@ -293,7 +370,10 @@ mod tests {
     #[test]
     fn source_specs() {
         assert_eq!("model".parse(), Ok(SourceSpec::Model));
-        assert_eq!("powercap-dir:/x/y".parse(), Ok(SourceSpec::PowercapDir("/x/y".into())));
+        assert_eq!(
+            "powercap-dir:/x/y".parse(),
+            Ok(SourceSpec::PowercapDir("/x/y".into()))
+        );
         assert!("powercap-dir:".parse::<SourceSpec>().is_err());
         assert!("rapl".parse::<SourceSpec>().is_err());
     }

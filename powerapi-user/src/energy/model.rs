@@ -22,23 +22,44 @@ impl LinearModel {
         let sockets = cpus_by_socket(cpus);
         let n = cpus.len().max(1) as f64;
         let idle_watts = idle_watts.unwrap_or(DEFAULT_IDLE_WATTS_PER_CPU * n);
-        let max_watts = max_watts.unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * n).max(idle_watts);
-        Self { idle_watts, max_watts, sockets }
+        let max_watts = max_watts
+            .unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * n)
+            .max(idle_watts);
+        Self {
+            idle_watts,
+            max_watts,
+            sockets,
+        }
     }
 
     /// Package energy per socket over `duration_ns`, from each socket's busy time.
     pub fn sample(&self, duration_ns: u64, busy_ns_by_socket: &[(u32, u64)]) -> EnergySample {
         let total_cpus: u32 = self.sockets.iter().map(|(_, n)| n).sum::<u32>().max(1);
         let seconds = duration_ns as f64 / 1e9;
-        let mut sample = EnergySample { source: "model".into(), estimated: true, ..Default::default() };
+        let mut sample = EnergySample {
+            source: "model".into(),
+            estimated: true,
+            ..Default::default()
+        };
         for &(socket, cpus) in &self.sockets {
             let share = f64::from(cpus) / f64::from(total_cpus);
-            let busy_ns = busy_ns_by_socket.iter().filter(|(s, _)| *s == socket).map(|(_, b)| *b).sum::<u64>();
+            let busy_ns = busy_ns_by_socket
+                .iter()
+                .filter(|(s, _)| *s == socket)
+                .map(|(_, b)| *b)
+                .sum::<u64>();
             let capacity = duration_ns as f64 * f64::from(cpus);
-            let busy = if capacity > 0.0 { (busy_ns as f64 / capacity).clamp(0.0, 1.0) } else { 0.0 };
+            let busy = if capacity > 0.0 {
+                (busy_ns as f64 / capacity).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             let idle_w = self.idle_watts * share;
             let watts = idle_w + (self.max_watts - self.idle_watts) * share * busy;
-            let key = DomainKey { domain: Domain::Package, socket };
+            let key = DomainKey {
+                domain: Domain::Package,
+                socket,
+            };
             sample.domains.push((key, watts * seconds));
             sample.known_idle_w.push((key, idle_w));
         }
@@ -52,13 +73,21 @@ mod tests {
 
     #[test]
     fn linear_in_busy_and_split_by_socket() {
-        let cpus = [Cpu { id: 0, socket: 0 }, Cpu { id: 1, socket: 0 }, Cpu { id: 2, socket: 1 }, Cpu { id: 3, socket: 1 }];
+        let cpus = [
+            Cpu { id: 0, socket: 0 },
+            Cpu { id: 1, socket: 0 },
+            Cpu { id: 2, socket: 1 },
+            Cpu { id: 3, socket: 1 },
+        ];
         let model = LinearModel::new(&cpus, Some(20.0), Some(100.0));
         // Socket 0 fully busy for 1 s, socket 1 idle.
         let s = model.sample(1_000_000_000, &[(0, 2_000_000_000)]);
         assert!(s.estimated);
         assert_eq!(s.domains.len(), 2);
-        assert!((s.domains[0].1 - 50.0).abs() < 1e-9, "10 W idle + 40 W active");
+        assert!(
+            (s.domains[0].1 - 50.0).abs() < 1e-9,
+            "10 W idle + 40 W active"
+        );
         assert!((s.domains[1].1 - 10.0).abs() < 1e-9);
         let defaults = LinearModel::new(&cpus, None, None);
         assert_eq!((defaults.idle_watts, defaults.max_watts), (8.0, 40.0));

@@ -21,15 +21,27 @@ pub struct Layout {
 
 pub const INTEL: Layout = Layout {
     unit: 0x606,
-    registers: &[(Domain::Package, 0x611), (Domain::Core, 0x639), (Domain::Gpu, 0x641), (Domain::Dram, 0x619), (Domain::Psys, 0x64D)],
+    registers: &[
+        (Domain::Package, 0x611),
+        (Domain::Core, 0x639),
+        (Domain::Gpu, 0x641),
+        (Domain::Dram, 0x619),
+        (Domain::Psys, 0x64D),
+    ],
 };
 
 /// AMD Fam17h+: the per-core register 0xC001029A is left out (it would need one reader per core).
-pub const AMD: Layout = Layout { unit: 0xC001_0299, registers: &[(Domain::Package, 0xC001_029B)] };
+pub const AMD: Layout = Layout {
+    unit: 0xC001_0299,
+    registers: &[(Domain::Package, 0xC001_029B)],
+};
 
 /// `vendor_id : GenuineIntel` in `/proc/cpuinfo` text.
 pub fn parse_vendor(cpuinfo: &str) -> Option<Vendor> {
-    let vendor = cpuinfo.lines().find_map(|l| l.strip_prefix("vendor_id")?.split(':').nth(1))?.trim();
+    let vendor = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id")?.split(':').nth(1))?
+        .trim();
     match vendor {
         "GenuineIntel" => Some(Vendor::Intel),
         "AuthenticAMD" | "HygonGenuine" => Some(Vendor::Amd),
@@ -62,9 +74,14 @@ fn read_msr(file: &File, register: u64) -> std::io::Result<u64> {
 
 impl Msr {
     pub fn open(root: &Path, cpus: &[Cpu]) -> Result<Self, EnergyError> {
-        let vendor = parse_vendor(&read_text(&root.join("proc/cpuinfo"))?)
-            .ok_or_else(|| EnergyError::Unavailable("RAPL MSRs are known only on Intel and AMD CPUs".into()))?;
-        let layout = if vendor == Vendor::Intel { &INTEL } else { &AMD };
+        let vendor = parse_vendor(&read_text(&root.join("proc/cpuinfo"))?).ok_or_else(|| {
+            EnergyError::Unavailable("RAPL MSRs are known only on Intel and AMD CPUs".into())
+        })?;
+        let layout = if vendor == Vendor::Intel {
+            &INTEL
+        } else {
+            &AMD
+        };
         if !root.join("dev/cpu/0/msr").exists() && root == Path::new("/") {
             // Loading the module is harmless when allowed and answers the question definitively.
             let _ = Command::new("modprobe").arg("msr").status();
@@ -80,11 +97,24 @@ impl Msr {
         for cpu in sockets {
             let path = root.join(format!("dev/cpu/{}/msr", cpu.id));
             let file = File::open(&path).map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => EnergyError::Unavailable(format!("{} is missing: `modprobe msr` as root (VMs usually have no RAPL MSRs)", path.display())),
-                std::io::ErrorKind::PermissionDenied => EnergyError::PermissionDenied { path: path.display().to_string() },
-                _ => EnergyError::Read { path: path.display().to_string(), source },
+                std::io::ErrorKind::NotFound => EnergyError::Unavailable(format!(
+                    "{} is missing: `modprobe msr` as root (VMs usually have no RAPL MSRs)",
+                    path.display()
+                )),
+                std::io::ErrorKind::PermissionDenied => EnergyError::PermissionDenied {
+                    path: path.display().to_string(),
+                },
+                _ => EnergyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                },
             })?;
-            let unit = read_msr(&file, layout.unit).map_err(|_| EnergyError::Unavailable(format!("this CPU has no RAPL unit register (MSR {:#x})", layout.unit)))?;
+            let unit = read_msr(&file, layout.unit).map_err(|_| {
+                EnergyError::Unavailable(format!(
+                    "this CPU has no RAPL unit register (MSR {:#x})",
+                    layout.unit
+                ))
+            })?;
             joules.get_or_insert(joules_per_unit(unit));
             for &(domain, register) in layout.registers {
                 if domain == Domain::Psys && cpu.socket != 0 {
@@ -92,14 +122,29 @@ impl Msr {
                 }
                 // A register the part lacks fails to read (EIO): that domain does not exist here.
                 if read_msr(&file, register).is_ok() {
-                    let file = file.try_clone().map_err(|source| EnergyError::Read { path: path.display().to_string(), source })?;
-                    readers.push(Reader { key: DomainKey { domain, socket: cpu.socket }, register, file });
+                    let file = file.try_clone().map_err(|source| EnergyError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    readers.push(Reader {
+                        key: DomainKey {
+                            domain,
+                            socket: cpu.socket,
+                        },
+                        register,
+                        file,
+                    });
                 }
             }
         }
         match joules {
-            Some(joules_per_unit) if !readers.is_empty() => Ok(Self { readers, joules_per_unit }),
-            _ => Err(EnergyError::Unavailable("no readable RAPL energy MSR".into())),
+            Some(joules_per_unit) if !readers.is_empty() => Ok(Self {
+                readers,
+                joules_per_unit,
+            }),
+            _ => Err(EnergyError::Unavailable(
+                "no readable RAPL energy MSR".into(),
+            )),
         }
     }
 }
@@ -113,8 +158,16 @@ impl CounterSource for Msr {
         self.readers
             .iter()
             .map(|r| {
-                let raw = read_msr(&r.file, r.register).map_err(|source| EnergyError::Read { path: format!("MSR {:#x}", r.register), source })?;
-                Ok(CounterValue { key: r.key, raw: raw & 0xffff_ffff, range: Some(1 << 32), joules_per_unit: self.joules_per_unit })
+                let raw = read_msr(&r.file, r.register).map_err(|source| EnergyError::Read {
+                    path: format!("MSR {:#x}", r.register),
+                    source,
+                })?;
+                Ok(CounterValue {
+                    key: r.key,
+                    raw: raw & 0xffff_ffff,
+                    range: Some(1 << 32),
+                    joules_per_unit: self.joules_per_unit,
+                })
             })
             .collect()
     }
@@ -126,8 +179,14 @@ mod tests {
 
     #[test]
     fn vendors() {
-        assert_eq!(parse_vendor("processor\t: 0\nvendor_id\t: GenuineIntel\n"), Some(Vendor::Intel));
-        assert_eq!(parse_vendor("vendor_id\t: AuthenticAMD\n"), Some(Vendor::Amd));
+        assert_eq!(
+            parse_vendor("processor\t: 0\nvendor_id\t: GenuineIntel\n"),
+            Some(Vendor::Intel)
+        );
+        assert_eq!(
+            parse_vendor("vendor_id\t: AuthenticAMD\n"),
+            Some(Vendor::Amd)
+        );
         assert_eq!(parse_vendor("vendor_id\t: ARM\n"), None);
     }
 

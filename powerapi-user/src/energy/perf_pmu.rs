@@ -50,29 +50,58 @@ pub fn parse_event_config(text: &str) -> Option<u64> {
 pub fn describe(root: &Path) -> Result<(u32, Vec<u32>, Vec<PowerEvent>), EnergyError> {
     let dir = root.join("sys/bus/event_source/devices/power");
     if !dir.exists() {
-        return Err(EnergyError::Unavailable(format!("{} does not exist (no RAPL perf PMU: kernel without CONFIG_PERF_EVENTS_INTEL_RAPL/AMD support, or a VM)", dir.display())));
+        return Err(EnergyError::Unavailable(format!(
+            "{} does not exist (no RAPL perf PMU: kernel without CONFIG_PERF_EVENTS_INTEL_RAPL/AMD support, or a VM)",
+            dir.display()
+        )));
     }
-    let parse_err = |path: &Path, detail: &str| EnergyError::Parse { path: path.display().to_string(), detail: detail.into() };
+    let parse_err = |path: &Path, detail: &str| EnergyError::Parse {
+        path: path.display().to_string(),
+        detail: detail.into(),
+    };
     let type_path = dir.join("type");
-    let pmu_type = read_text(&type_path)?.trim().parse().map_err(|_| parse_err(&type_path, "not a number"))?;
+    let pmu_type = read_text(&type_path)?
+        .trim()
+        .parse()
+        .map_err(|_| parse_err(&type_path, "not a number"))?;
     let mask_path = dir.join("cpumask");
-    let cpus = parse_cpu_list(&read_text(&mask_path)?).ok_or_else(|| parse_err(&mask_path, "not a CPU list"))?;
+    let cpus = parse_cpu_list(&read_text(&mask_path)?)
+        .ok_or_else(|| parse_err(&mask_path, "not a CPU list"))?;
     let mut events = Vec::new();
     for domain in Domain::ALL {
-        for name in ["energy-pkg", "energy-cores", "energy-core", "energy-ram", "energy-gpu", "energy-psys"] {
+        for name in [
+            "energy-pkg",
+            "energy-cores",
+            "energy-core",
+            "energy-ram",
+            "energy-gpu",
+            "energy-psys",
+        ] {
             if domain_of_event(name) != Some(domain) {
                 continue;
             }
             let path = dir.join("events").join(name);
             let Ok(text) = read_text(&path) else { continue };
-            let config = parse_event_config(&text).ok_or_else(|| parse_err(&path, "no event= term"))?;
+            let config =
+                parse_event_config(&text).ok_or_else(|| parse_err(&path, "no event= term"))?;
             let scale_path = dir.join("events").join(format!("{name}.scale"));
-            let scale = read_text(&scale_path)?.trim().parse().map_err(|_| parse_err(&scale_path, "not a number"))?;
-            events.push(PowerEvent { domain, name: name.to_string(), config, scale });
+            let scale = read_text(&scale_path)?
+                .trim()
+                .parse()
+                .map_err(|_| parse_err(&scale_path, "not a number"))?;
+            events.push(PowerEvent {
+                domain,
+                name: name.to_string(),
+                config,
+                scale,
+            });
         }
     }
     if events.is_empty() {
-        return Err(EnergyError::Unavailable(format!("no energy-* events under {}", dir.display())));
+        return Err(EnergyError::Unavailable(format!(
+            "no energy-* events under {}",
+            dir.display()
+        )));
     }
     Ok((pmu_type, cpus, events))
 }
@@ -93,7 +122,11 @@ impl PerfPmu {
         let mut open = Vec::new();
         for event in &events {
             // psys is platform-wide: one reader, on the first CPU of the mask.
-            let readers = if event.domain == Domain::Psys { &mask[..mask.len().min(1)] } else { &mask[..] };
+            let readers = if event.domain == Domain::Psys {
+                &mask[..mask.len().min(1)]
+            } else {
+                &mask[..]
+            };
             for &cpu in readers {
                 let socket = cpus.iter().find(|c| c.id == cpu).map_or(0, |c| c.socket);
                 let mut attr = perf::perf_event_attr {
@@ -103,13 +136,36 @@ impl PerfPmu {
                     ..Default::default()
                 };
                 // SAFETY: valid attr for the duration of the call.
-                let fd = unsafe { perf_event_open_sys::perf_event_open(&mut attr, -1, cpu as i32, -1, u64::from(perf::PERF_FLAG_FD_CLOEXEC) as _) };
+                let fd = unsafe {
+                    perf_event_open_sys::perf_event_open(
+                        &mut attr,
+                        -1,
+                        cpu as i32,
+                        -1,
+                        u64::from(perf::PERF_FLAG_FD_CLOEXEC) as _,
+                    )
+                };
                 if fd < 0 {
-                    return Err(EnergyError::PerfOpen { event: event.name.clone(), cpu, source: std::io::Error::last_os_error() });
+                    return Err(EnergyError::PerfOpen {
+                        event: event.name.clone(),
+                        cpu,
+                        source: std::io::Error::last_os_error(),
+                    });
                 }
                 // SAFETY: a fresh descriptor nothing else owns.
                 let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-                open.push(OpenEvent { key: DomainKey { domain: event.domain, socket: if event.domain == Domain::Psys { 0 } else { socket } }, scale: event.scale, file });
+                open.push(OpenEvent {
+                    key: DomainKey {
+                        domain: event.domain,
+                        socket: if event.domain == Domain::Psys {
+                            0
+                        } else {
+                            socket
+                        },
+                    },
+                    scale: event.scale,
+                    file,
+                });
             }
         }
         Ok(Self { events: open })
@@ -126,8 +182,19 @@ impl CounterSource for PerfPmu {
             .iter_mut()
             .map(|event| {
                 let mut buf = [0u8; 8];
-                event.file.read_exact(&mut buf).map_err(|source| EnergyError::Read { path: format!("perf power event ({})", event.key.domain), source })?;
-                Ok(CounterValue { key: event.key, raw: u64::from_ne_bytes(buf), range: None, joules_per_unit: event.scale })
+                event
+                    .file
+                    .read_exact(&mut buf)
+                    .map_err(|source| EnergyError::Read {
+                        path: format!("perf power event ({})", event.key.domain),
+                        source,
+                    })?;
+                Ok(CounterValue {
+                    key: event.key,
+                    raw: u64::from_ne_bytes(buf),
+                    range: None,
+                    joules_per_unit: event.scale,
+                })
             })
             .collect()
     }
@@ -144,8 +211,16 @@ mod tests {
         assert_eq!(pmu_type, 23);
         assert_eq!(cpus, vec![0, 36]);
         let names: Vec<_> = events.iter().map(|e| (e.domain, e.config)).collect();
-        assert_eq!(names, vec![(Domain::Package, 2), (Domain::Core, 1), (Domain::Dram, 3), (Domain::Psys, 5)]);
-        assert!((events[0].scale - 2.3283064365386962890625e-10).abs() < 1e-20);
+        assert_eq!(
+            names,
+            vec![
+                (Domain::Package, 2),
+                (Domain::Core, 1),
+                (Domain::Dram, 3),
+                (Domain::Psys, 5)
+            ]
+        );
+        assert!((events[0].scale - 2.328_306_436_538_696_3e-10).abs() < 1e-20);
     }
 
     #[test]

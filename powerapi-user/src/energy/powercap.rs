@@ -19,16 +19,27 @@ pub struct Zone {
 pub fn parse_zone_name(name: &str, parent_socket: Option<u32>) -> Option<DomainKey> {
     let name = name.trim();
     if let Some(n) = name.strip_prefix("package-") {
-        return Some(DomainKey { domain: Domain::Package, socket: n.parse().ok()? });
+        return Some(DomainKey {
+            domain: Domain::Package,
+            socket: n.parse().ok()?,
+        });
     }
     let domain = match name {
-        "psys" => return Some(DomainKey { domain: Domain::Psys, socket: 0 }),
+        "psys" => {
+            return Some(DomainKey {
+                domain: Domain::Psys,
+                socket: 0,
+            });
+        }
         "core" => Domain::Core,
         "uncore" => Domain::Uncore,
         "dram" => Domain::Dram,
         _ => return None,
     };
-    Some(DomainKey { domain, socket: parent_socket.unwrap_or(0) })
+    Some(DomainKey {
+        domain,
+        socket: parent_socket.unwrap_or(0),
+    })
 }
 
 /// Finds the zones under `dir` (a `/sys/class/powercap`-shaped directory). Subzones are found
@@ -36,21 +47,41 @@ pub fn parse_zone_name(name: &str, parent_socket: Option<u32>) -> Option<DomainK
 /// (as a hand-written directory may have them). `intel-rapl-mmio` zones are used only for what
 /// the MSR-backed zones do not already provide, so nothing is counted twice.
 pub fn discover(dir: &Path) -> Result<Vec<Zone>, EnergyError> {
-    let entries = fs::read_dir(dir).map_err(|source| EnergyError::Read { path: dir.display().to_string(), source })?;
-    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let entries = fs::read_dir(dir).map_err(|source| EnergyError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     let mut zones: BTreeMap<DomainKey, Zone> = BTreeMap::new();
     // intel-rapl first, so that an mmio zone only fills a gap.
     for prefix in ["intel-rapl:", "intel-rapl-mmio:"] {
-        let tops = names.iter().filter(|n| n.strip_prefix(prefix).is_some_and(|rest| !rest.contains(':')));
+        let tops = names.iter().filter(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|rest| !rest.contains(':'))
+        });
         for name in tops {
             let zone_dir = dir.join(name);
-            let Some(key) = read_zone(&zone_dir, None)? else { continue };
+            let Some(key) = read_zone(&zone_dir, None)? else {
+                continue;
+            };
             let sub_prefix = format!("{name}:");
-            let mut subs: Vec<PathBuf> = names.iter().filter(|n| n.starts_with(&sub_prefix)).map(|n| dir.join(n)).collect();
+            let mut subs: Vec<PathBuf> = names
+                .iter()
+                .filter(|n| n.starts_with(&sub_prefix))
+                .map(|n| dir.join(n))
+                .collect();
             if subs.is_empty() {
                 subs = fs::read_dir(&zone_dir)
-                    .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&sub_prefix)).map(|e| e.path()).collect())
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.file_name().to_string_lossy().starts_with(&sub_prefix))
+                            .map(|e| e.path())
+                            .collect()
+                    })
                     .unwrap_or_default();
             }
             let mut found = vec![(key, zone_dir)];
@@ -64,7 +95,11 @@ pub fn discover(dir: &Path) -> Result<Vec<Zone>, EnergyError> {
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
                     .unwrap_or(u64::MAX);
-                zones.entry(key).or_insert(Zone { path, key, range_uj });
+                zones.entry(key).or_insert(Zone {
+                    path,
+                    key,
+                    range_uj,
+                });
             }
         }
     }
@@ -77,7 +112,9 @@ fn read_zone(dir: &Path, parent_socket: Option<u32>) -> Result<Option<DomainKey>
         Err(EnergyError::Read { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let enabled = fs::read_to_string(dir.join("enabled")).map(|t| t.trim() != "0").unwrap_or(true);
+    let enabled = fs::read_to_string(dir.join("enabled"))
+        .map(|t| t.trim() != "0")
+        .unwrap_or(true);
     Ok(parse_zone_name(&name, parent_socket).filter(|_| enabled))
 }
 
@@ -89,11 +126,17 @@ pub struct Powercap {
 impl Powercap {
     pub fn open(dir: &Path, name: &'static str) -> Result<Self, EnergyError> {
         if !dir.exists() {
-            return Err(EnergyError::Unavailable(format!("{} does not exist (no powercap RAPL here; VMs and Docker's default mask hide it)", dir.display())));
+            return Err(EnergyError::Unavailable(format!(
+                "{} does not exist (no powercap RAPL here; VMs and Docker's default mask hide it)",
+                dir.display()
+            )));
         }
         let zones = discover(dir)?;
         if zones.is_empty() {
-            return Err(EnergyError::Unavailable(format!("no intel-rapl zones under {}", dir.display())));
+            return Err(EnergyError::Unavailable(format!(
+                "no intel-rapl zones under {}",
+                dir.display()
+            )));
         }
         let mut source = Self { name, zones };
         source.read()?; // fail now on permissions, not mid-run
@@ -116,8 +159,16 @@ impl CounterSource for Powercap {
             .map(|zone| {
                 let path = zone.path.join("energy_uj");
                 let text = read_text(&path)?;
-                let raw = text.trim().parse().map_err(|_| EnergyError::Parse { path: path.display().to_string(), detail: format!("{:?} is not a number", text.trim()) })?;
-                Ok(CounterValue { key: zone.key, raw, range: Some(zone.range_uj), joules_per_unit: 1e-6 })
+                let raw = text.trim().parse().map_err(|_| EnergyError::Parse {
+                    path: path.display().to_string(),
+                    detail: format!("{:?} is not a number", text.trim()),
+                })?;
+                Ok(CounterValue {
+                    key: zone.key,
+                    raw,
+                    range: Some(zone.range_uj),
+                    joules_per_unit: 1e-6,
+                })
             })
             .collect()
     }
@@ -128,14 +179,34 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/powercap").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/powercap")
+            .join(name)
     }
 
     #[test]
     fn zone_names() {
-        assert_eq!(parse_zone_name("package-1\n", None), Some(DomainKey { domain: Domain::Package, socket: 1 }));
-        assert_eq!(parse_zone_name("dram", Some(1)), Some(DomainKey { domain: Domain::Dram, socket: 1 }));
-        assert_eq!(parse_zone_name("psys", None), Some(DomainKey { domain: Domain::Psys, socket: 0 }));
+        assert_eq!(
+            parse_zone_name("package-1\n", None),
+            Some(DomainKey {
+                domain: Domain::Package,
+                socket: 1
+            })
+        );
+        assert_eq!(
+            parse_zone_name("dram", Some(1)),
+            Some(DomainKey {
+                domain: Domain::Dram,
+                socket: 1
+            })
+        );
+        assert_eq!(
+            parse_zone_name("psys", None),
+            Some(DomainKey {
+                domain: Domain::Psys,
+                socket: 0
+            })
+        );
         assert_eq!(parse_zone_name("package-x", None), None);
         assert_eq!(parse_zone_name("gt", None), None);
     }
@@ -146,7 +217,12 @@ mod tests {
         let keys: Vec<_> = zones.iter().map(|z| (z.key.domain, z.key.socket)).collect();
         assert_eq!(
             keys,
-            vec![(Domain::Package, 0), (Domain::Package, 1), (Domain::Dram, 0), (Domain::Dram, 1)]
+            vec![
+                (Domain::Package, 0),
+                (Domain::Package, 1),
+                (Domain::Dram, 0),
+                (Domain::Dram, 1)
+            ]
         );
         assert_eq!(zones[0].range_uj, 262143328850);
         let mut source = Powercap::open(&fixture("two-socket"), "powercap").expect("open");
@@ -158,7 +234,15 @@ mod tests {
     fn client_with_psys_and_mmio_duplicate() {
         let zones = discover(&fixture("client")).expect("fixture");
         let keys: Vec<_> = zones.iter().map(|z| (z.key.domain, z.key.socket)).collect();
-        assert_eq!(keys, vec![(Domain::Package, 0), (Domain::Core, 0), (Domain::Uncore, 0), (Domain::Psys, 0)]);
+        assert_eq!(
+            keys,
+            vec![
+                (Domain::Package, 0),
+                (Domain::Core, 0),
+                (Domain::Uncore, 0),
+                (Domain::Psys, 0)
+            ]
+        );
         // The package comes from intel-rapl, not the duplicate intel-rapl-mmio zone.
         assert!(zones[0].path.ends_with("intel-rapl:0"));
     }

@@ -19,7 +19,11 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
             size_of::<bpf_attr>(),
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 fn zeroed_attr() -> bpf_attr {
@@ -68,7 +72,11 @@ pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
         values.reserve(chunk);
         let mut attr = zeroed_attr();
         attr.batch.map_fd = map.as_raw_fd() as u32;
-        attr.batch.in_batch = if first { 0 } else { &in_batch as *const u64 as u64 };
+        attr.batch.in_batch = if first {
+            0
+        } else {
+            &in_batch as *const u64 as u64
+        };
         attr.batch.out_batch = &mut out_batch as *mut u64 as u64;
         // The spare capacity holds at least `chunk` keys and values and outlives the call.
         attr.batch.keys = keys.spare_capacity_mut().as_mut_ptr() as u64;

@@ -19,7 +19,9 @@ pub struct CounterSpec {
 }
 
 #[derive(Debug, Error)]
-#[error("unknown counter {0:?}: use cycles, instructions, ref-cycles, llc-misses, cache-misses, branch-misses, cpu-clock or raw:0xCONFIG")]
+#[error(
+    "unknown counter {0:?}: use cycles, instructions, ref-cycles, llc-misses, cache-misses, branch-misses, cpu-clock or raw:0xCONFIG"
+)]
 pub struct UnknownCounter(String);
 
 impl FromStr for CounterSpec {
@@ -33,19 +35,38 @@ impl FromStr for CounterSpec {
             | (u64::from(perf::PERF_COUNT_HW_CACHE_OP_READ) << 8)
             | (u64::from(perf::PERF_COUNT_HW_CACHE_RESULT_MISS) << 16);
         let (perf_type, config) = match name {
-            "cycles" => (perf::PERF_TYPE_HARDWARE, u64::from(perf::PERF_COUNT_HW_CPU_CYCLES)),
-            "instructions" => (perf::PERF_TYPE_HARDWARE, u64::from(perf::PERF_COUNT_HW_INSTRUCTIONS)),
-            "ref-cycles" => (perf::PERF_TYPE_HARDWARE, u64::from(perf::PERF_COUNT_HW_REF_CPU_CYCLES)),
-            "cache-misses" => (perf::PERF_TYPE_HARDWARE, u64::from(perf::PERF_COUNT_HW_CACHE_MISSES)),
-            "branch-misses" => (perf::PERF_TYPE_HARDWARE, u64::from(perf::PERF_COUNT_HW_BRANCH_MISSES)),
+            "cycles" => (
+                perf::PERF_TYPE_HARDWARE,
+                u64::from(perf::PERF_COUNT_HW_CPU_CYCLES),
+            ),
+            "instructions" => (
+                perf::PERF_TYPE_HARDWARE,
+                u64::from(perf::PERF_COUNT_HW_INSTRUCTIONS),
+            ),
+            "ref-cycles" => (
+                perf::PERF_TYPE_HARDWARE,
+                u64::from(perf::PERF_COUNT_HW_REF_CPU_CYCLES),
+            ),
+            "cache-misses" => (
+                perf::PERF_TYPE_HARDWARE,
+                u64::from(perf::PERF_COUNT_HW_CACHE_MISSES),
+            ),
+            "branch-misses" => (
+                perf::PERF_TYPE_HARDWARE,
+                u64::from(perf::PERF_COUNT_HW_BRANCH_MISSES),
+            ),
             "llc-misses" => (perf::PERF_TYPE_HW_CACHE, llc_read_miss),
-            "cpu-clock" => (perf::PERF_TYPE_SOFTWARE, u64::from(perf::PERF_COUNT_SW_CPU_CLOCK)),
+            "cpu-clock" => (
+                perf::PERF_TYPE_SOFTWARE,
+                u64::from(perf::PERF_COUNT_SW_CPU_CLOCK),
+            ),
             _ => {
                 let hex = name
                     .strip_prefix("raw:")
                     .map(|c| c.trim_start_matches("0x"))
                     .ok_or_else(|| UnknownCounter(name.to_string()))?;
-                let config = u64::from_str_radix(hex, 16).map_err(|_| UnknownCounter(name.to_string()))?;
+                let config =
+                    u64::from_str_radix(hex, 16).map_err(|_| UnknownCounter(name.to_string()))?;
                 (perf::PERF_TYPE_RAW, config)
             }
         };
@@ -97,11 +118,17 @@ pub fn open_on_cpu(spec: &CounterSpec, cpu: u32) -> Result<OwnedFd, CounterError
         config: spec.config,
         ..Default::default()
     };
-    attr.read_format =
-        u64::from(perf::PERF_FORMAT_TOTAL_TIME_ENABLED) | u64::from(perf::PERF_FORMAT_TOTAL_TIME_RUNNING);
+    attr.read_format = u64::from(perf::PERF_FORMAT_TOTAL_TIME_ENABLED)
+        | u64::from(perf::PERF_FORMAT_TOTAL_TIME_RUNNING);
     // SAFETY: `attr` is a valid, fully initialised perf_event_attr that outlives the call.
     let fd = unsafe {
-        perf_event_open_sys::perf_event_open(&mut attr, -1, cpu as i32, -1, u64::from(perf::PERF_FLAG_FD_CLOEXEC) as _)
+        perf_event_open_sys::perf_event_open(
+            &mut attr,
+            -1,
+            cpu as i32,
+            -1,
+            u64::from(perf::PERF_FLAG_FD_CLOEXEC) as _,
+        )
     };
     if fd < 0 {
         let source = std::io::Error::last_os_error();

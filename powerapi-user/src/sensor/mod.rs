@@ -15,9 +15,9 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use powerapi_common::{
-    COUNTER_MAPS, CPU_SLICE_MAP, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM, MAX_COUNTERS,
-    NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP,
-    SensorStats, TASK_TOTALS_MAP, TaskKey, TaskTotals,
+    COUNTER_MAPS, CPU_SLICE_MAP, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM,
+    MAX_COUNTERS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM,
+    SENSOR_STATS_MAP, SensorStats, TASK_TOTALS_MAP, TaskKey, TaskTotals,
 };
 use thiserror::Error;
 
@@ -37,11 +37,17 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/po
 pub enum SensorError {
     #[error("{}", privilege::PRIVILEGE_HINT)]
     NotPrivileged,
-    #[error("this powerapi was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask run`")]
+    #[error(
+        "this powerapi was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask run`"
+    )]
     NotBuilt,
-    #[error("the kernel refused powerapi's BPF programs: {0}; `powerapi doctor` lists what this kernel lacks")]
+    #[error(
+        "the kernel refused powerapi's BPF programs: {0}; `powerapi doctor` lists what this kernel lacks"
+    )]
     Load(String),
-    #[error("cannot attach {program} to the {tracepoint} raw tracepoint: {source}; a kernel ≥ 5.10 with CONFIG_BPF_EVENTS is needed")]
+    #[error(
+        "cannot attach {program} to the {tracepoint} raw tracepoint: {source}; a kernel ≥ 5.10 with CONFIG_BPF_EVENTS is needed"
+    )]
     Attach {
         program: &'static str,
         tracepoint: &'static str,
@@ -49,7 +55,9 @@ pub enum SensorError {
     },
     #[error("BPF map {name}: {detail}")]
     Map { name: &'static str, detail: String },
-    #[error("cannot run the slice flush on CPU {cpu}: {source}; BPF_PROG_TEST_RUN on a CPU needs Linux ≥ 5.10")]
+    #[error(
+        "cannot run the slice flush on CPU {cpu}: {source}; BPF_PROG_TEST_RUN on a CPU needs Linux ≥ 5.10"
+    )]
     Flush { cpu: u32, source: std::io::Error },
     #[error("reading the task map failed: {0}")]
     Drain(std::io::Error),
@@ -110,7 +118,10 @@ pub struct Sensor {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -149,14 +160,23 @@ fn one_line(text: &str) -> String {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &'static str, tracepoint: &'static str) -> Result<(), SensorError> {
-    let err = |source| SensorError::Attach { program, tracepoint, source };
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), SensorError> {
+    let err = |source| SensorError::Attach {
+        program,
+        tracepoint,
+        source,
+    };
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
         .try_into()
         .map_err(err)?;
-    prog.load().map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
+    prog.load()
+        .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
     prog.attach(tracepoint).map_err(err)?;
     Ok(())
 }
@@ -164,7 +184,10 @@ fn attach(ebpf: &mut Ebpf, program: &'static str, tracepoint: &'static str) -> R
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, SensorError> {
     match ebpf.map(name) {
         Some(Map::HashMap(data) | Map::PerfEventArray(data) | Map::PerCpuArray(data)) => Ok(data),
-        _ => Err(SensorError::Map { name, detail: "missing from the object".into() }),
+        _ => Err(SensorError::Map {
+            name,
+            detail: "missing from the object".into(),
+        }),
     }
 }
 
@@ -173,10 +196,14 @@ fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, SensorE
 where
     T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(SensorError::Map { name, detail: "missing from the object".into() })?;
-    T::try_from(map).map_err(|e| SensorError::Map { name, detail: e.to_string() })
+    let map = ebpf.map_mut(name).ok_or(SensorError::Map {
+        name,
+        detail: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| SensorError::Map {
+        name,
+        detail: e.to_string(),
+    })
 }
 
 impl Sensor {
@@ -202,7 +229,9 @@ impl Sensor {
                     Err(e) => {
                         time_only_reason = Some(match &e {
                             CounterError::Unsupported { name, source, .. } => {
-                                format!("no {name} counter on this CPU ({source}); VMs often have no PMU")
+                                format!(
+                                    "no {name} counter on this CPU ({source}); VMs often have no PMU"
+                                )
                             }
                             CounterError::Denied { .. } => e.to_string(),
                         });
@@ -221,9 +250,14 @@ impl Sensor {
         for (slot, spec_fds) in counter_fds.chunks(cpus.len().max(1)).enumerate() {
             let map = map_data(&ebpf, COUNTER_MAPS[slot])?;
             for (cpu, fd) in cpus.iter().zip(spec_fds) {
-                bpf_sys::set_perf_event(map.fd().as_fd(), cpu.id, fd.as_fd()).map_err(|e| SensorError::Map {
-                    name: COUNTER_MAPS[slot],
-                    detail: format!("storing counter {} for CPU {}: {e}", counters[slot], cpu.id),
+                bpf_sys::set_perf_event(map.fd().as_fd(), cpu.id, fd.as_fd()).map_err(|e| {
+                    SensorError::Map {
+                        name: COUNTER_MAPS[slot],
+                        detail: format!(
+                            "storing counter {} for CPU {}: {e}",
+                            counters[slot], cpu.id
+                        ),
+                    }
                 })?;
             }
         }
@@ -231,18 +265,28 @@ impl Sensor {
 
         let exits = ebpf
             .take_map(EXITS_MAP)
-            .ok_or(SensorError::Map { name: EXITS_MAP, detail: "missing from the object".into() })
+            .ok_or(SensorError::Map {
+                name: EXITS_MAP,
+                detail: "missing from the object".into(),
+            })
             .and_then(|m| {
-                RingBuf::try_from(m).map_err(|e| SensorError::Map { name: EXITS_MAP, detail: e.to_string() })
+                RingBuf::try_from(m).map_err(|e| SensorError::Map {
+                    name: EXITS_MAP,
+                    detail: e.to_string(),
+                })
             })?;
 
         {
             let flush: &mut RawTracePoint = ebpf
                 .program_mut(FLUSH_PROGRAM)
-                .ok_or_else(|| SensorError::Load(format!("program {FLUSH_PROGRAM} missing from the object")))?
+                .ok_or_else(|| {
+                    SensorError::Load(format!("program {FLUSH_PROGRAM} missing from the object"))
+                })?
                 .try_into()
                 .map_err(|e: ProgramError| SensorError::Load(e.to_string()))?;
-            flush.load().map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
+            flush
+                .load()
+                .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
         }
         attach(&mut ebpf, SCHED_SWITCH_PROGRAM, "sched_switch")?;
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
@@ -287,7 +331,10 @@ impl Sensor {
             .ok_or_else(|| SensorError::Load(format!("program {FLUSH_PROGRAM} missing")))?;
         let fd = prog.fd().map_err(|e| SensorError::Load(e.to_string()))?;
         for cpu in &self.cpus {
-            bpf_sys::run_on_cpu(fd.as_fd(), cpu.id).map_err(|source| SensorError::Flush { cpu: cpu.id, source })?;
+            bpf_sys::run_on_cpu(fd.as_fd(), cpu.id).map_err(|source| SensorError::Flush {
+                cpu: cpu.id,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -320,18 +367,27 @@ impl Sensor {
             match bpf_sys::lookup_batch(map.fd().as_fd(), keys, totals) {
                 Ok(()) => {}
                 // Kernels before 5.6 have no batch ops: fall back to one lookup per key.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+                    ) =>
+                {
                     self.use_batch = false;
                 }
                 Err(e) => return Err(SensorError::Drain(e)),
             }
         }
-        let mut tasks: HashMap<&mut MapData, TaskKey, TaskTotals> = typed_map(&mut self.ebpf, TASK_TOTALS_MAP)?;
+        let mut tasks: HashMap<&mut MapData, TaskKey, TaskTotals> =
+            typed_map(&mut self.ebpf, TASK_TOTALS_MAP)?;
         if !self.use_batch {
             keys.clear();
             totals.clear();
             for entry in tasks.iter() {
-                let (key, value) = entry.map_err(|e| SensorError::Map { name: TASK_TOTALS_MAP, detail: e.to_string() })?;
+                let (key, value) = entry.map_err(|e| SensorError::Map {
+                    name: TASK_TOTALS_MAP,
+                    detail: e.to_string(),
+                })?;
                 keys.push(key);
                 totals.push(value);
             }
@@ -348,10 +404,12 @@ impl Sensor {
             }
         }
 
-        let stats: PerCpuArray<&mut MapData, SensorStats> = typed_map(&mut self.ebpf, SENSOR_STATS_MAP)?;
-        let per_cpu = stats
-            .get(&0, 0)
-            .map_err(|e| SensorError::Map { name: SENSOR_STATS_MAP, detail: e.to_string() })?;
+        let stats: PerCpuArray<&mut MapData, SensorStats> =
+            typed_map(&mut self.ebpf, SENSOR_STATS_MAP)?;
+        let per_cpu = stats.get(&0, 0).map_err(|e| SensorError::Map {
+            name: SENSOR_STATS_MAP,
+            detail: e.to_string(),
+        })?;
         reading.stats = SensorStats::default();
         for s in per_cpu.iter() {
             reading.stats.lost_slices += s.lost_slices;
@@ -365,7 +423,10 @@ impl Sensor {
 }
 
 fn init_cpu_slices(ebpf: &mut Ebpf, cpus: &[Cpu]) -> Result<(), SensorError> {
-    let err = |detail: String| SensorError::Map { name: CPU_SLICE_MAP, detail };
+    let err = |detail: String| SensorError::Map {
+        name: CPU_SLICE_MAP,
+        detail,
+    };
     let possible = aya::util::nr_cpus().map_err(|(path, e)| err(format!("{path}: {e}")))?;
     let mut slices = vec![CpuSlice::default(); possible];
     for cpu in cpus {

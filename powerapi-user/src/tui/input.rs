@@ -52,14 +52,42 @@ mod tests {
 
     #[test]
     fn bindings() {
-        assert_eq!(action_for(key(KeyCode::Char('q')), false, false), Some(Action::Quit));
-        assert_eq!(action_for(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), true, true), Some(Action::Quit));
-        assert_eq!(action_for(key(KeyCode::Esc), false, false), Some(Action::Quit));
-        assert_eq!(action_for(key(KeyCode::Esc), false, true), Some(Action::ClearFilter));
-        assert_eq!(action_for(key(KeyCode::F(6)), false, false), Some(Action::SortNext));
-        assert_eq!(action_for(key(KeyCode::Char('q')), true, false), Some(Action::FilterChar('q')));
-        assert_eq!(action_for(key(KeyCode::Esc), true, false), Some(Action::ClearFilter));
-        assert_eq!(action_for(key(KeyCode::Char('?')), false, false), Some(Action::ToggleHelp));
+        assert_eq!(
+            action_for(key(KeyCode::Char('q')), false, false),
+            Some(Action::Quit)
+        );
+        assert_eq!(
+            action_for(
+                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+                true,
+                true
+            ),
+            Some(Action::Quit)
+        );
+        assert_eq!(
+            action_for(key(KeyCode::Esc), false, false),
+            Some(Action::Quit)
+        );
+        assert_eq!(
+            action_for(key(KeyCode::Esc), false, true),
+            Some(Action::ClearFilter)
+        );
+        assert_eq!(
+            action_for(key(KeyCode::F(6)), false, false),
+            Some(Action::SortNext)
+        );
+        assert_eq!(
+            action_for(key(KeyCode::Char('q')), true, false),
+            Some(Action::FilterChar('q'))
+        );
+        assert_eq!(
+            action_for(key(KeyCode::Esc), true, false),
+            Some(Action::ClearFilter)
+        );
+        assert_eq!(
+            action_for(key(KeyCode::Char('?')), false, false),
+            Some(Action::ToggleHelp)
+        );
         assert_eq!(action_for(key(KeyCode::Char('z')), false, false), None);
     }
 }

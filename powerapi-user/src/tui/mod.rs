@@ -18,8 +18,7 @@ use std::{
 };
 
 use crossterm::{
-    cursor, event,
-    execute,
+    cursor, event, execute,
     terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
 };
 use ratatui::{Terminal, backend::CrosstermBackend};
@@ -36,7 +35,9 @@ use state::App;
 
 #[derive(Debug, Error)]
 pub enum TopError {
-    #[error("powerapi top needs a terminal ({0} is not a TTY); use `powerapi record -o FILE` for files and pipes")]
+    #[error(
+        "powerapi top needs a terminal ({0} is not a TTY); use `powerapi record -o FILE` for files and pipes"
+    )]
     NoTty(&'static str),
     #[error(transparent)]
     Collect(#[from] CollectError),
@@ -74,7 +75,13 @@ type Message = Result<Arc<TopSnapshot>, String>;
 
 /// The collector thread: one snapshot per interval; on stop, a last partial interval for the
 /// `--record` file, then exit.
-fn collect_loop(mut collector: Collector, config: TopConfig, mut sink: Option<JsonLinesSink>, tx: mpsc::Sender<Message>, stop: Receiver<()>) {
+fn collect_loop(
+    mut collector: Collector,
+    config: TopConfig,
+    mut sink: Option<JsonLinesSink>,
+    tx: mpsc::Sender<Message>,
+    stop: Receiver<()>,
+) {
     let run = run_info(&collector);
     let root = config.collector.sensor.root.clone();
     let mut users = Users::new(&root);
@@ -83,7 +90,10 @@ fn collect_loop(mut collector: Collector, config: TopConfig, mut sink: Option<Js
     loop {
         seq += 1;
         let deadline = started + config.interval * seq as u32;
-        let stopped = !matches!(stop.recv_timeout(deadline.saturating_duration_since(Instant::now())), Err(RecvTimeoutError::Timeout));
+        let stopped = !matches!(
+            stop.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            Err(RecvTimeoutError::Timeout)
+        );
         let snapshot = match collector.collect() {
             Ok(s) => s,
             Err(e) => {
@@ -100,7 +110,14 @@ fn collect_loop(mut collector: Collector, config: TopConfig, mut sink: Option<Js
                 time: humantime::format_rfc3339_nanos(snapshot.wall_end).to_string(),
                 partial: stopped,
             };
-            let records = build_records(&run, &snapshot, collector.resolver(), &interval, Granularity::Process, &config.filter);
+            let records = build_records(
+                &run,
+                &snapshot,
+                collector.resolver(),
+                &interval,
+                Granularity::Process,
+                &config.filter,
+            );
             if let Err(e) = sink.write_interval(&records) {
                 let _ = tx.send(Err(e.to_string()));
                 return;
@@ -109,7 +126,15 @@ fn collect_loop(mut collector: Collector, config: TopConfig, mut sink: Option<Js
         if stopped {
             return;
         }
-        let top = snapshot::build(seq, &snapshot, &run.counters, run.cpus, collector.resolver(), &mut users, &config.filter);
+        let top = snapshot::build(
+            seq,
+            &snapshot,
+            &run.counters,
+            run.cpus,
+            collector.resolver(),
+            &mut users,
+            &config.filter,
+        );
         if tx.send(Ok(Arc::new(top))).is_err() {
             return;
         }
@@ -124,7 +149,11 @@ pub fn run_top(config: &TopConfig, signals: &Receiver<()>) -> Result<(), TopErro
     if !io::stdin().is_terminal() {
         return Err(TopError::NoTty("stdin"));
     }
-    let sink = config.record.as_deref().map(JsonLinesSink::create).transpose()?;
+    let sink = config
+        .record
+        .as_deref()
+        .map(JsonLinesSink::create)
+        .transpose()?;
     let collector = Collector::start(&config.collector)?;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut app = App::new(config.interval.as_secs_f64(), no_color);
@@ -132,7 +161,8 @@ pub fn run_top(config: &TopConfig, signals: &Receiver<()>) -> Result<(), TopErro
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel();
     let thread_config = config.clone();
-    let worker = std::thread::spawn(move || collect_loop(collector, thread_config, sink, tx, stop_rx));
+    let worker =
+        std::thread::spawn(move || collect_loop(collector, thread_config, sink, tx, stop_rx));
 
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -154,7 +184,12 @@ pub fn run_top(config: &TopConfig, signals: &Receiver<()>) -> Result<(), TopErro
     result
 }
 
-fn event_loop(terminal: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App, snapshots: &Receiver<Message>, signals: &Receiver<()>) -> Result<(), TopError> {
+fn event_loop(
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    app: &mut App,
+    snapshots: &Receiver<Message>,
+    signals: &Receiver<()>,
+) -> Result<(), TopError> {
     let mut dirty = true;
     loop {
         if dirty {
@@ -166,7 +201,9 @@ fn event_loop(terminal: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App, 
         if event::poll(Duration::from_millis(100))? {
             match event::read()? {
                 event::Event::Key(key) => {
-                    if let Some(action) = input::action_for(key, app.editing_filter, !app.filter.is_empty()) {
+                    if let Some(action) =
+                        input::action_for(key, app.editing_filter, !app.filter.is_empty())
+                    {
                         if !app.apply(action) {
                             return Ok(());
                         }
@@ -188,7 +225,9 @@ fn event_loop(terminal: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App, 
                 }
                 Ok(Err(message)) => return Err(TopError::Collector(message)),
                 Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return Err(TopError::Collector("the collector stopped".into())),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(TopError::Collector("the collector stopped".into()));
+                }
             }
         }
         if signals.try_recv().is_ok() {

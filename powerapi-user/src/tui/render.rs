@@ -26,11 +26,23 @@ impl Palette {
     fn new(no_color: bool) -> Self {
         if no_color {
             let bold = Style::default().add_modifier(Modifier::BOLD);
-            return Self { title: bold, badge: bold.add_modifier(Modifier::REVERSED), warn: bold, dim: Style::default(), selected: Style::default().add_modifier(Modifier::REVERSED), header: bold };
+            return Self {
+                title: bold,
+                badge: bold.add_modifier(Modifier::REVERSED),
+                warn: bold,
+                dim: Style::default(),
+                selected: Style::default().add_modifier(Modifier::REVERSED),
+                header: bold,
+            };
         }
         Self {
-            title: Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD),
-            badge: Style::default().fg(Color::Black).bg(Color::Yellow).add_modifier(Modifier::BOLD),
+            title: Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+            badge: Style::default()
+                .fg(Color::Black)
+                .bg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
             warn: Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
             dim: Style::default().add_modifier(Modifier::DIM),
             selected: Style::default().add_modifier(Modifier::REVERSED),
@@ -40,24 +52,51 @@ impl Palette {
 }
 
 fn watts(w: f64) -> String {
-    if w >= 100.0 { format!("{w:.0}") } else if w >= 10.0 { format!("{w:.1}") } else { format!("{w:.2}") }
+    if w >= 100.0 {
+        format!("{w:.0}")
+    } else if w >= 10.0 {
+        format!("{w:.1}")
+    } else {
+        format!("{w:.2}")
+    }
 }
 
 fn joules(j: f64) -> String {
-    if j >= 1e6 { format!("{:.1}M", j / 1e6) } else if j >= 1e4 { format!("{:.1}k", j / 1e3) } else { format!("{j:.1}") }
+    if j >= 1e6 {
+        format!("{:.1}M", j / 1e6)
+    } else if j >= 1e4 {
+        format!("{:.1}k", j / 1e3)
+    } else {
+        format!("{j:.1}")
+    }
 }
 
 fn si(v: f64) -> String {
-    if v >= 1e9 { format!("{:.2}G", v / 1e9) } else if v >= 1e6 { format!("{:.1}M", v / 1e6) } else if v >= 1e3 { format!("{:.1}k", v / 1e3) } else { format!("{v:.0}") }
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     let Some(s) = &app.shown else {
-        lines.push(Line::from(Span::styled("powerapi top · waiting for the first interval…", p.title)));
+        lines.push(Line::from(Span::styled(
+            "powerapi top · waiting for the first interval…",
+            p.title,
+        )));
         return lines;
     };
-    let metric = s.energy.as_ref().and_then(|e| e.domains.first()).map_or("-".to_string(), |d| d.metric.clone());
+    let metric = s
+        .energy
+        .as_ref()
+        .and_then(|e| e.domains.first())
+        .map_or("-".to_string(), |d| d.metric.clone());
     let mut first = vec![Span::styled("powerapi top ", p.title)];
     // Badges first, so that a narrow terminal never cuts them off.
     if s.energy.as_ref().is_some_and(|e| e.estimated) {
@@ -72,12 +111,19 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
         Some(e) => first.push(Span::raw(format!("{} · metric {metric}", e.source))),
         None => first.push(Span::raw("no energy source (CPU only)")),
     }
-    first.push(Span::raw(format!(" · {} CPUs · {:.1}s · meter {:.1}% CPU", s.cpus, s.duration_s, s.meter_cpu_percent)));
+    first.push(Span::raw(format!(
+        " · {} CPUs · {:.1}s · meter {:.1}% CPU",
+        s.cpus, s.duration_s, s.meter_cpu_percent
+    )));
     lines.push(Line::from(first));
     if let Some(e) = &s.energy {
         lines.push(Line::from(vec![
             Span::styled(format!("total {} W", watts(e.total_w)), p.title),
-            Span::raw(format!("  idle est. {} W  · {} J since start", watts(e.idle_w), joules(app.machine_joules))),
+            Span::raw(format!(
+                "  idle est. {} W  · {} J since start",
+                watts(e.idle_w),
+                joules(app.machine_joules)
+            )),
         ]));
         let seconds = s.duration_s.max(1e-9);
         let shown = 3;
@@ -99,7 +145,10 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
             )));
         }
         if e.domains.len() > shown {
-            lines.push(Line::from(Span::styled(format!("  … {} more domains", e.domains.len() - shown), p.dim)));
+            lines.push(Line::from(Span::styled(
+                format!("  … {} more domains", e.domains.len() - shown),
+                p.dim,
+            )));
         }
     }
     let l = &s.losses;
@@ -124,7 +173,13 @@ fn cell(app: &App, column: Column, r: &super::state::ViewRow) -> String {
         Column::Id => r.id.clone(),
         Column::User => r.user.clone(),
         Column::Command => r.command.clone(),
-        Column::Watts => if app.shown.as_ref().is_some_and(|s| s.energy.is_some()) { watts(r.watts) } else { "-".into() },
+        Column::Watts => {
+            if app.shown.as_ref().is_some_and(|s| s.energy.is_some()) {
+                watts(r.watts)
+            } else {
+                "-".into()
+            }
+        }
         Column::Joules => joules(r.joules_total),
         Column::Cpu => format!("{:.1}", r.cpu_percent),
         Column::CyclesPerSec => r.cycles_per_s.map_or("-".into(), si),
@@ -154,6 +209,8 @@ fn history_u64(values: impl Iterator<Item = f64>) -> Vec<u64> {
 pub fn draw(frame: &mut Frame, app: &App) {
     let p = Palette::new(app.no_color);
     let area = frame.area();
+    // Grouping and sorting cost the most: do it once per frame.
+    let rows = app.rows();
     let header = header_lines(app, &p);
     let [top, charts, table_area, footer] = Layout::vertical([
         Constraint::Length(header.len() as u16),
@@ -165,15 +222,40 @@ pub fn draw(frame: &mut Frame, app: &App) {
     frame.render_widget(Paragraph::new(header), top);
 
     if charts.height > 0 {
-        let [left, right] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+                .areas(charts);
         let total = history_u64(app.total_history.iter().copied());
-        let title = app.total_history.back().map_or("total power".to_string(), |w| format!("total {} W, last {} s", watts(*w), (app.total_history.len() as f64 * app.interval_s).round()));
-        frame.render_widget(Sparkline::default().block(Block::default().borders(Borders::TOP).title(title)).data(&total), left);
-        let rows = app.rows();
+        let title = app
+            .total_history
+            .back()
+            .map_or("total power".to_string(), |w| {
+                format!(
+                    "total {} W, last {} s",
+                    watts(*w),
+                    (app.total_history.len() as f64 * app.interval_s).round()
+                )
+            });
+        frame.render_widget(
+            Sparkline::default()
+                .block(Block::default().borders(Borders::TOP).title(title))
+                .data(&total),
+            left,
+        );
         let selected = rows.get(app.selected);
-        let history = app.selected_history().map(|h| history_u64(h.iter().copied())).unwrap_or_default();
-        let title = selected.map_or("selected: none".to_string(), |r| format!("{} {} W", r.command, watts(r.watts)));
-        frame.render_widget(Sparkline::default().block(Block::default().borders(Borders::TOP).title(title)).data(&history), right);
+        let history = selected
+            .and_then(|r| app.history(&r.key))
+            .map(|h| history_u64(h.iter().copied()))
+            .unwrap_or_default();
+        let title = selected.map_or("selected: none".to_string(), |r| {
+            format!("{} {} W", r.command, watts(r.watts))
+        });
+        frame.render_widget(
+            Sparkline::default()
+                .block(Block::default().borders(Borders::TOP).title(title))
+                .data(&history),
+            right,
+        );
     }
 
     let columns = app.columns();
@@ -185,23 +267,41 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Cell::from(name)
     }))
     .style(p.header);
-    let rows = app.rows();
-    let table_rows: Vec<Row> = rows.iter().map(|r| Row::new(columns.iter().map(|c| Cell::from(cell(app, *c, r))))).collect();
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .map(|r| Row::new(columns.iter().map(|c| Cell::from(cell(app, *c, r)))))
+        .collect();
     let empty = table_rows.is_empty();
     let table = Table::new(table_rows, columns.iter().map(|c| width(*c)))
         .header(header_row)
         .row_highlight_style(p.selected)
-        .block(Block::default().borders(Borders::TOP).title(format!(" by {} · {} rows ", app.group_by.label(), rows.len())));
+        .block(Block::default().borders(Borders::TOP).title(format!(
+            " by {} · {} rows ",
+            app.group_by.label(),
+            rows.len()
+        )));
     let mut state = TableState::default().with_selected((!empty).then_some(app.selected));
     frame.render_stateful_widget(table, table_area, &mut state);
     if empty {
-        let message = if app.filter.is_empty() { "no task ran in this interval" } else { "no row matches the filter" };
-        let inner = Rect { y: table_area.y + 2, height: 1, ..table_area };
+        let message = if app.filter.is_empty() {
+            "no task ran in this interval"
+        } else {
+            "no row matches the filter"
+        };
+        let inner = Rect {
+            y: table_area.y + 2,
+            height: 1,
+            ..table_area
+        };
         frame.render_widget(Paragraph::new(Span::styled(message, p.dim)), inner);
     }
 
     let footer_line = if app.editing_filter {
-        Line::from(vec![Span::styled("/ filter: ", p.title), Span::raw(format!("{}▏", app.filter)), Span::styled("  (Enter keeps, Esc clears)", p.dim)])
+        Line::from(vec![
+            Span::styled("/ filter: ", p.title),
+            Span::raw(format!("{}▏", app.filter)),
+            Span::styled("  (Enter keeps, Esc clears)", p.dim),
+        ])
     } else {
         let mut spans = Vec::new();
         if !app.filter.is_empty() {
@@ -233,12 +333,33 @@ const HELP: &[(&str, &str)] = &[
 fn draw_help(frame: &mut Frame, area: Rect, p: &Palette) {
     let width = area.width.min(76);
     let height = (HELP.len() as u16 + 6).min(area.height);
-    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
-    let mut lines: Vec<Line> = HELP.iter().map(|(k, v)| Line::from(vec![Span::styled(format!("{k:<26}"), p.title), Span::raw(*v)])).collect();
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let mut lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<26}"), p.title),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
     lines.push(Line::from(""));
-    lines.push(Line::from(Span::styled("W: package + DRAM power of the interval; J: energy since start or r", p.dim)));
+    lines.push(Line::from(Span::styled(
+        "W: package + DRAM power of the interval; J: energy since start or r",
+        p.dim,
+    )));
     frame.render_widget(Clear, popup);
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::default().borders(Borders::ALL).title(" help ")), popup);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(" help ")),
+        popup,
+    );
 }
 
 #[cfg(test)]
@@ -258,7 +379,14 @@ mod tests {
         let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("terminal");
         terminal.draw(|f| draw(f, app)).expect("draw");
         let buffer = terminal.backend().buffer().clone();
-        (0..h).map(|y| (0..w).map(|x| buffer[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| buffer[(x, y)].symbol().to_string())
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect()
     }
 
     fn app_with(counters: bool) -> App {
@@ -286,14 +414,29 @@ mod tests {
     fn normal_view() {
         let app = app_with(true);
         let text = screen(&app, 120, 30);
-        assert!(text.contains("powerapi top powercap · metric cycles"), "{text}");
+        assert!(
+            text.contains("powerapi top powercap · metric cycles"),
+            "{text}"
+        );
         assert!(text.contains("total 30.0 W"), "{text}");
-        assert!(text.contains("W▼") && text.contains("CYC/s") && text.contains("IPC"), "{text}");
+        assert!(
+            text.contains("W▼") && text.contains("CYC/s") && text.contains("IPC"),
+            "{text}"
+        );
         assert!(!text.contains("ESTIMATED"));
-        let burn = text.lines().position(|l| l.contains("burn")).expect("burn row");
-        let nginx = text.lines().position(|l| l.contains(" nginx ")).expect("nginx row");
+        let burn = text
+            .lines()
+            .position(|l| l.contains("burn"))
+            .expect("burn row");
+        let nginx = text
+            .lines()
+            .position(|l| l.contains(" nginx "))
+            .expect("nginx row");
         assert!(burn < nginx, "sorted by power:\n{text}");
-        assert!(text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (online)"), "{text}");
+        assert!(
+            text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (online)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -306,8 +449,16 @@ mod tests {
         }
         app.ingest(Arc::new(s));
         let text = screen(&app, 80, 24);
-        assert!(text.lines().next().is_some_and(|l| l.contains(" ESTIMATED ")), "{text}");
-        assert!(!text.contains("CYC/s"), "no counter columns in time-only mode");
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains(" ESTIMATED ")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("CYC/s"),
+            "no counter columns in time-only mode"
+        );
     }
 
     #[test]
@@ -326,8 +477,14 @@ mod tests {
         let app = app_with(true);
         let text = screen(&app, 80, 24);
         assert_eq!(text.lines().count(), 24);
-        assert!(text.contains("PID") && text.contains("COMMAND") && text.contains("burn"), "{text}");
-        assert!(text.lines().last().is_some_and(|l| l.starts_with("q quit")), "{text}");
+        assert!(
+            text.contains("PID") && text.contains("COMMAND") && text.contains("burn"),
+            "{text}"
+        );
+        assert!(
+            text.lines().last().is_some_and(|l| l.starts_with("q quit")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -353,7 +510,10 @@ mod tests {
         let mut app = app_with(false);
         app.apply(Action::ToggleHelp);
         let text = screen(&app, 80, 24);
-        assert!(text.contains(" help ") && text.contains("invert the sort order"), "{text}");
+        assert!(
+            text.contains(" help ") && text.contains("invert the sort order"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -370,7 +530,10 @@ mod tests {
             assert_eq!(app.group_by, by);
             let text = screen(&app, 100, 24);
             assert!(text.contains(&format!("by {}", by.label())), "{text}");
-            assert!(text.lines().any(|l| l.trim_start().starts_with(header)), "{by:?}: {text}");
+            assert!(
+                text.lines().any(|l| l.trim_start().starts_with(header)),
+                "{by:?}: {text}"
+            );
             assert!(text.contains(expect), "{by:?}: {text}");
         }
     }

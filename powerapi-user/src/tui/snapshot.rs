@@ -75,8 +75,14 @@ pub struct Users {
 
 impl Users {
     pub fn new(root: &Path) -> Self {
-        let names = fs::read_to_string(root.join("etc/passwd")).map(|t| parse_passwd(&t)).unwrap_or_default();
-        Self { proc_root: root.join("proc"), names, by_pid: HashMap::new() }
+        let names = fs::read_to_string(root.join("etc/passwd"))
+            .map(|t| parse_passwd(&t))
+            .unwrap_or_default();
+        Self {
+            proc_root: root.join("proc"),
+            names,
+            by_pid: HashMap::new(),
+        }
     }
 
     fn user(&mut self, pid: u32) -> String {
@@ -84,7 +90,11 @@ impl Users {
             return user.clone();
         }
         let user = match fs::metadata(self.proc_root.join(pid.to_string())) {
-            Ok(meta) => self.names.get(&meta.uid()).cloned().unwrap_or_else(|| meta.uid().to_string()),
+            Ok(meta) => self
+                .names
+                .get(&meta.uid())
+                .cloned()
+                .unwrap_or_else(|| meta.uid().to_string()),
             Err(_) => "?".to_string(), // already gone
         };
         self.by_pid.insert(pid, user.clone());
@@ -107,7 +117,15 @@ fn cgroup_label(resolver: Option<&CgroupResolver>, id: u64) -> String {
 }
 
 /// `filter` is `record`'s `--pid/--comm/--cgroup`; the machine header is never filtered.
-pub fn build(seq: u64, snapshot: &Snapshot, counters: &[String], cpus: u32, resolver: Option<&CgroupResolver>, users: &mut Users, filter: &Filter) -> TopSnapshot {
+pub fn build(
+    seq: u64,
+    snapshot: &Snapshot,
+    counters: &[String],
+    cpus: u32,
+    resolver: Option<&CgroupResolver>,
+    users: &mut Users,
+    filter: &Filter,
+) -> TopSnapshot {
     let duration_s = snapshot.deltas.duration_ns() as f64 / 1e9;
     let energy = snapshot.power.as_ref().map(|p| {
         let machine = machine_energy(p);
@@ -115,36 +133,66 @@ pub fn build(seq: u64, snapshot: &Snapshot, counters: &[String], cpus: u32, reso
         let headline = headline_domains(&measured);
         let in_headline = |d: &&DomainRecord| headline.contains(&d.domain);
         EnergyHeader {
-            total_w: machine.domains.iter().filter(in_headline).map(|d| d.power_w).sum(),
-            idle_w: machine.domains.iter().filter(in_headline).map(|d| d.idle_w).sum(),
+            total_w: machine
+                .domains
+                .iter()
+                .filter(in_headline)
+                .map(|d| d.power_w)
+                .sum(),
+            idle_w: machine
+                .domains
+                .iter()
+                .filter(in_headline)
+                .map(|d| d.idle_w)
+                .sum(),
             source: machine.source,
             estimated: machine.estimated,
             domains: machine.domains,
         }
     });
-    let headline: Vec<Domain> = energy.as_ref().map(|e| headline_domains(&e.domains.iter().map(|d| d.domain).collect::<Vec<_>>())).unwrap_or_default();
-    let process_names: HashMap<u32, &str> = snapshot.aggregate.processes.iter().map(|p| (p.pid, p.comm.as_str())).collect();
+    let headline: Vec<Domain> = energy
+        .as_ref()
+        .map(|e| headline_domains(&e.domains.iter().map(|d| d.domain).collect::<Vec<_>>()))
+        .unwrap_or_default();
+    let process_names: HashMap<u32, &str> = snapshot
+        .aggregate
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.comm.as_str()))
+        .collect();
     let mut seen = std::collections::HashSet::new();
     let mut rows: HashMap<(u32, u32), TaskRow> = HashMap::new();
     for (i, task) in snapshot.deltas.tasks.iter().enumerate() {
         if task.key.is_idle() {
             continue;
         }
-        let process_comm = process_names.get(&task.key.tgid).map_or_else(|| comm_string(&task.comm), |c| c.to_string());
-        if !filter.matches(task.key.tgid, &process_comm, &cgroup_info(resolver, task.cgroup_id)) {
+        let process_comm = process_names
+            .get(&task.key.tgid)
+            .map_or_else(|| comm_string(&task.comm), |c| c.to_string());
+        if !filter.matches(
+            task.key.tgid,
+            &process_comm,
+            &cgroup_info(resolver, task.cgroup_id),
+        ) {
             continue;
         }
         seen.insert(task.key.tgid);
-        let joules: f64 = snapshot.power.as_ref().and_then(|p| p.task_joules.get(i)).map_or(0.0, |j| headline.iter().map(|d| j[d.index()]).sum());
-        let row = rows.entry((task.key.tgid, task.key.pid)).or_insert_with(|| TaskRow {
-            pid: task.key.tgid,
-            tid: task.key.pid,
-            comm: comm_string(&task.comm),
-            process_comm,
-            user: users.user(task.key.tgid),
-            cgroup: cgroup_label(resolver, task.cgroup_id),
-            ..Default::default()
-        });
+        let joules: f64 = snapshot
+            .power
+            .as_ref()
+            .and_then(|p| p.task_joules.get(i))
+            .map_or(0.0, |j| headline.iter().map(|d| j[d.index()]).sum());
+        let row = rows
+            .entry((task.key.tgid, task.key.pid))
+            .or_insert_with(|| TaskRow {
+                pid: task.key.tgid,
+                tid: task.key.pid,
+                comm: comm_string(&task.comm),
+                process_comm,
+                user: users.user(task.key.tgid),
+                cgroup: cgroup_label(resolver, task.cgroup_id),
+                ..Default::default()
+            });
         row.on_cpu_ns += task.on_cpu_ns;
         row.joules += joules;
         for (sum, v) in row.counters.iter_mut().zip(task.counters) {
@@ -159,7 +207,11 @@ pub fn build(seq: u64, snapshot: &Snapshot, counters: &[String], cpus: u32, reso
         busy_ns: snapshot.aggregate.busy.on_cpu_ns,
         counters: counters.to_vec(),
         energy,
-        meter_cpu_percent: if duration_s > 0.0 { snapshot.meter.cpu_ns as f64 / 1e9 / duration_s * 100.0 } else { 0.0 },
+        meter_cpu_percent: if duration_s > 0.0 {
+            snapshot.meter.cpu_ns as f64 / 1e9 / duration_s * 100.0
+        } else {
+            0.0
+        },
         losses: Losses::from(&snapshot.deltas.losses),
         rows: rows.into_values().collect(),
     }
@@ -171,7 +223,9 @@ mod tests {
 
     #[test]
     fn passwd() {
-        let users = parse_passwd("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n");
+        let users = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n",
+        );
         assert_eq!(users.get(&0).map(String::as_str), Some("root"));
         assert_eq!(users.get(&65534).map(String::as_str), Some("nobody"));
         assert_eq!(users.len(), 2);

@@ -21,7 +21,13 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 5] = [GroupBy::Process, GroupBy::Thread, GroupBy::Cgroup, GroupBy::Command, GroupBy::User];
+    pub const ALL: [GroupBy; 5] = [
+        GroupBy::Process,
+        GroupBy::Thread,
+        GroupBy::Cgroup,
+        GroupBy::Command,
+        GroupBy::User,
+    ];
 
     pub fn next(self) -> Self {
         let i = Self::ALL.iter().position(|g| *g == self).unwrap_or(0);
@@ -53,8 +59,17 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 9] =
-        [Column::Id, Column::User, Column::Command, Column::Watts, Column::Joules, Column::Cpu, Column::CyclesPerSec, Column::Ipc, Column::Cgroup];
+    pub const ALL: [Column; 9] = [
+        Column::Id,
+        Column::User,
+        Column::Command,
+        Column::Watts,
+        Column::Joules,
+        Column::Cpu,
+        Column::CyclesPerSec,
+        Column::Ipc,
+        Column::Cgroup,
+    ];
 
     pub fn header(self, group_by: GroupBy) -> &'static str {
         match self {
@@ -227,12 +242,17 @@ impl App {
     }
 
     pub fn has_counter(&self, name: &str) -> bool {
-        self.shown.as_ref().is_some_and(|s| s.counters.iter().any(|c| c == name))
+        self.shown
+            .as_ref()
+            .is_some_and(|s| s.counters.iter().any(|c| c == name))
     }
 
     /// Columns on screen: counter columns only when those counters are read.
     pub fn columns(&self) -> Vec<Column> {
-        let (cycles, ipc) = (self.has_counter("cycles"), self.has_counter("cycles") && self.has_counter("instructions"));
+        let (cycles, ipc) = (
+            self.has_counter("cycles"),
+            self.has_counter("cycles") && self.has_counter("instructions"),
+        );
         Column::ALL
             .into_iter()
             .filter(|c| match c {
@@ -258,10 +278,16 @@ impl App {
             push(&mut self.total_history, energy.total_w);
         }
         for g in group(&snapshot, self.group_by) {
-            push(self.row_history.entry(g.key).or_default(), g.joules / seconds);
+            push(
+                self.row_history.entry(g.key).or_default(),
+                g.joules / seconds,
+            );
         }
         if self.row_history.len() > 4 * snapshot.rows.len().max(256) {
-            let live: std::collections::HashSet<String> = group(&snapshot, self.group_by).into_iter().map(|g| g.key).collect();
+            let live: std::collections::HashSet<String> = group(&snapshot, self.group_by)
+                .into_iter()
+                .map(|g| g.key)
+                .collect();
             self.row_history.retain(|k, _| live.contains(k));
         }
         if !self.paused {
@@ -280,7 +306,9 @@ impl App {
 
     /// Grouped, filtered and sorted rows of what is on screen.
     pub fn rows(&self) -> Vec<ViewRow> {
-        let Some(snapshot) = &self.shown else { return Vec::new() };
+        let Some(snapshot) = &self.shown else {
+            return Vec::new();
+        };
         let seconds = snapshot.duration_s.max(1e-9);
         let totals = self.totals.get(&self.group_by);
         let filter = self.filter.to_lowercase();
@@ -302,20 +330,32 @@ impl App {
             })
             .filter(|r| {
                 filter.is_empty()
-                    || [&r.command, &r.id, &r.user, &r.cgroup].iter().any(|f| f.to_lowercase().contains(&filter))
+                    || [&r.command, &r.id, &r.user, &r.cgroup]
+                        .iter()
+                        .any(|f| f.to_lowercase().contains(&filter))
             })
             .collect();
         let sort = self.sort;
         rows.sort_by(|a, b| {
             let ord = match sort {
-                Column::Id => a.id.parse::<u64>().unwrap_or(0).cmp(&b.id.parse::<u64>().unwrap_or(0)),
+                Column::Id => {
+                    a.id.parse::<u64>()
+                        .unwrap_or(0)
+                        .cmp(&b.id.parse::<u64>().unwrap_or(0))
+                }
                 Column::User => a.user.cmp(&b.user),
                 Column::Command => a.command.cmp(&b.command),
                 Column::Cgroup => a.cgroup.cmp(&b.cgroup),
-                Column::Watts => a.watts.total_cmp(&b.watts).then(a.cpu_percent.total_cmp(&b.cpu_percent)),
+                Column::Watts => a
+                    .watts
+                    .total_cmp(&b.watts)
+                    .then(a.cpu_percent.total_cmp(&b.cpu_percent)),
                 Column::Joules => a.joules_total.total_cmp(&b.joules_total),
                 Column::Cpu => a.cpu_percent.total_cmp(&b.cpu_percent),
-                Column::CyclesPerSec => a.cycles_per_s.unwrap_or(0.0).total_cmp(&b.cycles_per_s.unwrap_or(0.0)),
+                Column::CyclesPerSec => a
+                    .cycles_per_s
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.cycles_per_s.unwrap_or(0.0)),
                 Column::Ipc => a.ipc.unwrap_or(0.0).total_cmp(&b.ipc.unwrap_or(0.0)),
             };
             let ord = if self.descending { ord.reverse() } else { ord };
@@ -328,9 +368,9 @@ impl App {
         self.rows().get(self.selected).map(|r| r.key.clone())
     }
 
-    /// Power history of the selected row (watts per interval).
-    pub fn selected_history(&self) -> Option<&VecDeque<f64>> {
-        self.selected_key().and_then(|k| self.row_history.get(&k))
+    /// Power history (watts per interval) of the row `key`, when charted.
+    pub fn history(&self, key: &str) -> Option<&VecDeque<f64>> {
+        self.row_history.get(key)
     }
 
     /// Applies an action; returns false when the app should quit.
@@ -350,9 +390,16 @@ impl App {
                 let columns = self.columns();
                 let i = columns.iter().position(|c| *c == self.sort).unwrap_or(0);
                 let n = columns.len();
-                self.sort = columns[if action == Action::SortNext { (i + 1) % n } else { (i + n - 1) % n }];
+                self.sort = columns[if action == Action::SortNext {
+                    (i + 1) % n
+                } else {
+                    (i + n - 1) % n
+                }];
                 // Numbers read best largest first, names alphabetically.
-                self.descending = !matches!(self.sort, Column::Id | Column::User | Column::Command | Column::Cgroup);
+                self.descending = !matches!(
+                    self.sort,
+                    Column::Id | Column::User | Column::Command | Column::Cgroup
+                );
             }
             Action::InvertSort => self.descending = !self.descending,
             Action::StartFilter => self.editing_filter = true,
@@ -399,7 +446,15 @@ pub(crate) mod tests {
     use super::*;
     use crate::tui::snapshot::{EnergyHeader, TaskRow};
 
-    pub(crate) fn row(pid: u32, tid: u32, comm: &str, user: &str, cgroup: &str, cpu_ms: u64, joules: f64) -> TaskRow {
+    pub(crate) fn row(
+        pid: u32,
+        tid: u32,
+        comm: &str,
+        user: &str,
+        cgroup: &str,
+        cpu_ms: u64,
+        joules: f64,
+    ) -> TaskRow {
         TaskRow {
             pid,
             tid,
@@ -419,8 +474,18 @@ pub(crate) mod tests {
             duration_s: 1.0,
             cpus: 2,
             busy_ns: 1_200_000_000,
-            counters: if counters { vec!["cycles".into(), "instructions".into()] } else { vec![] },
-            energy: Some(EnergyHeader { source: "powercap".into(), estimated: false, domains: vec![], total_w: 30.0, idle_w: 10.0 }),
+            counters: if counters {
+                vec!["cycles".into(), "instructions".into()]
+            } else {
+                vec![]
+            },
+            energy: Some(EnergyHeader {
+                source: "powercap".into(),
+                estimated: false,
+                domains: vec![],
+                total_w: 30.0,
+                idle_w: 10.0,
+            }),
             meter_cpu_percent: 0.4,
             losses: Default::default(),
             rows: vec![
@@ -437,7 +502,10 @@ pub(crate) mod tests {
         let mut app = App::new(1.0, true);
         app.ingest(Arc::new(snapshot(true)));
         let rows = app.rows();
-        assert_eq!(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["100", "200", "300"]);
+        assert_eq!(
+            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["100", "200", "300"]
+        );
         assert_eq!(rows[1].watts, 4.5);
         assert_eq!(rows[0].ipc, Some(2.0));
         app.apply(Action::CycleGroup);
@@ -445,10 +513,20 @@ pub(crate) mod tests {
         assert_eq!(app.rows().len(), 4);
         app.apply(Action::CycleGroup);
         let cgroups = app.rows();
-        assert_eq!((cgroups[0].command.as_str(), cgroups[1].id.as_str()), ("docker:3f1c8b7a9d2e", "2"));
+        assert_eq!(
+            (cgroups[0].command.as_str(), cgroups[1].id.as_str()),
+            ("docker:3f1c8b7a9d2e", "2")
+        );
         app.apply(Action::CycleGroup);
         let commands = app.rows();
-        assert_eq!((commands[1].command.as_str(), commands[1].id.as_str(), commands[1].watts), ("nginx", "2", 5.0));
+        assert_eq!(
+            (
+                commands[1].command.as_str(),
+                commands[1].id.as_str(),
+                commands[1].watts
+            ),
+            ("nginx", "2", 5.0)
+        );
         app.apply(Action::CycleGroup);
         assert_eq!(app.rows()[1].user, "www");
         app.apply(Action::CycleGroup);
@@ -471,7 +549,11 @@ pub(crate) mod tests {
     fn sort_filter_pause_and_moves() {
         let mut app = App::new(1.0, true);
         app.ingest(Arc::new(snapshot(false)));
-        assert_eq!(app.columns().len(), 7, "no counter columns without counters");
+        assert_eq!(
+            app.columns().len(),
+            7,
+            "no counter columns without counters"
+        );
         app.apply(Action::SortNext); // Watts → Joules
         assert_eq!(app.sort, Column::Joules);
         app.apply(Action::SortPrev);
@@ -496,11 +578,20 @@ pub(crate) mod tests {
         let mut busier = snapshot(false);
         busier.rows[0].joules = 99.0;
         app.ingest(Arc::new(busier));
-        let burn = |app: &App| app.rows().into_iter().find(|r| r.command == "burn").expect("burn row");
+        let burn = |app: &App| {
+            app.rows()
+                .into_iter()
+                .find(|r| r.command == "burn")
+                .expect("burn row")
+        };
         assert_eq!(burn(&app).watts, 15.0, "paused screen is frozen");
         app.apply(Action::TogglePause);
         app.ingest(Arc::new(snapshot(false)));
-        assert_eq!(burn(&app).joules_total, 15.0 + 99.0 + 15.0, "totals kept counting while paused");
+        assert_eq!(
+            burn(&app).joules_total,
+            15.0 + 99.0 + 15.0,
+            "totals kept counting while paused"
+        );
         assert!(!app.apply(Action::Quit));
     }
 }

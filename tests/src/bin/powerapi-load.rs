@@ -18,7 +18,10 @@ fn pin(cpu: usize) {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -88,7 +91,8 @@ fn main() {
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: RUSAGE_CHILDREN with a valid out pointer.
             unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-            let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+            let ns =
+                |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
             println!(
                 "{{\"pids\":{:?},\"children_cpu_ns\":{}}}",
                 pids,
@@ -96,7 +100,9 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS");
+            eprintln!(
+                "usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS"
+            );
             std::process::exit(2);
         }
     }

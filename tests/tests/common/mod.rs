@@ -46,10 +46,17 @@ fn bpf_unavailable_reason() -> Option<String> {
             if unsafe { libc::geteuid() } != 0 {
                 return Some("not running as root".into());
             }
-            let out = Command::new(powerapi()).arg("doctor").output().expect("powerapi doctor runs");
+            let out = Command::new(powerapi())
+                .arg("doctor")
+                .output()
+                .expect("powerapi doctor runs");
             if !out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
-                let fail = text.lines().filter(|l| l.contains("FAIL")).collect::<Vec<_>>().join("; ");
+                let fail = text
+                    .lines()
+                    .filter(|l| l.contains("FAIL"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 return Some(format!("powerapi doctor: {fail}"));
             }
             None
@@ -97,11 +104,18 @@ impl Recording {
             .expect("powerapi record starts");
         let mut recording = Self { child, output };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while fs::read_to_string(&recording.output).map(|t| t.lines().count()).unwrap_or(0) == 0 {
+        while fs::read_to_string(&recording.output)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+            == 0
+        {
             if let Ok(Some(status)) = recording.child.try_wait() {
                 panic!("powerapi record exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "powerapi record wrote nothing in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "powerapi record wrote nothing in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         recording
@@ -142,7 +156,10 @@ impl Drop for Recording {
 /// Parses a JSON-lines file, insisting that it ends with a complete line.
 pub fn read_records(path: &Path) -> Vec<Value> {
     let text = fs::read_to_string(path).expect("output file");
-    assert!(text.ends_with('\n'), "output does not end with a complete line");
+    assert!(
+        text.ends_with('\n'),
+        "output does not end with a complete line"
+    );
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
         .collect()
@@ -158,7 +175,10 @@ pub fn u64_of(v: &Value) -> u64 {
 
 /// Σ on-CPU ns of the process records of `pid`.
 pub fn on_cpu_of(records: &[Value], pid: u32) -> u64 {
-    of_type(records, "process").filter(|r| r["pid"] == pid).map(|r| u64_of(&r["on_cpu_ns"])).sum()
+    of_type(records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| u64_of(&r["on_cpu_ns"]))
+        .sum()
 }
 
 /// Every complete interval: busy + idle = duration × CPUs within 1%.
@@ -168,7 +188,12 @@ pub fn assert_conservation(records: &[Value]) {
         let accounted = u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]);
         let capacity = u64_of(&m["capacity_ns"]);
         let error = (accounted as f64 - capacity as f64).abs() / capacity as f64;
-        assert!(error <= 0.01, "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.3}%)", m["interval"]["seq"], error * 100.0);
+        assert!(
+            error <= 0.01,
+            "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.3}%)",
+            m["interval"]["seq"],
+            error * 100.0
+        );
         checked += 1;
     }
     assert!(checked > 0, "no complete interval to check");
