@@ -65,14 +65,20 @@ pub struct AttributionConfig {
     pub idle_watts: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// One domain on one socket in one interval: `attributed_j + idle_j + unattributed_j = measured_j`.
+/// Serialised as is into the machine record (`domain` and `socket` flattened).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DomainReport {
+    #[serde(flatten)]
     pub key: DomainKey,
     pub measured_j: f64,
     pub attributed_j: f64,
+    /// Idle energy not handed to tasks (all of it with `--idle-policy none`).
     pub idle_j: f64,
+    /// Active energy no task could take (nothing ran on the socket).
     pub unattributed_j: f64,
     pub power_w: f64,
+    /// The idle power used, and where it came from.
     pub idle_w: f64,
     pub idle_source: IdleSource,
     /// The usage metric this domain was shared by (`cycles`, `cpu-time`, `llc-misses`, …).

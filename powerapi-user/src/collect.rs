@@ -11,7 +11,7 @@ use crate::{
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
     energy::{EnergyError, EnergySource, ModelConfig, SourceSpec},
-    report::MeterCost,
+    report::{Interval, MeterCost},
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
     topology::cpus_by_socket,
 };
@@ -42,6 +42,20 @@ pub struct Snapshot {
     pub power: Option<PowerReport>,
     pub wall_end: SystemTime,
     pub meter: MeterCost,
+}
+
+impl Snapshot {
+    /// The `interval` block of this snapshot's records.
+    pub fn interval(&self, seq: u64, partial: bool) -> Interval {
+        Interval {
+            seq,
+            start_ns: self.deltas.start_ns,
+            end_ns: self.deltas.end_ns,
+            duration_ns: self.deltas.duration_ns(),
+            time: humantime::format_rfc3339_nanos(self.wall_end).to_string(),
+            partial,
+        }
+    }
 }
 
 pub struct Collector {

@@ -252,14 +252,7 @@ pub fn record(
         let partial = stopped || deadline < full_deadline;
         let last = stopped || end.is_some_and(|e| deadline >= e);
         let snapshot = collector.collect()?;
-        let interval = Interval {
-            seq,
-            start_ns: snapshot.deltas.start_ns,
-            end_ns: snapshot.deltas.end_ns,
-            duration_ns: snapshot.deltas.duration_ns(),
-            time: humantime::format_rfc3339_nanos(snapshot.wall_end).to_string(),
-            partial,
-        };
+        let interval = snapshot.interval(seq, partial);
         let records = build_records(
             &run,
             &snapshot,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribution::{DomainJoules, IdlePolicy, IdleSource, PowerReport},
+    attribution::{DomainJoules, DomainReport, IdlePolicy, PowerReport},
     cgroup::Container,
     energy::Domain,
 };
@@ -102,26 +102,7 @@ pub struct MachineEnergy {
     /// True when the figures come from the model, not from RAPL.
     pub estimated: bool,
     pub idle_policy: IdlePolicy,
-    pub domains: Vec<DomainRecord>,
-}
-
-/// One domain on one socket: `attributed_j + idle_j + unattributed_j = measured_j`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DomainRecord {
-    pub domain: Domain,
-    pub socket: u32,
-    pub measured_j: f64,
-    pub attributed_j: f64,
-    /// Idle energy not handed to tasks (all of it with `--idle-policy none`).
-    pub idle_j: f64,
-    /// Active energy no task could take (nothing ran on the socket).
-    pub unattributed_j: f64,
-    pub power_w: f64,
-    /// The idle power used, and where it came from.
-    pub idle_w: f64,
-    pub idle_source: IdleSource,
-    /// The usage metric the active energy was split by.
-    pub metric: String,
+    pub domains: Vec<DomainReport>,
 }
 
 /// A task's or cgroup's share of the energy, per domain (sockets summed).
@@ -201,22 +182,7 @@ pub fn machine_energy(power: &PowerReport) -> MachineEnergy {
         source: power.source.clone(),
         estimated: power.estimated,
         idle_policy: power.idle_policy,
-        domains: power
-            .domains
-            .iter()
-            .map(|d| DomainRecord {
-                domain: d.key.domain,
-                socket: d.key.socket,
-                measured_j: d.measured_j,
-                attributed_j: d.attributed_j,
-                idle_j: d.idle_j,
-                unattributed_j: d.unattributed_j,
-                power_w: d.power_w,
-                idle_w: d.idle_w,
-                idle_source: d.idle_source,
-                metric: d.metric.clone(),
-            })
-            .collect(),
+        domains: power.domains.clone(),
     }
 }
 

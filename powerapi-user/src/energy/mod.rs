@@ -80,7 +80,7 @@ pub fn headline_domains(measured: &[Domain]) -> Vec<Domain> {
 }
 
 /// Where an energy figure comes from: a domain on a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DomainKey {
     pub domain: Domain,
     pub socket: u32,

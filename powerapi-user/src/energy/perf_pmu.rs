@@ -1,17 +1,13 @@
 //! RAPL through the perf `power` PMU (`/sys/bus/event_source/devices/power`): the kernel keeps
 //! 64-bit counts, so wraparound is not a practical concern, and CAP_PERFMON is enough.
 
-use std::{
-    fs::File,
-    io::Read,
-    os::fd::{FromRawFd, OwnedFd},
-    path::Path,
-};
-
-use perf_event_open_sys::bindings as perf;
+use std::{fs::File, io::Read, path::Path};
 
 use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, read_text};
-use crate::topology::{Cpu, parse_cpu_list};
+use crate::{
+    sensor::counters::open_cpu_event,
+    topology::{Cpu, parse_cpu_list},
+};
 
 /// One event the PMU lists.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,31 +125,14 @@ impl PerfPmu {
             };
             for &cpu in readers {
                 let socket = cpus.iter().find(|c| c.id == cpu).map_or(0, |c| c.socket);
-                let mut attr = perf::perf_event_attr {
-                    type_: pmu_type,
-                    size: size_of::<perf::perf_event_attr>() as u32,
-                    config: event.config,
-                    ..Default::default()
-                };
-                // SAFETY: valid attr for the duration of the call.
-                let fd = unsafe {
-                    perf_event_open_sys::perf_event_open(
-                        &mut attr,
-                        -1,
-                        cpu as i32,
-                        -1,
-                        u64::from(perf::PERF_FLAG_FD_CLOEXEC) as _,
-                    )
-                };
-                if fd < 0 {
-                    return Err(EnergyError::PerfOpen {
+                let fd = open_cpu_event(pmu_type, event.config, cpu, 0).map_err(|source| {
+                    EnergyError::PerfOpen {
                         event: event.name.clone(),
                         cpu,
-                        source: std::io::Error::last_os_error(),
-                    });
-                }
-                // SAFETY: a fresh descriptor nothing else owns.
-                let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                        source,
+                    }
+                })?;
+                let file = File::from(fd);
                 open.push(OpenEvent {
                     key: DomainKey {
                         domain: event.domain,

@@ -110,16 +110,21 @@ pub enum CounterError {
     },
 }
 
-/// Opens `spec` on one CPU for all tasks (`pid = -1`), counting from now on.
-pub fn open_on_cpu(spec: &CounterSpec, cpu: u32) -> Result<OwnedFd, CounterError> {
+/// Opens a system-wide event (`pid = -1`) on one CPU, counting from now on. Shared by the task
+/// counters and the RAPL perf PMU.
+pub fn open_cpu_event(
+    perf_type: u32,
+    config: u64,
+    cpu: u32,
+    read_format: u64,
+) -> std::io::Result<OwnedFd> {
     let mut attr = perf::perf_event_attr {
-        type_: spec.perf_type,
+        type_: perf_type,
         size: size_of::<perf::perf_event_attr>() as u32,
-        config: spec.config,
+        config,
+        read_format,
         ..Default::default()
     };
-    attr.read_format = u64::from(perf::PERF_FORMAT_TOTAL_TIME_ENABLED)
-        | u64::from(perf::PERF_FORMAT_TOTAL_TIME_RUNNING);
     // SAFETY: `attr` is a valid, fully initialised perf_event_attr that outlives the call.
     let fd = unsafe {
         perf_event_open_sys::perf_event_open(
@@ -131,15 +136,23 @@ pub fn open_on_cpu(spec: &CounterSpec, cpu: u32) -> Result<OwnedFd, CounterError
         )
     };
     if fd < 0 {
-        let source = std::io::Error::last_os_error();
-        let name = spec.name.clone();
-        return Err(match source.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => CounterError::Denied { name, cpu, source },
-            _ => CounterError::Unsupported { name, cpu, source },
-        });
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: perf_event_open returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `spec` on one CPU with enabled/running times (for multiplex scaling).
+pub fn open_on_cpu(spec: &CounterSpec, cpu: u32) -> Result<OwnedFd, CounterError> {
+    let read_format = u64::from(perf::PERF_FORMAT_TOTAL_TIME_ENABLED)
+        | u64::from(perf::PERF_FORMAT_TOTAL_TIME_RUNNING);
+    open_cpu_event(spec.perf_type, spec.config, cpu, read_format).map_err(|source| {
+        let name = spec.name.clone();
+        match source.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => CounterError::Denied { name, cpu, source },
+            _ => CounterError::Unsupported { name, cpu, source },
+        }
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ use thiserror::Error;
 use crate::{
     collect::{CollectError, Collector, CollectorConfig},
     record::{Filter, Granularity, build_records, run_info},
-    report::Interval,
     sink::{JsonLinesSink, Sink, SinkError},
 };
 use snapshot::{TopSnapshot, Users};
@@ -102,14 +101,7 @@ fn collect_loop(
             }
         };
         if let Some(sink) = sink.as_mut() {
-            let interval = Interval {
-                seq,
-                start_ns: snapshot.deltas.start_ns,
-                end_ns: snapshot.deltas.end_ns,
-                duration_ns: snapshot.deltas.duration_ns(),
-                time: humantime::format_rfc3339_nanos(snapshot.wall_end).to_string(),
-                partial: stopped,
-            };
+            let interval = snapshot.interval(seq, stopped);
             let records = build_records(
                 &run,
                 &snapshot,

@@ -136,8 +136,8 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
             };
             lines.push(Line::from(format!(
                 "  {:<7} s{} {:>6} W  attributed {:>6}  idle {:>6} ({idle_source})  unattr. {:>5}",
-                d.domain.name(),
-                d.socket,
+                d.key.domain.name(),
+                d.key.socket,
                 watts(d.power_w),
                 watts(d.attributed_j / seconds),
                 watts(d.idle_j / seconds),
@@ -370,8 +370,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        attribution::DomainReport,
         energy::Domain,
-        report::DomainRecord,
+        energy::DomainKey,
         tui::state::{Action, GroupBy, tests::snapshot},
     };
 
@@ -393,9 +394,11 @@ mod tests {
         let mut app = App::new(1.0, true);
         let mut s = snapshot(counters);
         if let Some(e) = s.energy.as_mut() {
-            e.domains.push(DomainRecord {
-                domain: Domain::Package,
-                socket: 0,
+            e.domains.push(DomainReport {
+                key: DomainKey {
+                    domain: Domain::Package,
+                    socket: 0,
+                },
                 measured_j: 30.0,
                 attributed_j: 20.0,
                 idle_j: 10.0,

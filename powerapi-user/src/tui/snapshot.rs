@@ -4,12 +4,13 @@
 use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
 
 use crate::{
+    attribution::DomainReport,
     cgroup::CgroupResolver,
     collect::Snapshot,
     delta::{Counters, comm_string},
     energy::{Domain, headline_domains},
     record::{Filter, cgroup_info},
-    report::{DomainRecord, Losses, machine_energy},
+    report::{Losses, machine_energy},
 };
 
 /// One thread's interval.
@@ -33,7 +34,7 @@ pub struct TaskRow {
 pub struct EnergyHeader {
     pub source: String,
     pub estimated: bool,
-    pub domains: Vec<DomainRecord>,
+    pub domains: Vec<DomainReport>,
     /// Power of the headline domains, all sockets.
     pub total_w: f64,
     pub idle_w: f64,
@@ -129,9 +130,9 @@ pub fn build(
     let duration_s = snapshot.deltas.duration_ns() as f64 / 1e9;
     let energy = snapshot.power.as_ref().map(|p| {
         let machine = machine_energy(p);
-        let measured: Vec<Domain> = machine.domains.iter().map(|d| d.domain).collect();
+        let measured: Vec<Domain> = machine.domains.iter().map(|d| d.key.domain).collect();
         let headline = headline_domains(&measured);
-        let in_headline = |d: &&DomainRecord| headline.contains(&d.domain);
+        let in_headline = |d: &&DomainReport| headline.contains(&d.key.domain);
         EnergyHeader {
             total_w: machine
                 .domains
@@ -152,7 +153,7 @@ pub fn build(
     });
     let headline: Vec<Domain> = energy
         .as_ref()
-        .map(|e| headline_domains(&e.domains.iter().map(|d| d.domain).collect::<Vec<_>>()))
+        .map(|e| headline_domains(&e.domains.iter().map(|d| d.key.domain).collect::<Vec<_>>()))
         .unwrap_or_default();
     let process_names: HashMap<u32, &str> = snapshot
         .aggregate
