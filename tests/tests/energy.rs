@@ -22,10 +22,12 @@ const ACTIVE_W: f64 = 20.0;
 /// Small on purpose: the counter wraps every couple of seconds during the test.
 const RANGE_UJ: u64 = 30_000_000;
 
-/// (busy, total) jiffies summed over all CPUs, from /proc/stat.
-fn proc_stat() -> (u64, u64) {
+/// (idle seconds summed over CPUs, number of CPUs) from /proc/stat. With NOHZ the kernel keeps
+/// idle time exactly (shown in 10 ms units), unlike user/system time, which is sampled by ticks:
+/// the injected model uses busy = elapsed × CPUs − idle, so its error does not grow with time.
+fn proc_stat_idle() -> (f64, f64) {
     let text = fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let fields: Vec<u64> = text
+    let fields: Vec<f64> = text
         .lines()
         .next()
         .expect("cpu line")
@@ -33,10 +35,13 @@ fn proc_stat() -> (u64, u64) {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal (guest is already in user)
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields[3] + fields[4];
-    (total - idle, total)
+    let cpus = text
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count() as f64;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((fields[3] + fields[4]) / hz, cpus)
 }
 
 /// Writes `intel-rapl:0` (package-0) under a new directory and keeps advancing its `energy_uj`
@@ -60,22 +65,19 @@ impl Injector {
         let wraps = Arc::new(AtomicU64::new(0));
         let (stop2, wraps2) = (stop.clone(), wraps.clone());
         let thread = std::thread::spawn(move || {
-            let mut total_uj = 0.0f64;
-            let (mut busy0, mut all0) = proc_stat();
-            let mut t0 = Instant::now();
+            let (idle0, cpus) = proc_stat_idle();
+            let t0 = Instant::now();
+            let mut energy_uj = 0u64;
             while !stop2.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
-                let (busy, all) = proc_stat();
-                let now = Instant::now();
-                let fraction = if all > all0 {
-                    (busy - busy0) as f64 / (all - all0) as f64
-                } else {
-                    0.0
-                };
-                let dt = now.duration_since(t0).as_secs_f64();
-                let before = (total_uj as u64) % RANGE_UJ;
-                total_uj += (IDLE_W + ACTIVE_W * fraction) * dt * 1e6;
-                let value = (total_uj as u64) % RANGE_UJ;
+                let (idle, _) = proc_stat_idle();
+                let elapsed = t0.elapsed().as_secs_f64();
+                // E(t) = P_idle × t + P_active × busy CPU-seconds / CPUs, kept monotonic.
+                let busy_cpu_s = (elapsed * cpus - (idle - idle0)).max(0.0);
+                let total = ((IDLE_W * elapsed + ACTIVE_W * busy_cpu_s / cpus) * 1e6) as u64;
+                let before = energy_uj % RANGE_UJ;
+                energy_uj = energy_uj.max(total);
+                let value = energy_uj % RANGE_UJ;
                 if value < before {
                     wraps2.fetch_add(1, Ordering::Relaxed);
                 }
@@ -83,7 +85,6 @@ impl Injector {
                 let tmp = zone.join("energy_uj.tmp");
                 fs::write(&tmp, format!("{value}\n")).expect("write energy");
                 fs::rename(&tmp, zone.join("energy_uj")).expect("rename energy");
-                (busy0, all0, t0) = (busy, all, now);
             }
         });
         Self {
