@@ -10,9 +10,17 @@
 /// each slot costs one `bpf_perf_event_read_value` per context switch, so it stays small.
 pub const MAX_COUNTERS: usize = 4;
 
-/// Per-thread accumulators: `TaskKey` → `TaskTotals`. Userspace only reads live entries; the
-/// kernel removes an entry when its task dies (after sending the final totals on [`EXITS_MAP`]).
+/// Which slot of [`TASK_TOTALS_MAP`] holds a thread: `TaskKey` → `u32`.
+pub const TASK_SLOTS_MAP: &str = "TASK_SLOTS";
+/// Per-thread accumulators: an mmap-able array of [`TaskSlot`], read by userspace straight from
+/// memory (no syscall per task). The kernel frees a slot when its task dies, after sending the
+/// final totals on [`EXITS_MAP`].
 pub const TASK_TOTALS_MAP: &str = "TASK_TOTALS";
+/// Free slot indexes (a stack, so freed slots are reused first and the used range stays dense).
+pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
+/// Per-CPU: one past the highest slot index this CPU ever handed out; userspace scans up to the
+/// maximum over CPUs.
+pub const SLOT_HWM_MAP: &str = "SLOT_HWM";
 /// Per-CPU open slice: `u32` 0 → [`CpuSlice`].
 pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
 /// Ring buffer of [`ExitEvent`]s.
@@ -102,6 +110,17 @@ impl Default for TaskTotals {
     }
 }
 
+/// One slot of the task array. `seq` is a sequence counter: odd while the kernel writes the slot,
+/// so a reader that sees it odd, or changed across its copy, reads again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSlot {
+    pub seq: u64,
+    pub key: TaskKey,
+    /// `first_seen_ns == 0` marks a free slot.
+    pub totals: TaskTotals,
+}
+
 /// The slice a CPU has open: when it started and the counters at that moment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,7 +145,7 @@ pub struct ExitEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SensorStats {
-    /// Slices that could not be stored because the task map was full.
+    /// Slices that could not be stored because every task slot was in use.
     pub lost_slices: u64,
     /// Their on-CPU time.
     pub lost_ns: u64,
@@ -144,6 +163,7 @@ mod user {
     // SAFETY: all of these are #[repr(C)], contain only integers and have no padding bytes.
     unsafe impl aya::Pod for TaskKey {}
     unsafe impl aya::Pod for TaskTotals {}
+    unsafe impl aya::Pod for TaskSlot {}
     unsafe impl aya::Pod for CpuSlice {}
     unsafe impl aya::Pod for ExitEvent {}
     unsafe impl aya::Pod for SensorStats {}

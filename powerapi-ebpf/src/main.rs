@@ -8,12 +8,14 @@
 //!
 //! Accumulators are cumulative and never reset: userspace computes deltas, so nothing is lost
 //! between a read and a delete, and the first slice after a drain is just another addition.
-//! Each thread entry has a single writer (a thread runs on one CPU at a time; idle tasks are keyed
-//! by CPU), so plain adds are race-free.
+//! They live in slots of an mmap-able array (userspace reads them straight from memory, guarded
+//! by a per-slot sequence counter); a hash map gives each thread its slot. Each slot has a single
+//! writer (a thread runs on one CPU at a time; idle tasks are keyed by CPU), so plain adds are
+//! race-free.
 #![no_std]
 #![no_main]
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::{addr_of, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
@@ -22,12 +24,12 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_read_value},
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerfEventArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerfEventArray, RingBuf, Stack},
     programs::RawTracePointContext,
 };
 use powerapi_common::{
     CounterReading, CpuSlice, ExitEvent, FLAG_DEAD, MAX_COUNTERS, NOT_IDLE, SensorStats, TASK_DEAD,
-    TaskKey, TaskTotals,
+    TaskKey, TaskSlot, TaskTotals,
 };
 
 /// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
@@ -35,18 +37,24 @@ use powerapi_common::{
 #[unsafe(no_mangle)]
 static NUM_COUNTERS: u32 = 0;
 
-/// Resized by the loader (`--max-tasks`).
+/// `BPF_F_MMAPABLE`: userspace maps the task array and reads it without syscalls.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// These three are resized by the loader (`--max-tasks`), which also fills `FREE_SLOTS`.
 #[map]
-static TASK_TOTALS: HashMap<TaskKey, TaskTotals> = HashMap::with_max_entries(65536, 0);
+static TASK_SLOTS: HashMap<TaskKey, u32> = HashMap::with_max_entries(65536, 0);
+#[map]
+static TASK_TOTALS: Array<TaskSlot> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
+#[map]
+static FREE_SLOTS: Stack<u32> = Stack::with_max_entries(65536, 0);
+#[map]
+static SLOT_HWM: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EXITS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static SENSOR_STATS: PerCpuArray<SensorStats> = PerCpuArray::with_max_entries(1, 0);
-/// Where a new task's totals are built before insertion (too large for the BPF stack).
-#[map]
-static SCRATCH: PerCpuArray<TaskTotals> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTER0: PerfEventArray<u32> = PerfEventArray::new(0);
 #[map]
@@ -82,14 +90,18 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     // SAFETY: per-CPU value of this CPU; nothing else runs on it while we do.
     let socket = unsafe { (*slice).socket };
     let key = task_key(bpf_get_current_pid_tgid(), socket, 0);
-    if let Some(totals) = TASK_TOTALS.get_ptr_mut(&key) {
-        if let Ok(comm) = bpf_get_current_comm() {
-            // SAFETY: the entry has a single writer: the CPU its thread runs on, which is this one.
-            unsafe { (*totals).comm = comm };
-        }
-        // SAFETY: helper without arguments; same single-writer argument as above.
-        unsafe { (*totals).cgroup_id = bpf_get_current_cgroup_id() };
+    let Some(slot) = existing_slot(&key) else {
+        return 0;
+    };
+    // SAFETY: the slot has a single writer: the CPU its thread runs on, which is this one.
+    let slot = unsafe { &mut *slot };
+    begin_write(slot);
+    if let Ok(comm) = bpf_get_current_comm() {
+        slot.totals.comm = comm;
     }
+    // SAFETY: helper without arguments.
+    slot.totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    end_write(slot);
     0
 }
 
@@ -189,6 +201,53 @@ fn init_totals(totals: &mut TaskTotals, now: u64) {
     }
 }
 
+/// The slot of a thread already tracked.
+#[inline(always)]
+fn existing_slot(key: &TaskKey) -> Option<*mut TaskSlot> {
+    // SAFETY: the value is a plain u32 copied out at once.
+    let index = unsafe { *TASK_SLOTS.get_ptr(key)? };
+    TASK_TOTALS.get_ptr_mut(index)
+}
+
+/// Seqcount writer side: `seq` is odd while the slot is being written. Volatile, so LLVM keeps
+/// the stores in order around the update (x86 and arm64 readers pair it with their own fences).
+#[inline(always)]
+fn begin_write(slot: &mut TaskSlot) {
+    // SAFETY: a valid, exclusively written slot.
+    unsafe { write_volatile(&mut slot.seq, read_volatile(&slot.seq) + 1) };
+}
+
+#[inline(always)]
+fn end_write(slot: &mut TaskSlot) {
+    // SAFETY: as in begin_write.
+    unsafe { write_volatile(&mut slot.seq, read_volatile(&slot.seq) + 1) };
+}
+
+/// Takes a free slot (most recently freed first) and raises this CPU's high-water mark.
+#[inline(always)]
+fn allocate_slot() -> Option<(u32, *mut TaskSlot)> {
+    let index = FREE_SLOTS.pop().ok().flatten()?;
+    let slot = TASK_TOTALS.get_ptr_mut(index)?;
+    if let Some(hwm) = SLOT_HWM.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            if *hwm <= index {
+                *hwm = index + 1;
+            }
+        }
+    }
+    Some((index, slot))
+}
+
+/// Marks a slot free (first_seen 0) and returns it to the stack.
+#[inline(always)]
+fn free_slot(index: u32, slot: &mut TaskSlot) {
+    begin_write(slot);
+    slot.totals.first_seen_ns = 0;
+    end_write(slot);
+    let _ = FREE_SLOTS.push(index, 0);
+}
+
 /// `refresh_cgroup`: also re-read the task's cgroup. Done at creation, at exec and on every flush
 /// (once per interval for running tasks), not on every switch: that helper call was a measurable
 /// part of the switch path.
@@ -208,47 +267,74 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         return;
     }
     let key = task_key(bpf_get_current_pid_tgid(), slice.socket, slice.cpu);
-    let (totals, is_new) = match TASK_TOTALS.get_ptr_mut(&key) {
-        // SAFETY: single writer per entry (see the module comment).
-        Some(totals) => (unsafe { &mut *totals }, false),
-        None => match SCRATCH.get_ptr_mut(0) {
-            // SAFETY: per-CPU scratch, used only within this program run.
-            Some(scratch) => (unsafe { &mut *scratch }, true),
-            None => return,
+    let lost_ns = now - slice.start_ns;
+    let (index, slot, is_new) = match TASK_SLOTS.get_ptr(&key) {
+        Some(index) => {
+            // SAFETY: a plain u32 copied out at once.
+            let index = unsafe { *index };
+            match TASK_TOTALS.get_ptr_mut(index) {
+                Some(slot) => (index, slot, false),
+                None => return,
+            }
+        }
+        None => match allocate_slot() {
+            Some((index, slot)) => (index, slot, true),
+            None => {
+                // Every slot is in use: the slice is lost, and counted.
+                roll_counters(slice, None);
+                slice.start_ns = now;
+                count(|s| {
+                    s.lost_slices += 1;
+                    s.lost_ns += lost_ns;
+                });
+                return;
+            }
         },
     };
+    // SAFETY: single writer per slot (see the module comment).
+    let slot = unsafe { &mut *slot };
+    begin_write(slot);
     if is_new {
-        init_totals(totals, now);
-    } else if totals.flags & FLAG_DEAD != 0 {
+        slot.key = key;
+        init_totals(&mut slot.totals, now);
+    } else if slot.totals.flags & FLAG_DEAD != 0 {
         // A reused pid found its predecessor's unread final totals: start over, counted.
         count(|s| s.overwritten_dead += 1);
-        init_totals(totals, now);
+        init_totals(&mut slot.totals, now);
     } else if refresh_cgroup {
         // SAFETY: helper without arguments.
-        totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        slot.totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    totals.on_cpu_ns += now - slice.start_ns;
-    totals.slices += 1;
-    roll_counters(slice, Some(totals));
-    let lost_ns = now - slice.start_ns;
+    slot.totals.on_cpu_ns += lost_ns;
+    slot.totals.slices += 1;
+    roll_counters(slice, Some(&mut slot.totals));
     slice.start_ns = now;
-
-    if dead {
-        if send_exit(&key, totals) {
-            if !is_new {
-                let _ = TASK_TOTALS.remove(&key);
-            }
-            return;
-        }
-        // The ring buffer is full: leave the totals in the map, flagged, for userspace to collect.
-        totals.flags |= FLAG_DEAD;
+    if dead && !send_exit(&key, &slot.totals) {
+        // The ring buffer is full: leave the totals in the slot, flagged, for userspace.
+        slot.totals.flags |= FLAG_DEAD;
         count(|s| s.exit_overflow += 1);
+        end_write(slot);
+        if is_new {
+            insert_slot(&key, index, slot, lost_ns);
+        }
+        return;
     }
-    if is_new
-        && TASK_TOTALS
-            .insert(&key, totals, BPF_NOEXIST as u64)
-            .is_err()
-    {
+    end_write(slot);
+    if dead {
+        if !is_new {
+            let _ = TASK_SLOTS.remove(&key);
+        }
+        free_slot(index, slot);
+    } else if is_new {
+        insert_slot(&key, index, slot, lost_ns);
+    }
+}
+
+/// Publishes a new slot under its key; if the key map is full, gives the slot back (counted).
+#[inline(always)]
+fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, lost_ns: u64) {
+    if TASK_SLOTS.insert(key, &index, BPF_NOEXIST as u64).is_err() {
+        free_slot(index, slot);
         count(|s| {
             s.lost_slices += 1;
             s.lost_ns += lost_ns;

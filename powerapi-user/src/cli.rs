@@ -69,6 +69,10 @@ pub struct SensorArgs {
     /// Most threads tracked at once; beyond it slices are counted as lost (never silently).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_tasks: u32,
+    /// Exit ring buffer size in KiB (a power of two ≥ 4). Tests shrink it to exercise the
+    /// overflow path.
+    #[arg(long, default_value_t = 4096, hide = true, value_parser = parse_ring_kib)]
+    pub exit_buffer_kib: u32,
     /// Where /sys and /proc are found (for containers that mount the host's elsewhere).
     #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
     pub root: PathBuf,
@@ -90,6 +94,15 @@ pub struct SensorArgs {
     /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
     #[arg(long, value_parser = parse_watts)]
     pub max_watts: Option<f64>,
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(k) if k >= 4 && k.is_power_of_two() && k <= 1 << 20 => Ok(k),
+        _ => Err(format!(
+            "{text:?} is not a power of two between 4 and 1048576"
+        )),
+    }
 }
 
 fn parse_source(text: &str) -> Result<SourceSpec, String> {
@@ -191,6 +204,7 @@ impl SensorArgs {
             counters,
             counters_required,
             max_tasks: self.max_tasks,
+            exit_buffer_bytes: self.exit_buffer_kib * 1024,
             root: self.root.clone(),
         })
     }

@@ -94,9 +94,16 @@ impl Collector {
             &config.model,
         )?;
         let cpus_by_socket = cpus_by_socket(sensor.cpus());
-        let mut reading = SensorReading::default();
+        // Sized up front: when thousands of tasks first run in the same interval, growing these
+        // (and rehashing the tracker) doubled that interval's drain time.
+        let expected = (config.sensor.max_tasks as usize).min(16_384);
+        let mut reading = SensorReading {
+            live_keys: Vec::with_capacity(expected),
+            live_totals: Vec::with_capacity(expected),
+            ..Default::default()
+        };
         sensor.read_into(&mut reading)?;
-        let tracker = Tracker::new(sensor.counter_names().len(), &reading);
+        let tracker = Tracker::new(sensor.counter_names().len(), &reading, expected);
         // Without a cgroup2 mount records carry only cgroup ids; that is worth a warning, not a stop.
         let resolver = read_cgroup2_mount(&config.sensor.root)
             .ok()

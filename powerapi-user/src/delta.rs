@@ -91,18 +91,29 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Starts from a baseline reading, whose totals are not reported.
-    pub fn new(num_counters: usize, baseline: &SensorReading) -> Self {
+    /// Starts from a baseline reading, whose totals are not reported; `expected_tasks` sizes the
+    /// map of previous totals.
+    pub fn new(num_counters: usize, baseline: &SensorReading, expected_tasks: usize) -> Self {
         let mut tracker = Self {
             num_counters: num_counters.min(MAX_COUNTERS),
             previous: HashMap::with_capacity_and_hasher(
-                baseline.live_keys.len() * 2,
+                expected_tasks.max(baseline.live_keys.len() * 2),
                 Default::default(),
             ),
             previous_stats: SensorStats::default(),
             previous_ns: 0,
             readings: 0,
         };
+        // Touch the table's memory now rather than in the first interval (page faults are slow
+        // in VMs); clear() keeps the allocation.
+        for pid in 0..expected_tasks as u32 {
+            let key = TaskKey {
+                pid,
+                ..TaskKey::default()
+            };
+            tracker.previous.insert(key, (TaskTotals::default(), 0));
+        }
+        tracker.previous.clear();
         tracker.advance(baseline);
         tracker
     }
@@ -227,8 +238,11 @@ mod tests {
 
     #[test]
     fn deltas_between_readings() {
-        let mut tracker =
-            Tracker::new(1, &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]));
+        let mut tracker = Tracker::new(
+            1,
+            &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]),
+            0,
+        );
         let d = tracker.advance(&reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
         assert_eq!((d.start_ns, d.end_ns), (100, 200));
         assert_eq!(d.tasks.len(), 1);
@@ -242,14 +256,14 @@ mod tests {
 
     #[test]
     fn new_task_counts_from_zero_including_first_slice() {
-        let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]));
+        let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]), 0);
         let d = tracker.advance(&reading(10, vec![(key(9), totals(5, 4, 0))], vec![]));
         assert_eq!(d.tasks[0].on_cpu_ns, 4);
     }
 
     #[test]
     fn exit_reported_once_even_if_also_still_in_map() {
-        let mut tracker = Tracker::new(0, &reading(0, vec![(key(3), totals(1, 10, 0))], vec![]));
+        let mut tracker = Tracker::new(0, &reading(0, vec![(key(3), totals(1, 10, 0))], vec![]), 0);
         let final_totals = totals(1, 25, 0);
         let d = tracker.advance(&reading(
             10,
@@ -267,6 +281,7 @@ mod tests {
         let mut tracker = Tracker::new(
             1,
             &reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]),
+            0,
         );
         // pid 4 died (final 1200) and a new pid 4 ran 30 ns, both within one interval.
         let d = tracker.advance(&reading(
@@ -309,7 +324,7 @@ mod tests {
     fn losses_are_per_interval() {
         let mut base = reading(0, vec![], vec![]);
         base.stats.lost_slices = 3;
-        let mut tracker = Tracker::new(0, &base);
+        let mut tracker = Tracker::new(0, &base, 0);
         let mut next = reading(10, vec![], vec![]);
         next.stats.lost_slices = 5;
         next.stats.lost_ns = 40;

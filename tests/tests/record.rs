@@ -284,3 +284,105 @@ fn pid_and_comm_filters() {
         "machine record is not filtered"
     );
 }
+
+#[test]
+fn exits_beyond_the_ring_buffer_are_still_counted_once() {
+    let Some(_lock) = bpf_test("exits_beyond_the_ring_buffer") else {
+        return;
+    };
+    // A 4 KiB ring holds about 20 exits: most of the 300 below overflow into their slots.
+    let recording = Recording::start(
+        "overflow",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--exit-buffer-kib",
+            "4",
+        ],
+    );
+    let out = Command::new(LOAD)
+        .args(["storm", "300", "2"])
+        .output()
+        .expect("storm runs");
+    assert!(out.status.success());
+    let records = recording.stop();
+    let truth: serde_json::Value = serde_json::from_slice(&out.stdout).expect("storm JSON");
+    let pids: std::collections::HashSet<u64> = truth["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .map(u64_of)
+        .collect();
+    let truth_ns = u64_of(&truth["children_cpu_ns"]);
+    let overflow: u64 = of_type(&records, "machine")
+        .map(|m| u64_of(&m["losses"]["exit_overflow"]))
+        .sum();
+    assert!(overflow > 0, "the test must overflow the ring buffer");
+    let lost: u64 = of_type(&records, "machine")
+        .map(|m| u64_of(&m["losses"]["lost_slices"]))
+        .sum();
+    assert_eq!(lost, 0);
+    let measured: u64 = of_type(&records, "process")
+        .filter(|r| pids.contains(&u64_of(&r["pid"])))
+        .map(|r| u64_of(&r["on_cpu_ns"]))
+        .sum();
+    let ratio = measured as f64 / truth_ns as f64;
+    assert!(
+        (0.99..=1.05).contains(&ratio),
+        "{:.2}% of the children's CPU time recorded with {overflow} overflowed exits",
+        ratio * 100.0
+    );
+    let distinct: std::collections::HashSet<u64> = of_type(&records, "process")
+        .filter(|r| r["exited"] == true)
+        .map(|r| u64_of(&r["pid"]))
+        .filter(|p| pids.contains(p))
+        .collect();
+    assert_eq!(distinct.len(), pids.len(), "every child's exit reported");
+    assert_conservation(&records);
+}
+
+#[test]
+fn a_full_task_table_is_reported_not_silent() {
+    let Some(_lock) = bpf_test("a_full_task_table_is_reported_not_silent") else {
+        return;
+    };
+    let recording = Recording::start(
+        "full",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--max-tasks",
+            "64",
+        ],
+    );
+    let out = Command::new(LOAD)
+        .args(["threads", "100", "0.5"])
+        .output()
+        .expect("threads run");
+    assert!(out.status.success());
+    let records = recording.stop();
+    let lost_slices: u64 = of_type(&records, "machine")
+        .map(|m| u64_of(&m["losses"]["lost_slices"]))
+        .sum();
+    let lost_ns: u64 = of_type(&records, "machine")
+        .map(|m| u64_of(&m["losses"]["lost_ns"]))
+        .sum();
+    assert!(
+        lost_slices > 0 && lost_ns > 0,
+        "a full table must show up in losses"
+    );
+    // What was measured plus what was lost still covers the machine.
+    for m in of_type(&records, "machine").filter(|m| m["interval"]["partial"] == false) {
+        let accounted =
+            u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]) + u64_of(&m["losses"]["lost_ns"]);
+        let capacity = u64_of(&m["capacity_ns"]) as f64;
+        assert!(
+            (accounted as f64 - capacity).abs() / capacity <= 0.01,
+            "{m}"
+        );
+    }
+}

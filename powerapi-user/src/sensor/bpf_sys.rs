@@ -52,56 +52,74 @@ pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr).map(drop)
 }
 
-/// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`: one syscall per few thousand
-/// entries instead of two per entry, so the drain scales with the task count. Entries are written
-/// straight into `keys`/`values`, whose capacity is kept from call to call (fresh megabyte-sized
-/// buffers every interval cost more in page faults than the copy itself).
-pub fn lookup_batch<K: aya::Pod, V: aya::Pod>(
-    map: BorrowedFd<'_>,
-    keys: &mut Vec<K>,
-    values: &mut Vec<V>,
-) -> io::Result<()> {
-    keys.clear();
-    values.clear();
-    let mut chunk: usize = 4096;
-    // Hash maps use a 32-bit bucket cursor; 8 bytes leaves room.
-    let (mut in_batch, mut out_batch) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        keys.reserve(chunk);
-        values.reserve(chunk);
-        let mut attr = zeroed_attr();
-        attr.batch.map_fd = map.as_raw_fd() as u32;
-        attr.batch.in_batch = if first {
-            0
-        } else {
-            &in_batch as *const u64 as u64
+/// Pushes `value` onto a `BPF_MAP_TYPE_STACK`/`QUEUE` map.
+pub fn push(map: BorrowedFd<'_>, value: u32) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = &value as *const u32 as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// A `BPF_F_MMAPABLE` array map mapped into this process: reading it costs no syscall.
+pub struct MappedArray<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; access goes through &self
+// methods that copy values out with volatile reads (the kernel writes concurrently).
+unsafe impl<T: Send> Send for MappedArray<T> {}
+
+impl<T: aya::Pod> MappedArray<T> {
+    /// Maps `len` elements of the array behind `map`, read-write.
+    pub fn map(map: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // Array values are laid out at 8-byte strides; our slot types are multiples of 8.
+        debug_assert_eq!(size_of::<T>() % 8, 0);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (size_of::<T>() * len).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's data area; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
         };
-        attr.batch.out_batch = &mut out_batch as *mut u64 as u64;
-        // The spare capacity holds at least `chunk` keys and values and outlives the call.
-        attr.batch.keys = keys.spare_capacity_mut().as_mut_ptr() as u64;
-        attr.batch.values = values.spare_capacity_mut().as_mut_ptr() as u64;
-        attr.batch.count = chunk as u32;
-        let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // SAFETY: reading back the count the kernel wrote into the batch member.
-        let got = (unsafe { attr.batch.count } as usize).min(chunk);
-        // SAFETY: the kernel initialised `got` keys and values in the spare capacity, and K and V
-        // are Pod (any bit pattern is a valid value).
-        unsafe {
-            keys.set_len(keys.len() + got);
-            values.set_len(values.len() + got);
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
-        match result {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            // A bucket larger than the chunk: grow and retry from the same cursor.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
-                chunk *= 2;
-                continue;
-            }
-            Err(e) => return Err(e),
+        let ptr = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    /// Touches every page once, so the first drain does not pay the page faults (expensive in
+    /// VMs: thousands of them doubled the first interval's drain time at 10,000 tasks).
+    pub fn prefault(&self) {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let base = self.ptr.as_ptr().cast::<u8>();
+        for offset in (0..self.bytes).step_by(page) {
+            // SAFETY: within the mapping.
+            unsafe { std::ptr::read_volatile(base.add(offset)) };
         }
-        in_batch = out_batch;
-        first = false;
+    }
+
+    /// Pointer to element `index` (for volatile access), or None past the end.
+    pub fn element(&self, index: usize) -> Option<*mut T> {
+        // SAFETY: in bounds of the mapping (checked), which lives as long as self.
+        (index < self.len).then(|| unsafe { self.ptr.as_ptr().add(index) })
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }

@@ -16,8 +16,9 @@ use aya::{
 };
 use powerapi_common::{
     COUNTER_MAPS, CPU_SLICE_MAP, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM,
-    MAX_COUNTERS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM,
-    SENSOR_STATS_MAP, SensorStats, TASK_TOTALS_MAP, TaskKey, TaskTotals,
+    FREE_SLOTS_MAP, MAX_COUNTERS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM,
+    SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP, SLOT_HWM_MAP, SensorStats, TASK_SLOTS_MAP,
+    TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals,
 };
 use thiserror::Error;
 
@@ -26,9 +27,6 @@ use crate::{
     topology::{self, Cpu, TopologyError},
 };
 pub use counters::{CounterError, CounterSpec, default_counters};
-
-/// The kernel-internal ENOTSUPP that BPF returns for unsupported map operations.
-const ENOTSUPP: i32 = 524;
 
 /// The compiled kernel programs (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/powerapi"));
@@ -77,6 +75,9 @@ pub struct SensorConfig {
     /// time-only mode, saying so; when true (the user named them), a missing counter is an error.
     pub counters_required: bool,
     pub max_tasks: u32,
+    /// Size of the ring buffer that carries exits (a power of two, ≥ one page). Beyond it, exits
+    /// wait in their slots for the next drain (counted as `exit_overflow`).
+    pub exit_buffer_bytes: u32,
     /// Where `/sys` and `/proc` are found (`/` unless a test or container says otherwise).
     pub root: std::path::PathBuf,
 }
@@ -87,6 +88,7 @@ impl Default for SensorConfig {
             counters: default_counters(),
             counters_required: false,
             max_tasks: 65536,
+            exit_buffer_bytes: 4 << 20,
             root: "/".into(),
         }
     }
@@ -97,7 +99,7 @@ impl Default for SensorConfig {
 pub struct SensorReading {
     /// CLOCK_MONOTONIC (same clock as `bpf_ktime_get_ns`) right after every CPU's slice was closed.
     pub taken_at_ns: u64,
-    /// Live entries, as two parallel arrays (the layout batch lookups write).
+    /// Live threads, as two parallel arrays.
     pub live_keys: Vec<TaskKey>,
     pub live_totals: Vec<TaskTotals>,
     /// Final totals of threads that died since the previous reading.
@@ -114,7 +116,7 @@ pub struct Sensor {
     time_only_reason: Option<String>,
     _counter_fds: Vec<OwnedFd>,
     exits: RingBuf<MapData>,
-    use_batch: bool,
+    slots: bpf_sys::MappedArray<TaskSlot>,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -127,14 +129,21 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn load_object(num_counters: u32, max_tasks: u32) -> Result<Ebpf, SensorError> {
+fn load_object(
+    num_counters: u32,
+    max_tasks: u32,
+    exit_buffer_bytes: u32,
+) -> Result<Ebpf, SensorError> {
     if OBJECT.is_empty() {
         return Err(SensorError::NotBuilt);
     }
     raise_memlock();
     EbpfLoader::new()
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
+        .map_max_entries(TASK_SLOTS_MAP, max_tasks)
         .map_max_entries(TASK_TOTALS_MAP, max_tasks)
+        .map_max_entries(FREE_SLOTS_MAP, max_tasks)
+        .map_max_entries(EXITS_MAP, exit_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))
 }
@@ -183,7 +192,13 @@ fn attach(
 
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, SensorError> {
     match ebpf.map(name) {
-        Some(Map::HashMap(data) | Map::PerfEventArray(data) | Map::PerCpuArray(data)) => Ok(data),
+        Some(
+            Map::HashMap(data)
+            | Map::PerfEventArray(data)
+            | Map::PerCpuArray(data)
+            | Map::Array(data)
+            | Map::Stack(data),
+        ) => Ok(data),
         _ => Err(SensorError::Map {
             name,
             detail: "missing from the object".into(),
@@ -246,7 +261,11 @@ impl Sensor {
             time_only_reason = Some("no counters requested".into());
         }
 
-        let mut ebpf = load_object(counters.len() as u32, config.max_tasks)?;
+        let mut ebpf = load_object(
+            counters.len() as u32,
+            config.max_tasks,
+            config.exit_buffer_bytes,
+        )?;
         for (slot, spec_fds) in counter_fds.chunks(cpus.len().max(1)).enumerate() {
             let map = map_data(&ebpf, COUNTER_MAPS[slot])?;
             for (cpu, fd) in cpus.iter().zip(spec_fds) {
@@ -262,6 +281,7 @@ impl Sensor {
             }
         }
         init_cpu_slices(&mut ebpf, &cpus)?;
+        let slots = init_slots(&ebpf, config.max_tasks)?;
 
         let exits = ebpf
             .take_map(EXITS_MAP)
@@ -298,7 +318,7 @@ impl Sensor {
             time_only_reason,
             _counter_fds: counter_fds,
             exits,
-            use_batch: true,
+            slots,
         };
         // Open a slice on every CPU now, so the first interval starts at a known instant.
         sensor.flush()?;
@@ -312,11 +332,6 @@ impl Sensor {
     /// Names of the counters in use, in slot order; empty in time-only mode.
     pub fn counter_names(&self) -> Vec<String> {
         self.counters.iter().map(|c| c.name.clone()).collect()
-    }
-
-    /// Whether the last read used `BPF_MAP_LOOKUP_BATCH` (false on kernels without it).
-    pub fn uses_batch(&self) -> bool {
-        self.use_batch
     }
 
     /// Why the sensor runs without counters, if it does.
@@ -361,48 +376,7 @@ impl Sensor {
             }
         }
 
-        let (keys, totals) = (&mut reading.live_keys, &mut reading.live_totals);
-        if self.use_batch {
-            let map = map_data(&self.ebpf, TASK_TOTALS_MAP)?;
-            match bpf_sys::lookup_batch(map.fd().as_fd(), keys, totals) {
-                Ok(()) => {}
-                // Kernels before 5.6 have no batch ops: fall back to one lookup per key.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-                    ) =>
-                {
-                    self.use_batch = false;
-                }
-                Err(e) => return Err(SensorError::Drain(e)),
-            }
-        }
-        let mut tasks: HashMap<&mut MapData, TaskKey, TaskTotals> =
-            typed_map(&mut self.ebpf, TASK_TOTALS_MAP)?;
-        if !self.use_batch {
-            keys.clear();
-            totals.clear();
-            for entry in tasks.iter() {
-                let (key, value) = entry.map_err(|e| SensorError::Map {
-                    name: TASK_TOTALS_MAP,
-                    detail: e.to_string(),
-                })?;
-                keys.push(key);
-                totals.push(value);
-            }
-        }
-        // Entries whose exit did not fit on the ring buffer: collect them here, exactly once.
-        let mut i = 0;
-        while i < keys.len() {
-            if totals[i].flags & FLAG_DEAD != 0 {
-                let (key, value) = (keys.swap_remove(i), totals.swap_remove(i));
-                let _ = tasks.remove(&key);
-                reading.exited.push((key, value));
-            } else {
-                i += 1;
-            }
-        }
+        self.read_slots(reading)?;
 
         let stats: PerCpuArray<&mut MapData, SensorStats> =
             typed_map(&mut self.ebpf, SENSOR_STATS_MAP)?;
@@ -417,6 +391,100 @@ impl Sensor {
             reading.stats.exit_overflow += s.exit_overflow;
             reading.stats.overwritten_dead += s.overwritten_dead;
             reading.stats.counter_read_errors += s.counter_read_errors;
+        }
+        Ok(())
+    }
+}
+
+/// Puts every slot on the free stack (0 on top) and maps the slot array.
+fn init_slots(ebpf: &Ebpf, max_tasks: u32) -> Result<bpf_sys::MappedArray<TaskSlot>, SensorError> {
+    let free = map_data(ebpf, FREE_SLOTS_MAP)?;
+    for index in (0..max_tasks).rev() {
+        bpf_sys::push(free.fd().as_fd(), index).map_err(|e| SensorError::Map {
+            name: FREE_SLOTS_MAP,
+            detail: format!("filling the free-slot stack: {e}"),
+        })?;
+    }
+    let totals = map_data(ebpf, TASK_TOTALS_MAP)?;
+    bpf_sys::MappedArray::map(totals.fd().as_fd(), max_tasks as usize).map_err(|e| {
+        SensorError::Map {
+            name: TASK_TOTALS_MAP,
+            detail: format!("mmap of the task slots failed ({e}); Linux ≥ 5.5 is needed"),
+        }
+    })
+}
+
+/// Copies a slot consistently: retries while the kernel is writing it (odd or changed `seq`).
+/// `None` if it stayed busy, which only delays its figures to the next interval.
+fn read_slot(slot: *mut TaskSlot) -> Option<TaskSlot> {
+    use std::sync::atomic::{Ordering, fence};
+    for _ in 0..64 {
+        // SAFETY: `slot` points into the live mapping; volatile reads because the kernel writes
+        // it concurrently, and the seq check below rejects torn copies.
+        let before = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
+        if before % 2 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: as above.
+        let copy = unsafe { std::ptr::read_volatile(slot) };
+        fence(Ordering::Acquire);
+        // SAFETY: as above.
+        let after = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
+        if before == after {
+            return Some(copy);
+        }
+    }
+    None
+}
+
+impl Sensor {
+    /// Reads every used slot straight from the mapped array: no syscall per task.
+    fn read_slots(&mut self, reading: &mut SensorReading) -> Result<(), SensorError> {
+        let hwm: PerCpuArray<&mut MapData, u32> = typed_map(&mut self.ebpf, SLOT_HWM_MAP)?;
+        let used = hwm
+            .get(&0, 0)
+            .map_err(|e| SensorError::Map {
+                name: SLOT_HWM_MAP,
+                detail: e.to_string(),
+            })?
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0) as usize;
+        reading.live_keys.clear();
+        reading.live_totals.clear();
+        let mut dead = Vec::new();
+        for index in 0..used {
+            let Some(ptr) = self.slots.element(index) else {
+                break;
+            };
+            let Some(slot) = read_slot(ptr) else { continue };
+            if slot.totals.first_seen_ns == 0 {
+                continue;
+            }
+            if slot.totals.flags & FLAG_DEAD != 0 {
+                dead.push((index as u32, ptr, slot));
+            } else {
+                reading.live_keys.push(slot.key);
+                reading.live_totals.push(slot.totals);
+            }
+        }
+        // Exits that did not fit on the ring buffer: collect them here, exactly once, then free
+        // the slot (key first, so the kernel can no longer reach it).
+        for (index, ptr, slot) in dead {
+            let mut keys: HashMap<&mut MapData, TaskKey, u32> =
+                typed_map(&mut self.ebpf, TASK_SLOTS_MAP)?;
+            let _ = keys.remove(&slot.key);
+            reading.exited.push((slot.key, slot.totals));
+            // SAFETY: the slot is in the mapping and no longer reachable by the kernel.
+            unsafe { std::ptr::write_volatile(&raw mut (*ptr).totals.first_seen_ns, 0) };
+            let free = map_data(&self.ebpf, FREE_SLOTS_MAP)?;
+            bpf_sys::push(free.fd().as_fd(), index).map_err(|e| SensorError::Map {
+                name: FREE_SLOTS_MAP,
+                detail: e.to_string(),
+            })?;
         }
         Ok(())
     }
@@ -446,7 +514,7 @@ pub fn attach_noop(root: &Path) -> Result<Ebpf, SensorError> {
     if !privilege::can_trace(root) {
         return Err(SensorError::NotPrivileged);
     }
-    let mut ebpf = load_object(0, 1024)?;
+    let mut ebpf = load_object(0, 1024, 4096)?;
     attach(&mut ebpf, NOOP_PROGRAM, "sched_switch")?;
     Ok(ebpf)
 }
