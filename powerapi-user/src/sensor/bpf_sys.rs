@@ -1,5 +1,6 @@
 //! The three `bpf(2)` commands aya 0.14 does not wrap: storing perf event fds in a
-//! `PERF_EVENT_ARRAY`, batch lookups, and running a program on a chosen CPU.
+//! `PERF_EVENT_ARRAY`, pushing onto a stack map, mmap of an array map, and running a program on a
+//! chosen CPU.
 
 use std::{
     io,
