@@ -79,6 +79,9 @@ fn stats_delta(now: &SensorStats, before: &SensorStats) -> SensorStats {
     }
 }
 
+/// How many readings a task's previous totals survive without the task being seen.
+const KEEP_UNSEEN: u64 = 3;
+
 /// Remembers the previous reading and turns each new one into deltas.
 #[derive(Debug)]
 pub struct Tracker {
@@ -180,8 +183,11 @@ impl Tracker {
             }
             self.previous.insert(*key, (*totals, generation));
         }
-        // Entries that left the map without an exit event (none expected) are forgotten.
-        self.previous.retain(|_, (_, seen)| *seen == generation);
+        // A slot the sensor could not read consistently this time shows up next time: keep its
+        // previous totals a little, or its next delta would count everything again. Entries gone
+        // for longer left without an exit event (none expected) and are forgotten.
+        self.previous
+            .retain(|_, (_, seen)| generation - *seen <= KEEP_UNSEEN);
         let deltas = IntervalDeltas {
             start_ns: self.previous_ns,
             end_ns: reading.taken_at_ns,
@@ -299,6 +305,19 @@ mod tests {
         // The new incarnation's next delta is against itself.
         let d = tracker.advance(&reading(20, vec![(key(4), totals(777, 50, 100))], vec![]));
         assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].counters[0]), (20, 40));
+    }
+
+    #[test]
+    fn a_task_missing_from_one_reading_is_not_counted_twice() {
+        let mut tracker =
+            Tracker::new(0, &reading(0, vec![(key(5), totals(1, 100, 0))], vec![]), 0);
+        let d = tracker.advance(&reading(10, vec![], vec![]));
+        assert!(d.tasks.is_empty());
+        let d = tracker.advance(&reading(20, vec![(key(5), totals(1, 160, 0))], vec![]));
+        assert_eq!(
+            d.tasks[0].on_cpu_ns, 60,
+            "delta against the last totals seen, not zero"
+        );
     }
 
     #[test]

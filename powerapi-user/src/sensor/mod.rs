@@ -415,25 +415,35 @@ fn init_slots(ebpf: &Ebpf, max_tasks: u32) -> Result<bpf_sys::MappedArray<TaskSl
 }
 
 /// Copies a slot consistently: retries while the kernel is writing it (odd or changed `seq`).
-/// `None` if it stayed busy, which only delays its figures to the next interval.
+/// A write lasts nanoseconds, but in a VM the writer's vCPU can be descheduled mid-write, so this
+/// waits up to 2 ms before giving up; `None` then only defers the slot's figures to the next
+/// interval (the tracker keeps its previous totals for a couple of intervals).
 fn read_slot(slot: *mut TaskSlot) -> Option<TaskSlot> {
     use std::sync::atomic::{Ordering, fence};
-    for _ in 0..64 {
+    let mut deadline = None;
+    for attempt in 0u32.. {
         // SAFETY: `slot` points into the live mapping; volatile reads because the kernel writes
         // it concurrently, and the seq check below rejects torn copies.
         let before = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
-        if before % 2 == 1 {
-            std::hint::spin_loop();
-            continue;
+        if before % 2 == 0 {
+            fence(Ordering::Acquire);
+            // SAFETY: as above.
+            let copy = unsafe { std::ptr::read_volatile(slot) };
+            fence(Ordering::Acquire);
+            // SAFETY: as above.
+            let after = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
+            if before == after {
+                return Some(copy);
+            }
         }
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let copy = unsafe { std::ptr::read_volatile(slot) };
-        fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let after = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
-        if before == after {
-            return Some(copy);
+        std::hint::spin_loop();
+        if attempt % 256 == 255 {
+            let now = std::time::Instant::now();
+            let limit = *deadline.get_or_insert(now + std::time::Duration::from_millis(2));
+            if now > limit {
+                return None;
+            }
+            std::thread::yield_now();
         }
     }
     None
