@@ -90,7 +90,7 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     // SAFETY: per-CPU value of this CPU; nothing else runs on it while we do.
     let socket = unsafe { (*slice).socket };
     let key = task_key(bpf_get_current_pid_tgid(), socket, 0);
-    let Some(slot) = existing_slot(&key) else {
+    let Some((_, slot)) = existing_slot(&key) else {
         return 0;
     };
     // SAFETY: the slot has a single writer: the CPU its thread runs on, which is this one.
@@ -201,12 +201,12 @@ fn init_totals(totals: &mut TaskTotals, now: u64) {
     }
 }
 
-/// The slot of a thread already tracked.
+/// The slot (index and pointer) of a thread already tracked.
 #[inline(always)]
-fn existing_slot(key: &TaskKey) -> Option<*mut TaskSlot> {
+fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
     // SAFETY: the value is a plain u32 copied out at once.
     let index = unsafe { *TASK_SLOTS.get_ptr(key)? };
-    TASK_TOTALS.get_ptr_mut(index)
+    Some((index, TASK_TOTALS.get_ptr_mut(index)?))
 }
 
 /// Seqcount writer side: `seq` is odd while the slot is being written. Volatile, so LLVM keeps
@@ -268,15 +268,8 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
     }
     let key = task_key(bpf_get_current_pid_tgid(), slice.socket, slice.cpu);
     let lost_ns = now - slice.start_ns;
-    let (index, slot, is_new) = match TASK_SLOTS.get_ptr(&key) {
-        Some(index) => {
-            // SAFETY: a plain u32 copied out at once.
-            let index = unsafe { *index };
-            match TASK_TOTALS.get_ptr_mut(index) {
-                Some(slot) => (index, slot, false),
-                None => return,
-            }
-        }
+    let (index, slot, is_new) = match existing_slot(&key) {
+        Some((index, slot)) => (index, slot, false),
         None => match allocate_slot() {
             Some((index, slot)) => (index, slot, true),
             None => {
