@@ -7,7 +7,7 @@ use crate::{
     attribution::DomainReport,
     cgroup::CgroupResolver,
     collect::Snapshot,
-    delta::{Counters, comm_string},
+    delta::Counters,
     energy::{Domain, headline_domains},
     record::{Filter, cgroup_info},
     report::{Losses, machine_energy},
@@ -162,43 +162,34 @@ pub fn build(
         .map(|p| (p.pid, p.comm.as_str()))
         .collect();
     let mut seen = std::collections::HashSet::new();
-    let mut rows: HashMap<(u32, u32), TaskRow> = HashMap::new();
-    for (i, task) in snapshot.deltas.tasks.iter().enumerate() {
-        if task.key.is_idle() {
-            continue;
-        }
+    let mut rows = Vec::with_capacity(snapshot.aggregate.threads.len());
+    // Threads are already merged across sockets by `aggregate`, energy included.
+    for thread in &snapshot.aggregate.threads {
         let process_comm = process_names
-            .get(&task.key.tgid)
-            .map_or_else(|| comm_string(&task.comm), |c| c.to_string());
+            .get(&thread.pid)
+            .map_or_else(|| thread.comm.clone(), |c| c.to_string());
         if !filter.matches(
-            task.key.tgid,
+            thread.pid,
             &process_comm,
-            &cgroup_info(resolver, task.cgroup_id),
+            &cgroup_info(resolver, thread.cgroup_id),
         ) {
             continue;
         }
-        seen.insert(task.key.tgid);
-        let joules: f64 = snapshot
-            .power
-            .as_ref()
-            .and_then(|p| p.task_joules.get(i))
-            .map_or(0.0, |j| headline.iter().map(|d| j[d.index()]).sum());
-        let row = rows
-            .entry((task.key.tgid, task.key.pid))
-            .or_insert_with(|| TaskRow {
-                pid: task.key.tgid,
-                tid: task.key.pid,
-                comm: comm_string(&task.comm),
-                process_comm,
-                user: users.user(task.key.tgid),
-                cgroup: cgroup_label(resolver, task.cgroup_id),
-                ..Default::default()
-            });
-        row.on_cpu_ns += task.on_cpu_ns;
-        row.joules += joules;
-        for (sum, v) in row.counters.iter_mut().zip(task.counters) {
-            *sum += v;
-        }
+        seen.insert(thread.pid);
+        rows.push(TaskRow {
+            pid: thread.pid,
+            tid: thread.tid,
+            comm: thread.comm.clone(),
+            process_comm,
+            user: users.user(thread.pid),
+            cgroup: cgroup_label(resolver, thread.cgroup_id),
+            on_cpu_ns: thread.usage.on_cpu_ns,
+            counters: thread.usage.counters,
+            joules: headline
+                .iter()
+                .map(|d| thread.usage.joules[d.index()])
+                .sum(),
+        });
     }
     users.retain(&seen);
     TopSnapshot {
@@ -214,7 +205,7 @@ pub fn build(
             0.0
         },
         losses: Losses::from(&snapshot.deltas.losses),
-        rows: rows.into_values().collect(),
+        rows,
     }
 }
 
