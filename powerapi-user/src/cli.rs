@@ -38,8 +38,8 @@ pub enum Command {
     Run(RunArgs),
     /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
     Doctor {
-        /// Where /sys and /proc are found.
-        #[arg(long, default_value = "/")]
+        /// Where /sys is found (for containers that mount the host's elsewhere).
+        #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
         root: PathBuf,
     },
     /// Attach an empty sched_switch program until interrupted (overhead benchmark floor).
@@ -73,7 +73,7 @@ pub struct SensorArgs {
     /// overflow path.
     #[arg(long, default_value_t = 4096, hide = true, value_parser = parse_ring_kib)]
     pub exit_buffer_kib: u32,
-    /// Where /sys and /proc are found (for containers that mount the host's elsewhere).
+    /// Where /sys is found (for containers that mount the host's elsewhere).
     #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
     pub root: PathBuf,
     /// Energy source: auto (perf PMU, else powercap, else MSR, else the model — said loudly),

@@ -105,7 +105,8 @@ impl Collector {
         sensor.read_into(&mut reading)?;
         let tracker = Tracker::new(sensor.counter_names().len(), &reading, expected);
         // Without a cgroup2 mount records carry only cgroup ids; that is worth a warning, not a stop.
-        let resolver = read_cgroup2_mount(&config.sensor.root)
+        // Our own mount table: the cgroup tree this process can walk.
+        let resolver = read_cgroup2_mount(std::path::Path::new("/"))
             .ok()
             .map(CgroupResolver::new);
         Ok(Self {

@@ -69,10 +69,13 @@ fn list_dir(path: &Path, prefix: &str) -> Vec<String> {
     names
 }
 
-/// Runs every check against the machine under `root` (normally `/`).
+/// Runs every check; `/sys` is read under `root` (normally `/`), this process's own `/proc`
+/// under `/`.
 pub fn run_checks(root: &Path) -> Vec<Check> {
+    let proc_root = Path::new("/");
     let mut checks = Vec::new();
-    let release = fs::read_to_string(root.join("proc/sys/kernel/osrelease")).unwrap_or_default();
+    let release =
+        fs::read_to_string(proc_root.join("proc/sys/kernel/osrelease")).unwrap_or_default();
     let release = release.trim();
     checks.push(match parse_kernel_version(release) {
         Some(v) if v >= (5, 10) => Check::new("kernel", Status::Ok, format!("Linux {release}")),
@@ -90,7 +93,7 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         ),
     });
 
-    let privileged = privilege::can_trace(root);
+    let privileged = privilege::can_trace(proc_root);
     checks.push(if privileged {
         Check::new("privileges", Status::Ok, "CAP_BPF + CAP_PERFMON (or root)")
     } else {
@@ -141,7 +144,7 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         }
     }
 
-    checks.push(match read_cgroup2_mount(root) {
+    checks.push(match read_cgroup2_mount(proc_root) {
         Ok(mount) => Check::new(
             "cgroup v2",
             Status::Ok,
@@ -189,9 +192,9 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         Check::new("rapl perf pmu", Status::Ok, power_events.join(", "))
     });
 
-    checks.push(if root.join("dev/cpu/0/msr").exists() {
+    checks.push(if proc_root.join("dev/cpu/0/msr").exists() {
         Check::new("rapl msr", Status::Ok, "/dev/cpu/0/msr present")
-    } else if root.join("sys/module/msr").exists() {
+    } else if proc_root.join("sys/module/msr").exists() {
         Check::new(
             "rapl msr",
             Status::Warn,
@@ -205,7 +208,8 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         )
     });
 
-    if let Ok(paranoid) = fs::read_to_string(root.join("proc/sys/kernel/perf_event_paranoid")) {
+    if let Ok(paranoid) = fs::read_to_string(proc_root.join("proc/sys/kernel/perf_event_paranoid"))
+    {
         checks.push(Check::new(
             "perf paranoid",
             Status::Ok,

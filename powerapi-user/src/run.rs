@@ -423,11 +423,10 @@ fn add_joules(
 
 /// Runs CMD `repeat` times and reports; the caller exits with `report.exit_code`.
 pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunError> {
-    let mount =
-        read_cgroup2_mount(&config.collector.sensor.root).map_err(|e| RunError::Cgroup {
-            path: "cgroup2".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let mount = read_cgroup2_mount(Path::new("/")).map_err(|e| RunError::Cgroup {
+        path: "cgroup2".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let mut collector = Collector::start(&config.collector)?;
     let info = run_info(&collector);
     announce(&collector, &info);

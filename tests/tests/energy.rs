@@ -55,7 +55,11 @@ struct Injector {
 
 impl Injector {
     fn start(name: &str) -> Self {
-        let dir = temp_path(name);
+        Self::start_in(temp_path(name))
+    }
+
+    /// Writes the zone under `dir` (a `/sys/class/powercap`-shaped directory).
+    fn start_in(dir: PathBuf) -> Self {
         let zone = dir.join("intel-rapl:0");
         fs::create_dir_all(&zone).expect("mkdir zone");
         fs::write(zone.join("name"), "package-0\n").expect("name");
@@ -351,4 +355,47 @@ fn run_reports_a_missing_command_in_one_line() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn sysfs_root_lets_auto_find_a_powercap_tree() {
+    let Some(_lock) = bpf_test("sysfs_root_lets_auto_find_a_powercap_tree") else {
+        return;
+    };
+    // A /sys of our own: the host's devices (CPU topology) and a powercap tree this test drives.
+    let root = temp_path("sysfs-root");
+    fs::create_dir_all(root.join("sys/class")).expect("mkdir");
+    std::os::unix::fs::symlink("/sys/devices", root.join("sys/devices")).expect("symlink");
+    let injector = Injector::start_in(root.join("sys/class/powercap"));
+    let (code, stdout, stderr) = run_powerapi(&[
+        "--json",
+        "--sysfs-root",
+        root.to_str().expect("utf-8"),
+        "--idle-watts",
+        "10",
+        "--",
+        LOAD,
+        "burn",
+        "1.5",
+        "1",
+    ]);
+    drop(injector);
+    let _ = fs::remove_dir_all(&root);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&stdout[stdout.iter().position(|&b| b == b'{').expect("JSON")..])
+            .expect("JSON report");
+    assert_eq!(
+        report["source"], "powercap",
+        "auto must pick the powercap tree under --sysfs-root"
+    );
+    assert_eq!(report["estimated"], false);
+    assert!(!stderr.contains("ESTIMATED"), "{stderr}");
+    let cpu_s = f64_of(&report["cpu_time_s"]["mean"]);
+    let joules = f64_of(&report["joules"]["package"]["mean"]);
+    let expected = ACTIVE_W * cpu_s / proc_stat_idle().1;
+    assert!(
+        (joules - expected).abs() <= expected * 0.1,
+        "{joules:.2} J for {cpu_s:.2} CPU-s; the injected model says {expected:.2} J"
+    );
 }

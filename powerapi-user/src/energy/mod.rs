@@ -277,7 +277,7 @@ impl EnergySource {
                 SourceSpec::PowercapDir(dir) => {
                     Box::new(powercap::Powercap::open(dir, "powercap-dir")?)
                 }
-                _ => Box::new(msr::Msr::open(root, cpus)?),
+                _ => Box::new(msr::Msr::open(cpus)?),
             };
             Ok(Self::Measured(EnergyMeter::new(source)?))
         };

@@ -73,8 +73,9 @@ fn read_msr(file: &File, register: u64) -> std::io::Result<u64> {
 }
 
 impl Msr {
-    pub fn open(root: &Path, cpus: &[Cpu]) -> Result<Self, EnergyError> {
-        let vendor = parse_vendor(&read_text(&root.join("proc/cpuinfo"))?).ok_or_else(|| {
+    pub fn open(cpus: &[Cpu]) -> Result<Self, EnergyError> {
+        // The CPU vendor is the same inside a container; /proc may not be under `root`.
+        let vendor = parse_vendor(&read_text(Path::new("/proc/cpuinfo"))?).ok_or_else(|| {
             EnergyError::Unavailable("RAPL MSRs are known only on Intel and AMD CPUs".into())
         })?;
         let layout = if vendor == Vendor::Intel {
@@ -82,7 +83,9 @@ impl Msr {
         } else {
             &AMD
         };
-        if !root.join("dev/cpu/0/msr").exists() && root == Path::new("/") {
+        // Device nodes are this system's own, whatever --sysfs-root says.
+        let dev = Path::new("/dev/cpu");
+        if !dev.join("0/msr").exists() {
             // Loading the module is harmless when allowed and answers the question definitively.
             let _ = Command::new("modprobe").arg("msr").status();
         }
@@ -95,7 +98,7 @@ impl Msr {
         let mut readers = Vec::new();
         let mut joules = None;
         for cpu in sockets {
-            let path = root.join(format!("dev/cpu/{}/msr", cpu.id));
+            let path = dev.join(format!("{}/msr", cpu.id));
             let file = File::open(&path).map_err(|source| match source.kind() {
                 std::io::ErrorKind::NotFound => EnergyError::Unavailable(format!(
                     "{} is missing: `modprobe msr` as root (VMs usually have no RAPL MSRs)",

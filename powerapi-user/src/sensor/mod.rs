@@ -78,7 +78,8 @@ pub struct SensorConfig {
     /// Size of the ring buffer that carries exits (a power of two, ≥ one page). Beyond it, exits
     /// wait in their slots for the next drain (counted as `exit_overflow`).
     pub exit_buffer_bytes: u32,
-    /// Where `/sys` and `/proc` are found (`/` unless a test or container says otherwise).
+    /// Where `/sys` is found (`/` unless a test or a container with the host's `/sys` mounted
+    /// elsewhere says otherwise): topology and energy are read under it.
     pub root: std::path::PathBuf,
 }
 
@@ -224,7 +225,8 @@ where
 impl Sensor {
     /// Loads and attaches the sensor. Fails with a one-line, actionable error.
     pub fn start(config: &SensorConfig) -> Result<Self, SensorError> {
-        if !privilege::can_trace(&config.root) {
+        // Privileges are this process's own, wherever the host's /sys is mounted.
+        if !privilege::can_trace(Path::new("/")) {
             return Err(SensorError::NotPrivileged);
         }
         if config.counters.len() > MAX_COUNTERS {
@@ -415,13 +417,14 @@ fn init_slots(ebpf: &Ebpf, max_tasks: u32) -> Result<bpf_sys::MappedArray<TaskSl
 }
 
 /// Copies a slot consistently: retries while the kernel is writing it (odd or changed `seq`).
-/// A write lasts nanoseconds, but in a VM the writer's vCPU can be descheduled mid-write, so this
-/// waits up to 2 ms before giving up; `None` then only defers the slot's figures to the next
-/// interval (the tracker keeps its previous totals for a couple of intervals).
+/// Kernel writers run with preemption off, so a write lasts nanoseconds unless the hypervisor
+/// deschedules that vCPU; the bound counts attempts, not wall time, because under overload this
+/// thread itself is descheduled for milliseconds between attempts (a wall-clock bound then gave
+/// up spuriously). `None` only defers the slot's figures to the next interval.
 fn read_slot(slot: *mut TaskSlot) -> Option<TaskSlot> {
     use std::sync::atomic::{Ordering, fence};
-    let mut deadline = None;
-    for attempt in 0u32.. {
+    const ATTEMPTS: u32 = 1 << 20;
+    for attempt in 0..ATTEMPTS {
         // SAFETY: `slot` points into the live mapping; volatile reads because the kernel writes
         // it concurrently, and the seq check below rejects torn copies.
         let before = unsafe { std::ptr::read_volatile(&raw const (*slot).seq) };
@@ -438,11 +441,6 @@ fn read_slot(slot: *mut TaskSlot) -> Option<TaskSlot> {
         }
         std::hint::spin_loop();
         if attempt % 256 == 255 {
-            let now = std::time::Instant::now();
-            let limit = *deadline.get_or_insert(now + std::time::Duration::from_millis(2));
-            if now > limit {
-                return None;
-            }
             std::thread::yield_now();
         }
     }

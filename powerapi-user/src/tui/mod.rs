@@ -82,8 +82,8 @@ fn collect_loop(
     stop: Receiver<()>,
 ) {
     let run = run_info(&collector);
-    let root = config.collector.sensor.root.clone();
-    let mut users = Users::new(&root);
+    // User names come from this system's passwd, not from under --sysfs-root.
+    let mut users = Users::new(std::path::Path::new("/"));
     let started = Instant::now();
     let mut seq = 0u64;
     loop {
