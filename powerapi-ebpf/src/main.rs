@@ -267,7 +267,7 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         return;
     }
     let key = task_key(bpf_get_current_pid_tgid(), slice.socket, slice.cpu);
-    let lost_ns = now - slice.start_ns;
+    let slice_ns = now - slice.start_ns;
     let (index, slot, is_new) = match existing_slot(&key) {
         Some((index, slot)) => (index, slot, false),
         None => match allocate_slot() {
@@ -278,7 +278,7 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
                 slice.start_ns = now;
                 count(|s| {
                     s.lost_slices += 1;
-                    s.lost_ns += lost_ns;
+                    s.lost_ns += slice_ns;
                 });
                 return;
             }
@@ -298,7 +298,7 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         // SAFETY: helper without arguments.
         slot.totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    slot.totals.on_cpu_ns += lost_ns;
+    slot.totals.on_cpu_ns += slice_ns;
     slot.totals.slices += 1;
     roll_counters(slice, Some(&mut slot.totals));
     slice.start_ns = now;
@@ -308,7 +308,7 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         count(|s| s.exit_overflow += 1);
         end_write(slot);
         if is_new {
-            insert_slot(&key, index, slot, lost_ns);
+            insert_slot(&key, index, slot, slice_ns);
         }
         return;
     }
@@ -319,18 +319,18 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
         }
         free_slot(index, slot);
     } else if is_new {
-        insert_slot(&key, index, slot, lost_ns);
+        insert_slot(&key, index, slot, slice_ns);
     }
 }
 
 /// Publishes a new slot under its key; if the key map is full, gives the slot back (counted).
 #[inline(always)]
-fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, lost_ns: u64) {
+fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, slice_ns: u64) {
     if TASK_SLOTS.insert(key, &index, BPF_NOEXIST as u64).is_err() {
         free_slot(index, slot);
         count(|s| {
             s.lost_slices += 1;
-            s.lost_ns += lost_ns;
+            s.lost_ns += slice_ns;
         });
     }
 }

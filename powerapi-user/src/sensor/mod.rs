@@ -57,8 +57,6 @@ pub enum SensorError {
         "cannot run the slice flush on CPU {cpu}: {source}; BPF_PROG_TEST_RUN on a CPU needs Linux ≥ 5.10"
     )]
     Flush { cpu: u32, source: std::io::Error },
-    #[error("reading the task map failed: {0}")]
-    Drain(std::io::Error),
     #[error(transparent)]
     Counter(#[from] CounterError),
     #[error(transparent)]
