@@ -23,6 +23,11 @@ pub const FREE_SLOTS_MAP: &str = "FREE_SLOTS";
 pub const SLOT_HWM_MAP: &str = "SLOT_HWM";
 /// Per-CPU open slice: `u32` 0 → [`CpuSlice`].
 pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
+/// `u32` CPU id → socket lane (`u32`): written by userspace at start and on CPU hotplug; the
+/// kernel copies it into [`CpuSlice::lane`] when a CPU's slice is (re)opened or flushed.
+pub const CPU_LANES_MAP: &str = "CPU_LANES";
+/// One [`Globals`] at index 0, shared by every CPU.
+pub const GLOBALS_MAP: &str = "GLOBALS";
 /// Ring buffer of [`ExitEvent`]s.
 pub const EXITS_MAP: &str = "EXITS";
 /// Per-CPU loss counters: `u32` 0 → [`SensorStats`].
@@ -35,6 +40,10 @@ pub const NUM_COUNTERS_GLOBAL: &str = "NUM_COUNTERS";
 /// Program names in the object file.
 pub const SCHED_SWITCH_PROGRAM: &str = "sched_switch";
 pub const SCHED_EXEC_PROGRAM: &str = "sched_process_exec";
+/// Bumps [`Globals::identity_gen`] when a task is renamed (`prctl(PR_SET_NAME)`, exec).
+pub const TASK_RENAME_PROGRAM: &str = "task_rename";
+/// Bumps [`Globals::identity_gen`] when a task moves to another cgroup.
+pub const CGROUP_ATTACH_PROGRAM: &str = "cgroup_attach_task";
 pub const FLUSH_PROGRAM: &str = "flush_cpu";
 /// An empty `sched_switch` program: the floor for overhead benchmarks.
 pub const NOOP_PROGRAM: &str = "noop_switch";
@@ -42,24 +51,32 @@ pub const NOOP_PROGRAM: &str = "noop_switch";
 /// `TaskKey::idle_cpu` of every task that is not an idle task.
 pub const NOT_IDLE: u32 = u32::MAX;
 
-/// `TaskTotals::flags`: the task died but its final totals could not be sent on the ring buffer;
-/// userspace reads them from the map and deletes the entry.
+/// Socket lanes per slot: on-CPU time is kept per lane, so a thread owns one slot whatever
+/// sockets it runs on. Userspace numbers the sockets it sees 0, 1, … as lanes; hosts with more
+/// packages than lanes share the last lane among the extra sockets (said at start).
+pub const MAX_SOCKETS: usize = 8;
+
+/// `TaskTotals::flags`: the task died but its final totals could not be sent on the ring buffer.
+/// The kernel has already removed the slot's key, so only userspace can reach the slot: it reads
+/// the totals, then frees the slot itself.
 pub const FLAG_DEAD: u64 = 1;
 
 /// `TASK_DEAD` from `include/linux/sched.h`: the `prev_state` of a task's very last switch.
 pub const TASK_DEAD: u64 = 0x80;
 
-/// Which thread an accumulator belongs to, and on which socket it ran.
+/// Which thread an accumulator belongs to.
 ///
 /// Idle tasks all have pid 0, one per CPU running concurrently, so they are keyed by CPU
 /// (`idle_cpu`) to keep a single writer per entry; every other task has `idle_cpu == NOT_IDLE`.
+/// The socket is deliberately not part of the key: a thread that migrates between sockets keeps
+/// one slot (and one exit), with its time split by socket lane inside [`TaskTotals`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskKey {
     pub tgid: u32,
     pub pid: u32,
-    pub socket: u32,
     pub idle_cpu: u32,
+    pub _reserved: u32,
 }
 
 impl TaskKey {
@@ -84,15 +101,25 @@ pub struct CounterReading {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskTotals {
-    /// `bpf_ktime_get_ns` when the entry was created: tells two incarnations of a reused pid apart.
+    /// `bpf_ktime_get_ns` when the entry was created: with the slot index, the identity of this
+    /// incarnation (a reused pid or slot is a new task).
     pub first_seen_ns: u64,
+    /// `first_seen_ns` of the thread-group leader's slot when this thread's slot was created (its
+    /// own for a leader, or when the leader had no slot yet): tells two processes that reused
+    /// one pid apart.
+    pub group_first_seen_ns: u64,
     pub on_cpu_ns: u64,
     pub slices: u64,
+    /// On-CPU time by socket lane; sums to `on_cpu_ns`.
+    pub lane_ns: [u64; MAX_SOCKETS],
     pub counters: [CounterReading; MAX_COUNTERS],
-    /// cgroup v2 id (the cgroup directory's inode number) at the last switch.
+    /// cgroup v2 id (the cgroup directory's inode number): read at creation, exec, flush, and at
+    /// the first switch after any task in the system moved cgroup.
     pub cgroup_id: u64,
     pub flags: u64,
-    /// `task->comm` when first seen and after each exec; NUL-padded.
+    /// [`Globals::identity_gen`] when `comm` and `cgroup_id` were last read.
+    pub identity_gen: u64,
+    /// `task->comm` (NUL-padded), kept current like `cgroup_id`.
     pub comm: [u8; 16],
 }
 
@@ -100,11 +127,14 @@ impl Default for TaskTotals {
     fn default() -> Self {
         Self {
             first_seen_ns: 0,
+            group_first_seen_ns: 0,
             on_cpu_ns: 0,
             slices: 0,
+            lane_ns: [0; MAX_SOCKETS],
             counters: [CounterReading::default(); MAX_COUNTERS],
             cgroup_id: 0,
             flags: 0,
+            identity_gen: 0,
             comm: [0; 16],
         }
     }
@@ -128,9 +158,29 @@ pub struct CpuSlice {
     /// 0 until the first switch or flush on this CPU.
     pub start_ns: u64,
     pub counters: [CounterReading; MAX_COUNTERS],
-    /// Written once by userspace before attaching.
-    pub socket: u32,
+    /// Bit `i` set: `counters[i]` is a valid start. A failed read clears it, so the next
+    /// successful read only restarts the counter instead of charging the failed slice's counts
+    /// to whichever task runs next.
+    pub counters_valid: u32,
+    /// This CPU's socket lane, from [`CPU_LANES_MAP`].
+    pub lane: u32,
+    /// This CPU's id (from the kernel, so a CPU brought online later is never confused with 0).
     pub cpu: u32,
+    pub _reserved: u32,
+}
+
+/// State shared by all CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// Bumped (atomically) whenever any task is renamed or moves cgroup; a slot whose
+    /// `identity_gen` differs re-reads comm and cgroup at its next switch. One compare per switch
+    /// instead of two helper calls.
+    pub identity_gen: u64,
+    /// Written by userspace before each flush round: the start of the previous round. A CPU whose
+    /// open slice began earlier missed a whole round, i.e. it was offline: its slice is stale and
+    /// is restarted instead of being charged to whatever runs there now.
+    pub stale_before_ns: u64,
 }
 
 /// The final totals of a thread that died.
@@ -138,6 +188,9 @@ pub struct CpuSlice {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitEvent {
     pub key: TaskKey,
+    /// The slot the totals came from: with `first_seen_ns`, the task's identity.
+    pub slot: u32,
+    pub _reserved: u32,
     pub totals: TaskTotals,
 }
 
@@ -149,10 +202,10 @@ pub struct SensorStats {
     pub lost_slices: u64,
     /// Their on-CPU time.
     pub lost_ns: u64,
-    /// Exits that did not fit on the ring buffer (their totals stay in the map, flagged dead).
+    /// Exits that did not fit on the ring buffer (their totals stay in the slot, flagged dead).
     pub exit_overflow: u64,
-    /// Totals overwritten because a pid was reused before userspace read the dead entry.
-    pub overwritten_dead: u64,
+    /// Slices discarded because the CPU had been offline (its open slice was stale).
+    pub stale_slices: u64,
     /// `bpf_perf_event_read_value` failures (the counter delta of that slice is missing).
     pub counter_read_errors: u64,
 }
@@ -167,4 +220,5 @@ mod user {
     unsafe impl aya::Pod for CpuSlice {}
     unsafe impl aya::Pod for ExitEvent {}
     unsafe impl aya::Pod for SensorStats {}
+    unsafe impl aya::Pod for Globals {}
 }

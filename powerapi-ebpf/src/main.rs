@@ -12,15 +12,29 @@
 //! by a per-slot sequence counter); a hash map gives each thread its slot. Each slot has a single
 //! writer (a thread runs on one CPU at a time; idle tasks are keyed by CPU), so plain adds are
 //! race-free.
+//!
+//! Slot ownership, by construction:
+//! - a live slot is reachable from exactly one key; the kernel frees it when that task dies;
+//! - a dead task whose exit did not fit on the ring keeps its slot, flagged, but its key is
+//!   removed first: from then on only userspace can reach the slot, and it frees it after reading
+//!   the final totals. Kernel and userspace therefore never both free one slot.
 #![no_std]
 #![no_main]
+// Atomic read-modify-write: the bpf target has no `AtomicU64::fetch_add` (core reports no
+// atomic RMW for it), but LLVM lowers the intrinsic to BPF_ATOMIC instructions. The eBPF crate
+// is always built with nightly (build-std), so the feature is available.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
-use core::ptr::{addr_of, read_volatile, write_volatile};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{addr_of, read_volatile},
+};
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
+    bindings::{BPF_ANY, BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_read_value},
     },
     macros::{map, raw_tracepoint},
@@ -28,8 +42,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use powerapi_common::{
-    CounterReading, CpuSlice, ExitEvent, FLAG_DEAD, MAX_COUNTERS, NOT_IDLE, SensorStats, TASK_DEAD,
-    TaskKey, TaskSlot, TaskTotals,
+    CounterReading, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS, NOT_IDLE,
+    SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
 };
 
 /// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
@@ -37,7 +51,8 @@ use powerapi_common::{
 #[unsafe(no_mangle)]
 static NUM_COUNTERS: u32 = 0;
 
-/// `BPF_F_MMAPABLE`: userspace maps the task array and reads it without syscalls.
+/// `BPF_F_MMAPABLE`: userspace maps the task array and reads it without syscalls (and writes one
+/// field of `GLOBALS` without clobbering the kernel's atomic counter beside it).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// These three are resized by the loader (`--max-tasks`), which also fills `FREE_SLOTS`.
@@ -51,6 +66,11 @@ static FREE_SLOTS: Stack<u32> = Stack::with_max_entries(65536, 0);
 static SLOT_HWM: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
+/// Resized by the loader to the number of possible CPUs.
+#[map]
+static CPU_LANES: Array<u32> = Array::with_max_entries(4096, 0);
+#[map]
+static GLOBALS: Array<Globals> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static EXITS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
@@ -67,7 +87,7 @@ static COUNTER3: PerfEventArray<u32> = PerfEventArray::new(0);
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
-    //          unsigned int prev_state): the previous task's state is argument 3.
+    //          unsigned int prev_state): the previous task's state is argument 3 (Linux ≥ 5.18).
     let prev_state: u64 = ctx.arg(3);
     close_slice(prev_state & TASK_DEAD != 0, false);
     0
@@ -80,29 +100,88 @@ pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// After exec the thread keeps its pid but gets a new name, and often a new cgroup: container
-/// runtimes and `powerapi run` move a process into its cgroup right before exec.
+/// After exec the thread gets a new name, and often a new cgroup: container runtimes and
+/// `powerapi run` move a process into its cgroup right before exec. An exec from a thread other
+/// than the leader also changes the thread's pid: the kernel gives it the leader's (`old_pid` is
+/// the one it had), so its slot moves to the new key here, or it would never see its exit.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    let Some(slice) = CPU_SLICE.get_ptr(0) else {
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
+    let old_pid = ctx.arg::<u64>(1) as u32;
+    let key = task_key(bpf_get_current_pid_tgid(), 0);
+    if old_pid != key.pid {
+        rekey_after_exec(&key, old_pid);
         return 0;
-    };
-    // SAFETY: per-CPU value of this CPU; nothing else runs on it while we do.
-    let socket = unsafe { (*slice).socket };
-    let key = task_key(bpf_get_current_pid_tgid(), socket, 0);
+    }
     let Some((_, slot)) = existing_slot(&key) else {
         return 0;
     };
     // SAFETY: the slot has a single writer: the CPU its thread runs on, which is this one.
     let slot = unsafe { &mut *slot };
     begin_write(slot);
-    if let Ok(comm) = bpf_get_current_comm() {
-        slot.totals.comm = comm;
-    }
-    // SAFETY: helper without arguments.
-    slot.totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    refresh_identity(&mut slot.totals);
     end_write(slot);
     0
+}
+
+/// A non-leader thread exec'd: it now has pid `key.pid` (the leader's), and its slot is still
+/// under its old pid.
+#[inline(always)]
+fn rekey_after_exec(key: &TaskKey, old_pid: u32) {
+    let old_key = TaskKey {
+        pid: old_pid,
+        ..*key
+    };
+    let Some((index, slot)) = existing_slot(&old_key) else {
+        return;
+    };
+    // The old leader is dead by now (exec waits for it), but its last switch may not have freed
+    // its slot yet: end it here, so that the key can point at the exec'ing thread's slot.
+    if let Some((leader_index, leader_slot)) = existing_slot(key) {
+        if leader_index != index {
+            // SAFETY: the leader no longer runs (it is a zombie); its last switch, if still to
+            // come, runs under its new pid (`old_pid`) and no longer finds this slot.
+            finish_dead(key, leader_index, unsafe { &mut *leader_slot }, false);
+        }
+    }
+    // SAFETY: this thread's own slot, written from the CPU it runs on.
+    let slot = unsafe { &mut *slot };
+    begin_write(slot);
+    slot.key = *key;
+    refresh_identity(&mut slot.totals);
+    end_write(slot);
+    let _ = TASK_SLOTS.remove(&old_key);
+    let _ = TASK_SLOTS.insert(key, &index, BPF_ANY as u64);
+}
+
+/// `prctl(PR_SET_NAME)`, `pthread_setname_np`, exec: some task's comm changed.
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn task_rename(_ctx: RawTracePointContext) -> i32 {
+    bump_identity_gen();
+    0
+}
+
+/// `cgclassify`, systemd, container runtimes: some task moved to another cgroup.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn cgroup_attach_task(_ctx: RawTracePointContext) -> i32 {
+    bump_identity_gen();
+    0
+}
+
+/// Tells every slot to re-read comm and cgroup at its next switch. The tracepoints do not say
+/// which task changed without reading `task_struct` fields at kernel-specific offsets, and both
+/// events are rare, so a global generation is the cheap exact answer.
+#[inline(always)]
+fn bump_identity_gen() {
+    if let Some(globals) = GLOBALS.get_ptr_mut(0) {
+        // SAFETY: a valid, 8-byte aligned u64 inside the map value; every writer uses atomics.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*globals).identity_gen,
+                1,
+            )
+        };
+    }
 }
 
 /// Does nothing: attached to `sched_switch` by `cargo xtask bench overhead` to measure the floor.
@@ -112,13 +191,13 @@ pub fn noop_switch(_ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn task_key(pid_tgid: u64, socket: u32, cpu: u32) -> TaskKey {
+fn task_key(pid_tgid: u64, cpu: u32) -> TaskKey {
     let pid = pid_tgid as u32;
     TaskKey {
         tgid: (pid_tgid >> 32) as u32,
         pid,
-        socket,
         idle_cpu: if pid == 0 { cpu } else { NOT_IDLE },
+        _reserved: 0,
     }
 }
 
@@ -162,43 +241,67 @@ fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
                 size_of::<bpf_perf_event_value>() as u32,
             )
         };
+        let bit = 1u32 << slot;
         if rc != 0 {
-            // Keep the old start: the next successful read covers this slice too.
+            // This slice's counts are unknown: count the miss and make the next successful read
+            // a fresh start, rather than charge this slice's counts to the next task.
+            slice.counters_valid &= !bit;
             count(|s| s.counter_read_errors += 1);
             continue;
         }
         let start = &mut slice.counters[slot];
-        if let Some(totals) = totals.as_deref_mut() {
-            let acc = &mut totals.counters[slot];
-            acc.value = acc
-                .value
-                .wrapping_add(value.counter.wrapping_sub(start.value));
-            acc.enabled_ns = acc
-                .enabled_ns
-                .wrapping_add(value.enabled.wrapping_sub(start.enabled_ns));
-            acc.running_ns = acc
-                .running_ns
-                .wrapping_add(value.running.wrapping_sub(start.running_ns));
+        if slice.counters_valid & bit != 0 {
+            if let Some(totals) = totals.as_deref_mut() {
+                let acc = &mut totals.counters[slot];
+                acc.value = acc
+                    .value
+                    .wrapping_add(value.counter.wrapping_sub(start.value));
+                acc.enabled_ns = acc
+                    .enabled_ns
+                    .wrapping_add(value.enabled.wrapping_sub(start.enabled_ns));
+                acc.running_ns = acc
+                    .running_ns
+                    .wrapping_add(value.running.wrapping_sub(start.running_ns));
+            }
         }
         *start = CounterReading {
             value: value.counter,
             enabled_ns: value.enabled,
             running_ns: value.running,
         };
+        slice.counters_valid |= bit;
     }
 }
 
-/// Resets `totals` for a task first seen at `now`.
+/// Re-reads the current task's comm and cgroup into its totals.
 #[inline(always)]
-fn init_totals(totals: &mut TaskTotals, now: u64) {
-    // SAFETY: TaskTotals is plain integers; all-zero is a valid value.
-    unsafe { core::ptr::write_bytes(totals as *mut TaskTotals, 0, 1) };
-    totals.first_seen_ns = now;
+fn refresh_identity(totals: &mut TaskTotals) {
     // SAFETY: helper without arguments.
     totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if let Ok(comm) = bpf_get_current_comm() {
         totals.comm = comm;
     }
+}
+
+/// Resets `totals` for a task first seen at `now`.
+#[inline(always)]
+fn init_totals(totals: &mut TaskTotals, key: &TaskKey, now: u64, identity_gen: u64) {
+    // SAFETY: TaskTotals is plain integers; all-zero is a valid value.
+    unsafe { core::ptr::write_bytes(totals as *mut TaskTotals, 0, 1) };
+    totals.first_seen_ns = now;
+    totals.group_first_seen_ns = now;
+    if key.pid != key.tgid {
+        let leader = TaskKey {
+            pid: key.tgid,
+            ..*key
+        };
+        if let Some((_, slot)) = existing_slot(&leader) {
+            // SAFETY: a slot in the map; a torn read of this one u64 is impossible (aligned).
+            totals.group_first_seen_ns = unsafe { read_volatile(&(*slot).totals.first_seen_ns) };
+        }
+    }
+    totals.identity_gen = identity_gen;
+    refresh_identity(totals);
 }
 
 /// The slot (index and pointer) of a thread already tracked.
@@ -209,18 +312,24 @@ fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
     Some((index, TASK_TOTALS.get_ptr_mut(index)?))
 }
 
-/// Seqcount writer side: `seq` is odd while the slot is being written. Volatile, so LLVM keeps
-/// the stores in order around the update (x86 and arm64 readers pair it with their own fences).
+/// Seqcount writer side: `seq` is odd while the slot is being written. Atomic read-modify-writes,
+/// not volatile stores: LLVM may not move the slot's plain stores across them, and the kernel's
+/// BPF memory model makes fetching atomics fully ordered, so on arm64 (where the JIT emits
+/// `ldaddal`) the CPU cannot reorder them either; on x86 every store is ordered anyway. The
+/// reader pairs this with acquire fences (see `read_slot` in userspace).
 #[inline(always)]
 fn begin_write(slot: &mut TaskSlot) {
-    // SAFETY: a valid, exclusively written slot.
-    unsafe { write_volatile(&mut slot.seq, read_volatile(&slot.seq) + 1) };
+    // SAFETY: an aligned u64 of a valid slot; the only concurrent accessor is the reader.
+    let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
+    // Using the old value makes LLVM emit the fetching (fully ordered) form.
+    core::hint::black_box(old);
 }
 
 #[inline(always)]
 fn end_write(slot: &mut TaskSlot) {
     // SAFETY: as in begin_write.
-    unsafe { write_volatile(&mut slot.seq, read_volatile(&slot.seq) + 1) };
+    let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
+    core::hint::black_box(old);
 }
 
 /// Takes a free slot (most recently freed first) and raises this CPU's high-water mark.
@@ -248,25 +357,74 @@ fn free_slot(index: u32, slot: &mut TaskSlot) {
     let _ = FREE_SLOTS.push(index, 0);
 }
 
-/// `refresh_cgroup`: also re-read the task's cgroup. Done at creation, at exec and on every flush
-/// (once per interval for running tasks), not on every switch: that helper call was a measurable
-/// part of the switch path.
+/// Ends a dead task's slot: its final totals go out on the ring and the slot is freed, or, with
+/// the ring full, they stay in the slot flagged dead for userspace. Either way its key goes
+/// first. `fresh`: the key was never published (the task's only slice was its last).
 #[inline(always)]
-fn close_slice(dead: bool, refresh_cgroup: bool) {
+fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool) {
+    if !fresh {
+        let _ = TASK_SLOTS.remove(key);
+    }
+    if send_exit(key, index, &slot.totals) {
+        free_slot(index, slot);
+    } else {
+        begin_write(slot);
+        slot.totals.flags |= FLAG_DEAD;
+        end_write(slot);
+        count(|s| s.exit_overflow += 1);
+    }
+}
+
+/// Opens a fresh slice on this CPU without charging anyone: the first switch seen on a CPU, or a
+/// CPU back from being offline.
+#[inline(always)]
+fn open_slice(slice: &mut CpuSlice, now: u64) {
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    slice.cpu = cpu;
+    if let Some(lane) = CPU_LANES.get(cpu) {
+        slice.lane = *lane;
+    }
+    roll_counters(slice, None);
+    slice.start_ns = now;
+}
+
+/// `flush`: also re-read the task's identity and the CPU's lane. Done at creation, at exec, on
+/// every flush (once per interval for running tasks) and after an identity change anywhere, not
+/// on every switch: those helper calls were a measurable part of the switch path.
+#[inline(always)]
+fn close_slice(dead: bool, flush: bool) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slice) = CPU_SLICE.get_ptr_mut(0) else {
         return;
     };
+    let Some(globals) = GLOBALS.get_ptr(0) else {
+        return;
+    };
     // SAFETY: per-CPU value of this CPU. sched_switch runs with interrupts off and flush_cpu with
     // preemption off (or in the IPI), so nothing else touches it meanwhile.
     let slice = unsafe { &mut *slice };
-    if slice.start_ns == 0 || now <= slice.start_ns {
-        roll_counters(slice, None);
-        slice.start_ns = now;
+    // SAFETY: aligned u64s of the map value; other writers use atomics or whole-value updates.
+    let (identity_gen, stale_before) = unsafe {
+        (
+            read_volatile(&(*globals).identity_gen),
+            read_volatile(&(*globals).stale_before_ns),
+        )
+    };
+    if slice.start_ns == 0 || now <= slice.start_ns || slice.start_ns < stale_before {
+        if slice.start_ns != 0 && slice.start_ns < stale_before {
+            count(|s| s.stale_slices += 1);
+        }
+        open_slice(slice, now);
         return;
     }
-    let key = task_key(bpf_get_current_pid_tgid(), slice.socket, slice.cpu);
+    if flush {
+        if let Some(lane) = CPU_LANES.get(slice.cpu) {
+            slice.lane = *lane;
+        }
+    }
+    let key = task_key(bpf_get_current_pid_tgid(), slice.cpu);
     let slice_ns = now - slice.start_ns;
     let (index, slot, is_new) = match existing_slot(&key) {
         Some((index, slot)) => (index, slot, false),
@@ -289,35 +447,24 @@ fn close_slice(dead: bool, refresh_cgroup: bool) {
     begin_write(slot);
     if is_new {
         slot.key = key;
-        init_totals(&mut slot.totals, now);
-    } else if slot.totals.flags & FLAG_DEAD != 0 {
-        // A reused pid found its predecessor's unread final totals: start over, counted.
-        count(|s| s.overwritten_dead += 1);
-        init_totals(&mut slot.totals, now);
-    } else if refresh_cgroup {
-        // SAFETY: helper without arguments.
-        slot.totals.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        init_totals(&mut slot.totals, &key, now, identity_gen);
+    } else if flush || slot.totals.identity_gen != identity_gen {
+        slot.totals.identity_gen = identity_gen;
+        refresh_identity(&mut slot.totals);
     }
     slot.totals.on_cpu_ns += slice_ns;
     slot.totals.slices += 1;
+    let lane = slice.lane as usize;
+    if lane < MAX_SOCKETS {
+        slot.totals.lane_ns[lane] += slice_ns;
+    } else {
+        slot.totals.lane_ns[MAX_SOCKETS - 1] += slice_ns;
+    }
     roll_counters(slice, Some(&mut slot.totals));
     slice.start_ns = now;
-    if dead && !send_exit(&key, &slot.totals) {
-        // The ring buffer is full: leave the totals in the slot, flagged, for userspace.
-        slot.totals.flags |= FLAG_DEAD;
-        count(|s| s.exit_overflow += 1);
-        end_write(slot);
-        if is_new {
-            insert_slot(&key, index, slot, slice_ns);
-        }
-        return;
-    }
     end_write(slot);
     if dead {
-        if !is_new {
-            let _ = TASK_SLOTS.remove(&key);
-        }
-        free_slot(index, slot);
+        finish_dead(&key, index, slot, is_new);
     } else if is_new {
         insert_slot(&key, index, slot, slice_ns);
     }
@@ -337,15 +484,17 @@ fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, slice_ns: u64) {
 
 /// Sends a dead task's final totals on the ring buffer; false when it is full.
 #[inline(always)]
-fn send_exit(key: &TaskKey, totals: &TaskTotals) -> bool {
+fn send_exit(key: &TaskKey, index: u32, totals: &TaskTotals) -> bool {
     let Some(mut event) = EXITS.reserve::<ExitEvent>(0) else {
         return false;
     };
     let event_ptr = event.as_mut_ptr();
     // SAFETY: `event_ptr` points at a reserved ExitEvent-sized ring buffer record; copying in
-    // place keeps the 160-byte event off the BPF stack.
+    // place keeps the event off the BPF stack.
     unsafe {
         (*event_ptr).key = *key;
+        (*event_ptr).slot = index;
+        (*event_ptr)._reserved = 0;
         core::ptr::copy_nonoverlapping(totals as *const TaskTotals, &mut (*event_ptr).totals, 1);
     }
     event.submit(0);

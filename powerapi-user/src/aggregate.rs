@@ -1,10 +1,14 @@
 //! Thread deltas → threads, processes, cgroups and machine totals. Pure.
+//!
+//! Identities are incarnations, not ids: a thread is (tgid, tid, first seen), a process is
+//! (tgid, its leader's first seen), so two processes that reused one pid within an interval are
+//! two records.
 
 use std::collections::BTreeMap;
 
 use crate::{
     attribution::DomainJoules,
-    delta::{Counters, IntervalDeltas, comm_string},
+    delta::{Counters, IntervalDeltas, TaskDelta, comm_string},
 };
 
 /// Time, counters and energy, summed.
@@ -35,6 +39,9 @@ pub struct Group {
     pub pid: u32,
     /// The thread id (threads only).
     pub tid: u32,
+    /// When the sensor first saw this thread (threads) or the process's leader (processes): with
+    /// the ids, which incarnation this is.
+    pub start_ns: u64,
     pub comm: String,
     pub cgroup_id: u64,
     pub usage: Usage,
@@ -53,10 +60,52 @@ pub struct Aggregate {
     pub cgroups: Vec<Group>,
 }
 
+/// Which process incarnation each thread of one tgid belongs to (its leader's first-seen time).
+///
+/// Usually a tgid has one incarnation in an interval and every thread belongs to it. When the
+/// pid was reused within the interval, several leaders ran: a thread belongs to the leader the
+/// kernel recorded for it, else to the latest leader first seen before it.
+fn process_incarnations(threads: &[&Group], group_first_seen: &[u64], live_leader: Option<u64>) -> Vec<u64> {
+    let mut leaders: Vec<u64> = threads
+        .iter()
+        .filter(|t| t.tid == t.pid)
+        .map(|t| t.start_ns)
+        .chain(live_leader)
+        .collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    match leaders.as_slice() {
+        [] => {
+            // No leader known (it neither ran nor lives): the threads' own record of it.
+            let first = group_first_seen.iter().copied().min().unwrap_or(0);
+            vec![first; threads.len()]
+        }
+        [only] => vec![*only; threads.len()],
+        _ => threads
+            .iter()
+            .zip(group_first_seen)
+            .map(|(t, &group)| {
+                if leaders.contains(&group) {
+                    group
+                } else {
+                    leaders
+                        .iter()
+                        .rev()
+                        .find(|&&l| l <= t.start_ns)
+                        .or(leaders.first())
+                        .copied()
+                        .unwrap_or(group)
+                }
+            })
+            .collect(),
+    }
+}
+
 /// `task_joules` is parallel to `deltas.tasks` (from attribution), or empty without energy.
 pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggregate {
     let mut out = Aggregate::default();
-    let mut threads: BTreeMap<(u32, u32), Group> = BTreeMap::new();
+    // (tgid, tid, first seen) → (thread, the kernel's record of its leader).
+    let mut threads: BTreeMap<(u32, u32, u64), (Group, u64)> = BTreeMap::new();
     for (i, task) in deltas.tasks.iter().enumerate() {
         let usage = Usage {
             on_cpu_ns: task.on_cpu_ns,
@@ -68,52 +117,102 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
             continue;
         }
         out.busy.add(&usage);
-        let thread = threads
-            .entry((task.key.tgid, task.key.pid))
-            .or_insert_with(|| Group {
-                pid: task.key.tgid,
-                tid: task.key.pid,
-                comm: comm_string(&task.comm),
-                cgroup_id: task.cgroup_id,
-                members: 1,
-                ..Default::default()
-            });
+        let (thread, _) = threads
+            .entry((task.key.tgid, task.key.pid, task.first_seen_ns))
+            .or_insert_with(|| (thread_group(task), task.group_first_seen_ns));
         thread.usage.add(&usage);
         thread.exited |= task.exited;
     }
 
-    let mut processes: BTreeMap<u32, Group> = BTreeMap::new();
-    for thread in threads.values() {
-        let process = processes.entry(thread.pid).or_insert_with(|| Group {
-            pid: thread.pid,
-            comm: thread.comm.clone(),
-            cgroup_id: thread.cgroup_id,
-            ..Default::default()
-        });
-        // The main thread names the process (others may have set their own thread names).
-        if thread.tid == thread.pid {
-            process.comm = thread.comm.clone();
-            process.cgroup_id = thread.cgroup_id;
-            process.exited = thread.exited;
+    // Threads of one tgid are adjacent in the map's order.
+    let all: Vec<(Group, u64)> = threads.into_values().collect();
+    let mut processes: BTreeMap<(u32, u64), Group> = BTreeMap::new();
+    let mut start = 0;
+    while start < all.len() {
+        let tgid = all[start].0.pid;
+        let end = start + all[start..].iter().take_while(|(t, _)| t.pid == tgid).count();
+        let members: Vec<&Group> = all[start..end].iter().map(|(t, _)| t).collect();
+        let recorded: Vec<u64> = all[start..end].iter().map(|(_, g)| *g).collect();
+        let live_leader = deltas.leaders.get(&tgid);
+        let incarnations =
+            process_incarnations(&members, &recorded, live_leader.map(|l| l.first_seen_ns));
+        let newest = incarnations.iter().copied().max().unwrap_or(0);
+        for (thread, &incarnation) in members.iter().zip(&incarnations) {
+            let process = processes
+                .entry((tgid, incarnation))
+                .or_insert_with(|| Group {
+                    pid: tgid,
+                    start_ns: incarnation,
+                    ..Default::default()
+                });
+            process.usage.add(&thread.usage);
+            process.members += 1;
+            process.exited |= thread.exited;
         }
-        process.usage.add(&thread.usage);
-        process.members += 1;
+        for ((_, incarnation), process) in processes.range_mut((tgid, 0)..=(tgid, u64::MAX)) {
+            // A process has exited when no thread of it is left, whichever went first; an older
+            // incarnation of a reused pid has necessarily exited.
+            process.exited = *incarnation != newest
+                || (process.exited && !deltas.live_tgids.contains(&tgid));
+            // Named (and placed) by its leader: the leader's figures if it ran, else the live
+            // leader's, else those of the thread that ran most.
+            let mine = || {
+                members
+                    .iter()
+                    .zip(&incarnations)
+                    .filter(move |(_, i)| **i == *incarnation)
+                    .map(|(t, _)| *t)
+            };
+            if let Some(leader) = mine().find(|t| t.tid == tgid && t.start_ns == *incarnation) {
+                process.comm.clone_from(&leader.comm);
+                process.cgroup_id = leader.cgroup_id;
+            } else if let Some(leader) = live_leader.filter(|l| l.first_seen_ns == *incarnation) {
+                process.comm = comm_string(&leader.comm);
+                process.cgroup_id = leader.cgroup_id;
+            } else if let Some(busiest) = mine().max_by_key(|t| t.usage.on_cpu_ns) {
+                process.comm.clone_from(&busiest.comm);
+                process.cgroup_id = busiest.cgroup_id;
+            }
+        }
+        start = end;
     }
 
-    let mut cgroups: BTreeMap<u64, Group> = BTreeMap::new();
-    for process in processes.values() {
-        let cgroup = cgroups.entry(process.cgroup_id).or_insert_with(|| Group {
-            cgroup_id: process.cgroup_id,
-            ..Default::default()
+    // Cgroups from threads: each thread's time goes to the cgroup it was in, even when the
+    // threads of one process sit in different cgroups (threaded cgroups, moves).
+    let mut cgroups: BTreeMap<u64, (Group, Vec<(u32, u64)>)> = BTreeMap::new();
+    for (thread, recorded) in &all {
+        let (cgroup, seen) = cgroups.entry(thread.cgroup_id).or_insert_with(|| {
+            (
+                Group {
+                    cgroup_id: thread.cgroup_id,
+                    ..Default::default()
+                },
+                Vec::new(),
+            )
         });
-        cgroup.usage.add(&process.usage);
-        cgroup.members += 1;
+        cgroup.usage.add(&thread.usage);
+        if !seen.contains(&(thread.pid, *recorded)) {
+            seen.push((thread.pid, *recorded));
+            cgroup.members += 1;
+        }
     }
 
-    out.threads = threads.into_values().collect();
+    out.threads = all.into_iter().map(|(t, _)| t).collect();
     out.processes = processes.into_values().collect();
-    out.cgroups = cgroups.into_values().collect();
+    out.cgroups = cgroups.into_values().map(|(g, _)| g).collect();
     out
+}
+
+fn thread_group(task: &TaskDelta) -> Group {
+    Group {
+        pid: task.key.tgid,
+        tid: task.key.pid,
+        start_ns: task.first_seen_ns,
+        comm: comm_string(&task.comm),
+        cgroup_id: task.cgroup_id,
+        members: 1,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -121,29 +220,26 @@ mod tests {
     use powerapi_common::{NOT_IDLE, TaskKey};
 
     use super::*;
-    use crate::delta::TaskDelta;
+    use crate::delta::{Leader, TaskDelta};
 
-    fn task(
-        tgid: u32,
-        pid: u32,
-        socket: u32,
-        idle_cpu: u32,
-        ns: u64,
-        cg: u64,
-        comm: &str,
-    ) -> TaskDelta {
+    fn comm(name: &str) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        bytes
+    }
+
+    fn task(tgid: u32, pid: u32, socket: u32, ns: u64, cg: u64, name: &str) -> TaskDelta {
         TaskDelta {
             key: TaskKey {
                 tgid,
                 pid,
-                socket,
-                idle_cpu,
+                idle_cpu: NOT_IDLE,
+                _reserved: 0,
             },
-            comm: {
-                let mut bytes = [0u8; 16];
-                bytes[..comm.len()].copy_from_slice(comm.as_bytes());
-                bytes
-            },
+            socket,
+            first_seen_ns: 1000 + u64::from(pid),
+            group_first_seen_ns: 1000 + u64::from(tgid),
+            comm: comm(name),
             cgroup_id: cg,
             on_cpu_ns: ns,
             counters: [ns * 2, 0, 0, 0],
@@ -151,25 +247,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn groups_threads_processes_cgroups() {
-        let deltas = IntervalDeltas {
+    fn idle(cpu: u32, ns: u64) -> TaskDelta {
+        TaskDelta {
+            key: TaskKey {
+                tgid: 0,
+                pid: 0,
+                idle_cpu: cpu,
+                _reserved: 0,
+            },
+            ..task(0, 0, 0, ns, 0, "swapper")
+        }
+    }
+
+    fn deltas(tasks: Vec<TaskDelta>, live: &[u32]) -> IntervalDeltas {
+        IntervalDeltas {
             start_ns: 0,
             end_ns: 100,
-            tasks: vec![
-                task(10, 10, 0, NOT_IDLE, 20, 1, "web"),
-                task(10, 10, 1, NOT_IDLE, 5, 1, "web"),
-                task(10, 11, 0, NOT_IDLE, 7, 1, "worker"),
-                task(20, 20, 0, NOT_IDLE, 3, 2, "db"),
-                task(0, 0, 0, 0, 40, 0, "swapper/0"),
-                task(0, 0, 0, 1, 25, 0, "swapper/1"),
+            tasks,
+            live_tgids: live.iter().copied().collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn groups_threads_processes_cgroups() {
+        let d = deltas(
+            vec![
+                task(10, 10, 0, 20, 1, "web"),
+                task(10, 10, 1, 5, 1, "web"),
+                task(10, 11, 0, 7, 1, "worker"),
+                task(20, 20, 0, 3, 2, "db"),
+                idle(0, 40),
+                idle(1, 25),
             ],
-            losses: Default::default(),
-        };
-        let mut joules = vec![[0.0; 6]; deltas.tasks.len()];
+            &[10, 20],
+        );
+        let mut joules = vec![[0.0; 6]; d.tasks.len()];
         joules[0][0] = 1.5;
         joules[2][0] = 0.5;
-        let a = aggregate(&deltas, &joules);
+        let a = aggregate(&d, &joules);
         assert_eq!(a.processes[0].usage.joules[0], 2.0);
         assert_eq!(a.idle.on_cpu_ns, 65);
         assert_eq!(a.busy.on_cpu_ns, 35);
@@ -182,10 +298,82 @@ mod tests {
             (web.pid, web.comm.as_str(), web.usage.on_cpu_ns, web.members),
             (10, "web", 32, 2)
         );
+        assert!(!web.exited);
         assert_eq!(a.cgroups.len(), 2);
         assert_eq!(
-            (a.cgroups[0].cgroup_id, a.cgroups[0].usage.on_cpu_ns),
-            (1, 32)
+            (a.cgroups[0].cgroup_id, a.cgroups[0].usage.on_cpu_ns, a.cgroups[0].members),
+            (1, 32, 1)
         );
+    }
+
+    #[test]
+    fn a_process_whose_leader_exited_first_is_still_running() {
+        let mut leader = task(10, 10, 0, 5, 1, "app");
+        leader.exited = true;
+        let a = aggregate(&deltas(vec![leader, task(10, 11, 0, 9, 1, "app-worker")], &[10]), &[]);
+        assert_eq!(a.processes.len(), 1);
+        let p = &a.processes[0];
+        assert_eq!((p.comm.as_str(), p.exited, p.members), ("app", false, 2));
+    }
+
+    #[test]
+    fn a_process_ends_when_its_last_thread_does() {
+        // The leader went earlier; the last worker exits now and nothing of tgid 10 lives.
+        let mut worker = task(10, 11, 0, 9, 4, "app-worker");
+        worker.exited = true;
+        let a = aggregate(&deltas(vec![worker.clone()], &[]), &[]);
+        assert!(a.processes[0].exited);
+        assert_eq!(a.processes[0].cgroup_id, 4);
+        // Had a sibling still lived, it would not have ended.
+        let a = aggregate(&deltas(vec![worker], &[10]), &[]);
+        assert!(!a.processes[0].exited);
+    }
+
+    #[test]
+    fn a_live_leader_that_did_not_run_names_its_process() {
+        let mut d = deltas(vec![task(10, 11, 0, 9, 4, "renamed")], &[10]);
+        d.leaders.insert(
+            10,
+            Leader {
+                first_seen_ns: 1010,
+                comm: comm("server"),
+                cgroup_id: 7,
+            },
+        );
+        let a = aggregate(&d, &[]);
+        assert_eq!((a.processes[0].comm.as_str(), a.processes[0].cgroup_id), ("server", 7));
+        assert_eq!(a.threads[0].comm, "renamed", "the thread keeps its own name");
+        assert_eq!(a.cgroups[0].cgroup_id, 4, "cgroups follow threads");
+    }
+
+    #[test]
+    fn two_processes_that_reuse_a_pid_in_one_interval_are_two_records() {
+        let mut old = task(50, 50, 0, 30, 1, "old");
+        old.first_seen_ns = 100;
+        old.group_first_seen_ns = 100;
+        old.exited = true;
+        let mut old_worker = task(50, 51, 0, 4, 1, "old");
+        old_worker.first_seen_ns = 120;
+        old_worker.group_first_seen_ns = 100;
+        old_worker.exited = true;
+        let mut new = task(50, 50, 0, 70, 2, "new");
+        new.first_seen_ns = 900;
+        new.group_first_seen_ns = 900;
+        // A thread of the new process created before its leader's first switch: the kernel
+        // recorded no leader for it, so the time order places it.
+        let mut new_worker = task(50, 52, 0, 6, 2, "new");
+        new_worker.first_seen_ns = 950;
+        new_worker.group_first_seen_ns = 950;
+        let a = aggregate(&deltas(vec![old, old_worker, new, new_worker], &[50]), &[]);
+        let got: Vec<_> = a
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.start_ns, p.comm.as_str(), p.usage.on_cpu_ns, p.members, p.exited))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(50, 100, "old", 34, 2, true), (50, 900, "new", 76, 2, false)]
+        );
+        assert_eq!(a.threads.len(), 4);
     }
 }

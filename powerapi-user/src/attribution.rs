@@ -176,7 +176,7 @@ impl Attribution {
             };
             let members: Vec<usize> = (0..deltas.tasks.len())
                 .filter(|&i| {
-                    !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].key.socket)
+                    !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].socket)
                 })
                 .collect();
 
@@ -303,9 +303,12 @@ mod tests {
             key: TaskKey {
                 tgid: pid,
                 pid,
-                socket,
                 idle_cpu: NOT_IDLE,
+                _reserved: 0,
             },
+            socket,
+            first_seen_ns: 1,
+            group_first_seen_ns: 1,
             comm: [0; 16],
             cgroup_id: 0,
             on_cpu_ns,
@@ -319,8 +322,8 @@ mod tests {
             key: TaskKey {
                 tgid: 0,
                 pid: 0,
-                socket: 0,
                 idle_cpu: cpu,
+                _reserved: 0,
             },
             ..task(0, 0, ns, 0)
         }
@@ -331,7 +334,7 @@ mod tests {
             start_ns: 0,
             end_ns: 1_000_000_000,
             tasks,
-            losses: Default::default(),
+            ..Default::default()
         }
     }
 

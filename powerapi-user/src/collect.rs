@@ -113,8 +113,7 @@ impl Collector {
         // (and rehashing the tracker) doubled that interval's drain time.
         let expected = (config.sensor.max_tasks as usize).min(16_384);
         let mut reading = SensorReading {
-            live_keys: Vec::with_capacity(expected),
-            live_totals: Vec::with_capacity(expected),
+            live: Vec::with_capacity(expected),
             ..Default::default()
         };
         sensor.read_into(&mut reading)?;
@@ -183,7 +182,7 @@ impl Collector {
                 for task in deltas.tasks.iter().filter(|t| !t.key.is_idle()) {
                     if let Some((_, busy)) = busy_by_socket
                         .iter_mut()
-                        .find(|(s, _)| *s == task.key.socket)
+                        .find(|(s, _)| *s == task.socket)
                     {
                         *busy += task.on_cpu_ns;
                     }

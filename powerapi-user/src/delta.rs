@@ -1,14 +1,15 @@
 //! Cumulative totals → per-interval deltas. Pure: no syscalls, unit-tested on plain values.
 //!
 //! The kernel never resets its accumulators, so a delta is `now − previous reading` of the same
-//! task *incarnation*: an entry whose `first_seen_ns` changed is a new task that reused the pid,
-//! and starts from zero instead of producing a negative or merged delta.
+//! task *incarnation*, identified by its slot and `first_seen_ns` (not by pid): a reused pid or
+//! slot is a new task that starts from zero, and a thread whose pid changed at exec keeps its
+//! history. Each thread's delta is split by the socket lanes it ran on.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use powerapi_common::{CounterReading, MAX_COUNTERS, SensorStats, TaskKey, TaskTotals};
+use powerapi_common::{CounterReading, MAX_COUNTERS, MAX_SOCKETS, SensorStats, TaskKey, TaskTotals};
 
-use crate::sensor::SensorReading;
+use crate::sensor::{SensorReading, TaskEntry};
 
 /// Counter values by slot. A fixed array, not a Vec: the drain path must not allocate per task.
 pub type Counters = [u64; MAX_COUNTERS];
@@ -17,6 +18,12 @@ pub type Counters = [u64; MAX_COUNTERS];
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskDelta {
     pub key: TaskKey,
+    pub socket: u32,
+    /// With the slot, the identity of this thread incarnation.
+    pub first_seen_ns: u64,
+    /// The thread-group leader's `first_seen_ns` when this thread was first seen: tells the
+    /// processes that reused one pid apart.
+    pub group_first_seen_ns: u64,
     /// `task->comm`, NUL-padded (kept as bytes: the drain path must not allocate per task).
     pub comm: [u8; 16],
     pub cgroup_id: u64,
@@ -27,6 +34,14 @@ pub struct TaskDelta {
     pub exited: bool,
 }
 
+/// A live thread-group leader at the end of an interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leader {
+    pub first_seen_ns: u64,
+    pub comm: [u8; 16],
+    pub cgroup_id: u64,
+}
+
 /// All deltas of one interval.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IntervalDeltas {
@@ -35,6 +50,17 @@ pub struct IntervalDeltas {
     pub tasks: Vec<TaskDelta>,
     /// Losses counted by the kernel during this interval.
     pub losses: SensorStats,
+    /// Of the processes in `tasks`, those that still have a live thread at the end: a process
+    /// has exited only when none is left, whichever thread went first.
+    pub live_tgids: HashSet<u32>,
+    /// Live leaders of the processes in `tasks` (a leader that did not run this interval still
+    /// names its process).
+    pub leaders: HashMap<u32, Leader>,
+    /// CPUs online at the end of the interval.
+    pub cpus: u32,
+    /// CPUs went offline or online during the interval: busy + idle is then below
+    /// `cpus × duration` by the time the changed CPUs were away.
+    pub cpus_changed: bool,
 }
 
 impl IntervalDeltas {
@@ -72,25 +98,37 @@ fn stats_delta(now: &SensorStats, before: &SensorStats) -> SensorStats {
         lost_slices: now.lost_slices.saturating_sub(before.lost_slices),
         lost_ns: now.lost_ns.saturating_sub(before.lost_ns),
         exit_overflow: now.exit_overflow.saturating_sub(before.exit_overflow),
-        overwritten_dead: now.overwritten_dead.saturating_sub(before.overwritten_dead),
+        stale_slices: now.stale_slices.saturating_sub(before.stale_slices),
         counter_read_errors: now
             .counter_read_errors
             .saturating_sub(before.counter_read_errors),
     }
 }
 
-/// How many readings a task's previous totals survive without the task being seen.
+/// How many readings an incarnation's previous totals survive without it being seen. An exit
+/// reaches userspace at most one reading after the slot stopped showing the task (the ring is
+/// drained before the slots are read, and an overflowed exit stays in its slot until read), so
+/// 3 is a margin, not a guess; it also covers a slot skipped once because it could not be read
+/// consistently.
 const KEEP_UNSEEN: u64 = 3;
+
+/// `(slot, first_seen_ns)`: one task incarnation.
+type Incarnation = (u32, u64);
 
 /// Remembers the previous reading and turns each new one into deltas.
 #[derive(Debug)]
 pub struct Tracker {
     num_counters: usize,
-    /// Previous totals of each live entry, with the number of the reading that last saw it.
-    previous: HashMap<TaskKey, (TaskTotals, u64)>,
+    /// Previous totals of each incarnation, with the number of the reading that last saw it.
+    previous: HashMap<Incarnation, (TaskTotals, u64)>,
     previous_stats: SensorStats,
     previous_ns: u64,
     readings: u64,
+}
+
+/// `now − before` for a cumulative figure of one incarnation (never negative).
+fn grew(now: u64, before: Option<u64>) -> u64 {
+    before.map_or(now, |b| now.checked_sub(b).unwrap_or(now))
 }
 
 impl Tracker {
@@ -100,7 +138,7 @@ impl Tracker {
         let mut tracker = Self {
             num_counters: num_counters.min(MAX_COUNTERS),
             previous: HashMap::with_capacity_and_hasher(
-                expected_tasks.max(baseline.live_keys.len() * 2),
+                expected_tasks.max(baseline.live.len() * 2),
                 Default::default(),
             ),
             previous_stats: SensorStats::default(),
@@ -109,34 +147,29 @@ impl Tracker {
         };
         // Touch the table's memory now rather than in the first interval (page faults are slow
         // in VMs); clear() keeps the allocation.
-        for pid in 0..expected_tasks as u32 {
-            let key = TaskKey {
-                pid,
-                ..TaskKey::default()
-            };
-            tracker.previous.insert(key, (TaskTotals::default(), 0));
+        for slot in 0..expected_tasks as u32 {
+            tracker
+                .previous
+                .insert((slot, 0), (TaskTotals::default(), 0));
         }
         tracker.previous.clear();
         tracker.advance(baseline);
         tracker
     }
 
-    /// The delta of one task against `before` (same incarnation) or zero; `None` if it did not run.
-    fn delta(
+    /// Appends the deltas of one incarnation against `before` (its previous totals, if any), one
+    /// per socket lane it ran on. An exit is always reported, even with nothing left to count:
+    /// its last figures may have been read live just before the exit arrived.
+    fn push_deltas(
         &self,
-        key: &TaskKey,
-        now: &TaskTotals,
+        entry: &TaskEntry,
         before: Option<&TaskTotals>,
         exited: bool,
-    ) -> Option<TaskDelta> {
-        let before = before.filter(|p| p.first_seen_ns == now.first_seen_ns);
-        let on_cpu_ns = match before {
-            Some(b) => now
-                .on_cpu_ns
-                .checked_sub(b.on_cpu_ns)
-                .unwrap_or(now.on_cpu_ns),
-            None => now.on_cpu_ns,
-        };
+        lane_sockets: &[u32],
+        out: &mut Vec<TaskDelta>,
+    ) {
+        let now = &entry.totals;
+        let on_cpu_ns = grew(now.on_cpu_ns, before.map(|b| b.on_cpu_ns));
         let zero = CounterReading::default();
         let mut counters = [0; MAX_COUNTERS];
         for (slot, value) in counters.iter_mut().enumerate().take(self.num_counters) {
@@ -145,54 +178,139 @@ impl Tracker {
                 before.map_or(&zero, |b| &b.counters[slot]),
             );
         }
-        if on_cpu_ns == 0 && counters.iter().all(|&c| c == 0) {
-            return None;
+        if on_cpu_ns == 0 && counters.iter().all(|&c| c == 0) && !exited {
+            return;
         }
-        Some(TaskDelta {
-            key: *key,
+        let socket_of = |lane: usize| {
+            lane_sockets
+                .get(lane)
+                .or(lane_sockets.last())
+                .copied()
+                .unwrap_or(0)
+        };
+        let delta = |lane: usize, on_cpu_ns: u64, counters: Counters| TaskDelta {
+            key: entry.key,
+            socket: socket_of(lane),
+            first_seen_ns: now.first_seen_ns,
+            group_first_seen_ns: now.group_first_seen_ns,
             comm: now.comm,
             cgroup_id: now.cgroup_id,
             on_cpu_ns,
             counters,
             exited,
-        })
+        };
+        let mut lane_ns = [0u64; MAX_SOCKETS];
+        for (lane, ns) in lane_ns.iter_mut().enumerate() {
+            *ns = grew(now.lane_ns[lane], before.map(|b| b.lane_ns[lane]));
+        }
+        let lanes_used = lane_ns.iter().filter(|&&ns| ns > 0).count();
+        if lanes_used <= 1 {
+            // The common case: one socket (or nothing timed, e.g. a bare exit): all of it goes to
+            // the lane the thread ran on most.
+            let lane = match lane_ns.iter().position(|&ns| ns > 0) {
+                Some(lane) => lane,
+                None => (0..MAX_SOCKETS)
+                    .max_by_key(|&l| now.lane_ns[l])
+                    .unwrap_or(0),
+            };
+            out.push(delta(lane, on_cpu_ns, counters));
+            return;
+        }
+        // Several sockets: time is exact per lane; counters are split in proportion to time
+        // (the kernel keeps them per thread, not per lane), remainders to the last lane so the
+        // parts add up to the whole.
+        let total_ns: u64 = lane_ns.iter().sum();
+        let mut given = [0u64; MAX_COUNTERS];
+        let mut remaining = lanes_used;
+        for (lane, &ns) in lane_ns.iter().enumerate() {
+            if ns == 0 {
+                continue;
+            }
+            remaining -= 1;
+            let mut part = [0; MAX_COUNTERS];
+            for slot in 0..MAX_COUNTERS {
+                part[slot] = if remaining == 0 {
+                    counters[slot] - given[slot]
+                } else {
+                    (u128::from(counters[slot]) * u128::from(ns) / u128::from(total_ns)) as u64
+                };
+                given[slot] += part[slot];
+            }
+            out.push(delta(lane, ns, part));
+        }
     }
 
-    /// Deltas since the previous reading. Tasks that did not run are left out.
+    /// Deltas since the previous reading. Tasks that did not run are left out; exits never are.
     pub fn advance(&mut self, reading: &SensorReading) -> IntervalDeltas {
         self.readings += 1;
         let generation = self.readings;
-        let mut tasks = Vec::with_capacity(reading.live_keys.len() + reading.exited.len());
-        // The kernel sends an exit and then removes the entry; a read between the two sees both.
-        let exited: HashSet<(TaskKey, u64)> = reading
+        let mut tasks = Vec::with_capacity(reading.live.len() + reading.exited.len());
+        // The kernel sends an exit and then frees the slot; a read between the two sees both.
+        let exited: HashSet<Incarnation> = reading
             .exited
             .iter()
-            .map(|(k, t)| (*k, t.first_seen_ns))
+            .map(|e| (e.slot, e.totals.first_seen_ns))
             .collect();
-        for (key, totals) in &reading.exited {
-            let before = self.previous.remove(key).map(|(t, _)| t);
-            tasks.extend(self.delta(key, totals, before.as_ref(), true));
+        for entry in &reading.exited {
+            let before = self
+                .previous
+                .remove(&(entry.slot, entry.totals.first_seen_ns))
+                .map(|(t, _)| t);
+            self.push_deltas(entry, before.as_ref(), true, &reading.lane_sockets, &mut tasks);
         }
-        for (key, totals) in reading.live_keys.iter().zip(&reading.live_totals) {
-            if !exited.is_empty() && exited.contains(&(*key, totals.first_seen_ns)) {
+        for entry in &reading.live {
+            let id = (entry.slot, entry.totals.first_seen_ns);
+            if !exited.is_empty() && exited.contains(&id) {
                 continue;
             }
-            let before = self.previous.get(key).map(|(t, _)| t);
-            if let Some(delta) = self.delta(key, totals, before, false) {
-                tasks.push(delta);
-            }
-            self.previous.insert(*key, (*totals, generation));
+            let before = self.previous.get(&id).map(|(t, _)| t);
+            self.push_deltas(entry, before, false, &reading.lane_sockets, &mut tasks);
+            self.previous.insert(id, (entry.totals, generation));
         }
-        // A slot the sensor could not read consistently this time shows up next time: keep its
-        // previous totals a little, or its next delta would count everything again. Entries gone
-        // for longer left without an exit event (none expected) and are forgotten.
+        // An incarnation not seen this time either died (its exit is on its way: see
+        // KEEP_UNSEEN) or its slot could not be read consistently; keep its totals a little, or
+        // its next delta would count everything again.
         self.previous
             .retain(|_, (_, seen)| generation - *seen <= KEEP_UNSEEN);
+
+        let mut live_tgids = HashSet::default();
+        let mut leaders = HashMap::default();
+        let in_interval: HashSet<u32> = tasks
+            .iter()
+            .filter(|t| !t.key.is_idle())
+            .map(|t| t.key.tgid)
+            .collect();
+        if !in_interval.is_empty() {
+            for entry in &reading.live {
+                let tgid = entry.key.tgid;
+                if !in_interval.contains(&tgid)
+                    || exited.contains(&(entry.slot, entry.totals.first_seen_ns))
+                {
+                    continue;
+                }
+                live_tgids.insert(tgid);
+                if entry.key.pid == tgid {
+                    leaders.insert(
+                        tgid,
+                        Leader {
+                            first_seen_ns: entry.totals.first_seen_ns,
+                            comm: entry.totals.comm,
+                            cgroup_id: entry.totals.cgroup_id,
+                        },
+                    );
+                }
+            }
+        }
+
         let deltas = IntervalDeltas {
             start_ns: self.previous_ns,
             end_ns: reading.taken_at_ns,
             tasks,
             losses: stats_delta(&reading.stats, &self.previous_stats),
+            live_tgids,
+            leaders,
+            cpus: reading.cpus.len() as u32,
+            cpus_changed: reading.cpus_changed,
         };
         self.previous_stats = reading.stats;
         self.previous_ns = reading.taken_at_ns;
@@ -204,21 +322,24 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn key(pid: u32) -> TaskKey {
+    fn key(tgid: u32, pid: u32) -> TaskKey {
         TaskKey {
-            tgid: pid,
+            tgid,
             pid,
-            socket: 0,
             idle_cpu: powerapi_common::NOT_IDLE,
+            _reserved: 0,
         }
     }
 
+    /// A single-lane thread.
     fn totals(first_seen: u64, on_cpu: u64, cycles: u64) -> TaskTotals {
         let mut t = TaskTotals {
             first_seen_ns: first_seen,
+            group_first_seen_ns: first_seen,
             on_cpu_ns: on_cpu,
             ..Default::default()
         };
+        t.lane_ns[0] = on_cpu;
         t.counters[0] = CounterReading {
             value: cycles,
             enabled_ns: on_cpu,
@@ -228,96 +349,219 @@ mod tests {
         t
     }
 
-    fn reading(
-        at: u64,
-        live: Vec<(TaskKey, TaskTotals)>,
-        exited: Vec<(TaskKey, TaskTotals)>,
-    ) -> SensorReading {
+    fn entry(slot: u32, key: TaskKey, totals: TaskTotals) -> TaskEntry {
+        TaskEntry { slot, key, totals }
+    }
+
+    fn reading(at: u64, live: Vec<TaskEntry>, exited: Vec<TaskEntry>) -> SensorReading {
         SensorReading {
             taken_at_ns: at,
-            live_keys: live.iter().map(|(k, _)| *k).collect(),
-            live_totals: live.iter().map(|(_, t)| *t).collect(),
+            live,
             exited,
-            stats: SensorStats::default(),
+            lane_sockets: vec![0, 1],
+            ..Default::default()
         }
+    }
+
+    fn summary(d: &IntervalDeltas) -> Vec<(u32, u64, u64, bool)> {
+        let mut got: Vec<_> = d
+            .tasks
+            .iter()
+            .map(|t| (t.key.pid, t.on_cpu_ns, t.counters[0], t.exited))
+            .collect();
+        got.sort();
+        got
     }
 
     #[test]
     fn deltas_between_readings() {
         let mut tracker = Tracker::new(
             1,
-            &reading(100, vec![(key(7), totals(1, 50, 500))], vec![]),
+            &reading(100, vec![entry(0, key(7, 7), totals(1, 50, 500))], vec![]),
             0,
         );
-        let d = tracker.advance(&reading(200, vec![(key(7), totals(1, 80, 800))], vec![]));
+        let d = tracker.advance(&reading(
+            200,
+            vec![entry(0, key(7, 7), totals(1, 80, 800))],
+            vec![],
+        ));
         assert_eq!((d.start_ns, d.end_ns), (100, 200));
-        assert_eq!(d.tasks.len(), 1);
-        assert_eq!(d.tasks[0].on_cpu_ns, 30);
-        assert_eq!(d.tasks[0].counters, [300, 0, 0, 0]);
+        assert_eq!(summary(&d), vec![(7, 30, 300, false)]);
         assert_eq!(comm_string(&d.tasks[0].comm), "burn");
-        // Idle tasks that did not run are left out.
-        let d = tracker.advance(&reading(300, vec![(key(7), totals(1, 80, 800))], vec![]));
+        // Tasks that did not run are left out.
+        let d = tracker.advance(&reading(
+            300,
+            vec![entry(0, key(7, 7), totals(1, 80, 800))],
+            vec![],
+        ));
         assert!(d.tasks.is_empty());
+        assert_eq!((d.start_ns, d.end_ns), (200, 300), "intervals are contiguous");
     }
 
     #[test]
     fn new_task_counts_from_zero_including_first_slice() {
         let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]), 0);
-        let d = tracker.advance(&reading(10, vec![(key(9), totals(5, 4, 0))], vec![]));
-        assert_eq!(d.tasks[0].on_cpu_ns, 4);
+        let d = tracker.advance(&reading(10, vec![entry(4, key(9, 9), totals(5, 4, 0))], vec![]));
+        assert_eq!(summary(&d), vec![(9, 4, 0, false)]);
     }
 
     #[test]
-    fn exit_reported_once_even_if_also_still_in_map() {
-        let mut tracker = Tracker::new(0, &reading(0, vec![(key(3), totals(1, 10, 0))], vec![]), 0);
-        let final_totals = totals(1, 25, 0);
-        let d = tracker.advance(&reading(
-            10,
-            vec![(key(3), final_totals)],
-            vec![(key(3), final_totals)],
-        ));
-        assert_eq!(d.tasks.len(), 1);
-        assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].exited), (15, true));
+    fn exit_reported_once_even_if_also_still_in_its_slot() {
+        let mut tracker = Tracker::new(
+            0,
+            &reading(0, vec![entry(2, key(3, 3), totals(1, 10, 0))], vec![]),
+            0,
+        );
+        let last = entry(2, key(3, 3), totals(1, 25, 0));
+        let d = tracker.advance(&reading(10, vec![last], vec![last]));
+        assert_eq!(summary(&d), vec![(3, 15, 0, true)]);
         let d = tracker.advance(&reading(20, vec![], vec![]));
         assert!(d.tasks.is_empty());
+    }
+
+    #[test]
+    fn an_exit_with_nothing_left_to_count_is_still_reported() {
+        // The slot was read live with its final totals just before the exit arrived.
+        let last = entry(2, key(3, 3), totals(1, 25, 0));
+        let mut tracker = Tracker::new(0, &reading(0, vec![last], vec![]), 0);
+        let d = tracker.advance(&reading(10, vec![], vec![last]));
+        assert_eq!(summary(&d), vec![(3, 0, 0, true)]);
     }
 
     #[test]
     fn pid_reuse_neither_negative_nor_merged() {
         let mut tracker = Tracker::new(
             1,
-            &reading(0, vec![(key(4), totals(1, 1000, 9000))], vec![]),
+            &reading(0, vec![entry(0, key(4, 4), totals(1, 1000, 9000))], vec![]),
             0,
         );
-        // pid 4 died (final 1200) and a new pid 4 ran 30 ns, both within one interval.
+        // pid 4 died (final 1200) and a new pid 4 ran 30 ns in another slot, in one interval.
         let d = tracker.advance(&reading(
             10,
-            vec![(key(4), totals(777, 30, 60))],
-            vec![(key(4), totals(1, 1200, 9500))],
+            vec![entry(1, key(4, 4), totals(777, 30, 60))],
+            vec![entry(0, key(4, 4), totals(1, 1200, 9500))],
         ));
-        let mut got: Vec<_> = d
-            .tasks
-            .iter()
-            .map(|t| (t.on_cpu_ns, t.counters[0], t.exited))
-            .collect();
-        got.sort();
-        assert_eq!(got, vec![(30, 60, false), (200, 500, true)]);
+        assert_eq!(summary(&d), vec![(4, 30, 60, false), (4, 200, 500, true)]);
+        let firsts: HashSet<u64> = d.tasks.iter().map(|t| t.first_seen_ns).collect();
+        assert_eq!(firsts.len(), 2, "two incarnations");
         // The new incarnation's next delta is against itself.
-        let d = tracker.advance(&reading(20, vec![(key(4), totals(777, 50, 100))], vec![]));
-        assert_eq!((d.tasks[0].on_cpu_ns, d.tasks[0].counters[0]), (20, 40));
+        let d = tracker.advance(&reading(
+            20,
+            vec![entry(1, key(4, 4), totals(777, 50, 100))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(4, 20, 40, false)]);
+    }
+
+    #[test]
+    fn a_late_exit_after_its_slot_was_reused_is_not_counted_twice() {
+        let a = key(4, 4);
+        let mut tracker =
+            Tracker::new(0, &reading(0, vec![entry(3, a, totals(1, 100, 0))], vec![]), 0);
+        // A died and its slot 3 went to B before this reading saw A's exit on the ring.
+        let d = tracker.advance(&reading(
+            10,
+            vec![entry(3, key(8, 8), totals(50, 7, 0))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(8, 7, 0, false)]);
+        let d = tracker.advance(&reading(
+            20,
+            vec![entry(3, key(8, 8), totals(50, 7, 0))],
+            vec![entry(3, a, totals(1, 130, 0))],
+        ));
+        assert_eq!(
+            summary(&d),
+            vec![(4, 30, 0, true)],
+            "A's delta is against A's last totals, not zero"
+        );
+    }
+
+    #[test]
+    fn a_thread_whose_pid_changes_at_exec_keeps_its_history() {
+        let mut tracker = Tracker::new(
+            0,
+            &reading(0, vec![entry(5, key(10, 12), totals(3, 100, 0))], vec![]),
+            0,
+        );
+        // Thread 12 exec'd and became pid 10; same slot, same incarnation.
+        let d = tracker.advance(&reading(
+            10,
+            vec![entry(5, key(10, 10), totals(3, 140, 0))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(10, 40, 0, false)]);
     }
 
     #[test]
     fn a_task_missing_from_one_reading_is_not_counted_twice() {
-        let mut tracker =
-            Tracker::new(0, &reading(0, vec![(key(5), totals(1, 100, 0))], vec![]), 0);
+        let mut tracker = Tracker::new(
+            0,
+            &reading(0, vec![entry(0, key(5, 5), totals(1, 100, 0))], vec![]),
+            0,
+        );
         let d = tracker.advance(&reading(10, vec![], vec![]));
         assert!(d.tasks.is_empty());
-        let d = tracker.advance(&reading(20, vec![(key(5), totals(1, 160, 0))], vec![]));
-        assert_eq!(
-            d.tasks[0].on_cpu_ns, 60,
-            "delta against the last totals seen, not zero"
-        );
+        let d = tracker.advance(&reading(
+            20,
+            vec![entry(0, key(5, 5), totals(1, 160, 0))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(5, 60, 0, false)], "against the last totals seen");
+    }
+
+    #[test]
+    fn time_split_by_socket_lane_and_counters_in_proportion() {
+        let mut before = totals(1, 0, 0);
+        before.counters[0].value = 0;
+        let mut tracker =
+            Tracker::new(1, &reading(0, vec![entry(0, key(6, 6), before)], vec![]), 0);
+        let mut now = totals(1, 400, 1001);
+        now.lane_ns = [300, 100, 0, 0, 0, 0, 0, 0];
+        let d = tracker.advance(&reading(10, vec![entry(0, key(6, 6), now)], vec![]));
+        let mut got: Vec<_> = d
+            .tasks
+            .iter()
+            .map(|t| (t.socket, t.on_cpu_ns, t.counters[0]))
+            .collect();
+        got.sort();
+        // 1001 × 300/400 = 750 (rounded down); the last lane takes the remainder, 251.
+        assert_eq!(got, vec![(0, 300, 750), (1, 100, 251)]);
+    }
+
+    #[test]
+    fn lanes_map_to_their_sockets() {
+        let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]), 0);
+        let mut t = totals(1, 50, 0);
+        t.lane_ns = [0, 50, 0, 0, 0, 0, 0, 0];
+        let mut r = reading(10, vec![entry(0, key(6, 6), t)], vec![]);
+        r.lane_sockets = vec![3, 7];
+        let d = tracker.advance(&r);
+        assert_eq!(d.tasks[0].socket, 7);
+    }
+
+    #[test]
+    fn liveness_and_leaders_of_the_processes_that_ran() {
+        let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]), 0);
+        // Process 20: the leader exited, a worker lives on. Process 30: a worker ran, its
+        // leader did not but is alive. Process 40: its only thread exited.
+        let d = tracker.advance(&reading(
+            10,
+            vec![
+                entry(1, key(20, 21), totals(2, 5, 0)),
+                entry(2, key(30, 31), totals(3, 5, 0)),
+                entry(3, key(30, 30), totals(1, 0, 0)),
+            ],
+            vec![
+                entry(0, key(20, 20), totals(1, 5, 0)),
+                entry(4, key(40, 40), totals(4, 5, 0)),
+            ],
+        ));
+        let mut live: Vec<_> = d.live_tgids.iter().copied().collect();
+        live.sort();
+        assert_eq!(live, vec![20, 30]);
+        assert_eq!(d.leaders.len(), 1);
+        assert_eq!(d.leaders[&30].first_seen_ns, 1);
     }
 
     #[test]
@@ -347,7 +591,11 @@ mod tests {
         let mut next = reading(10, vec![], vec![]);
         next.stats.lost_slices = 5;
         next.stats.lost_ns = 40;
+        next.stats.stale_slices = 1;
         let d = tracker.advance(&next);
-        assert_eq!((d.losses.lost_slices, d.losses.lost_ns), (2, 40));
+        assert_eq!(
+            (d.losses.lost_slices, d.losses.lost_ns, d.losses.stale_slices),
+            (2, 40, 1)
+        );
     }
 }

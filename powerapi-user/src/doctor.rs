@@ -5,7 +5,7 @@ use std::{fmt, fs, path::Path};
 use crate::{
     cgroup::read_cgroup2_mount,
     privilege,
-    sensor::{Sensor, SensorConfig, counters},
+    sensor::{self, Sensor, SensorConfig, counters},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,11 +45,7 @@ impl fmt::Display for Check {
     }
 }
 
-/// `6.18.44-fc` → (6, 18).
-pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
+pub use crate::sensor::parse_kernel_version;
 
 /// True when any check makes recording impossible.
 pub fn recording_impossible(checks: &[Check]) -> bool {
@@ -78,12 +74,16 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         fs::read_to_string(proc_root.join("proc/sys/kernel/osrelease")).unwrap_or_default();
     let release = release.trim();
     checks.push(match parse_kernel_version(release) {
-        Some(v) if v >= (5, 10) => Check::new("kernel", Status::Ok, format!("Linux {release}")),
+        Some(v) if v >= (sensor::MIN_KERNEL_MAJOR, sensor::MIN_KERNEL_MINOR) => {
+            Check::new("kernel", Status::Ok, format!("Linux {release}"))
+        }
         Some(_) => Check::new(
             "kernel",
             Status::Fail,
             format!(
-                "Linux {release}: powerapi needs ≥ 5.10 (per-CPU BPF test runs); upgrade the kernel"
+                "Linux {release}: powerapi needs ≥ {}.{} (sched_switch's prev_state argument); upgrade the kernel",
+                sensor::MIN_KERNEL_MAJOR,
+                sensor::MIN_KERNEL_MINOR
             ),
         ),
         None => Check::new(
@@ -117,8 +117,8 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
                 "bpf sensor",
                 Status::Ok,
                 format!(
-                    "raw tracepoints sched_switch + sched_process_exec attached, per-CPU flush works, {} tasks read from mmap'd slots",
-                    reading.live_keys.len(),
+                    "raw tracepoints sched_switch, sched_process_exec, task_rename, cgroup_attach_task attached, per-CPU flush works, {} tasks read from mmap'd slots",
+                    reading.live.len(),
                 ),
             ),
             Err(e) => Check::new("bpf sensor", Status::Fail, e.to_string()),

@@ -43,7 +43,7 @@ pub struct Losses {
     pub lost_slices: u64,
     pub lost_ns: u64,
     pub exit_overflow: u64,
-    pub overwritten_dead: u64,
+    pub stale_slices: u64,
     pub counter_read_errors: u64,
 }
 
@@ -53,7 +53,7 @@ impl From<&powerapi_common::SensorStats> for Losses {
             lost_slices: s.lost_slices,
             lost_ns: s.lost_ns,
             exit_overflow: s.exit_overflow,
-            overwritten_dead: s.overwritten_dead,
+            stale_slices: s.stale_slices,
             counter_read_errors: s.counter_read_errors,
         }
     }

@@ -11,14 +11,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, RawTracePoint},
 };
 use powerapi_common::{
-    COUNTER_MAPS, CPU_SLICE_MAP, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM,
-    FREE_SLOTS_MAP, MAX_COUNTERS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM,
-    SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP, SLOT_HWM_MAP, SensorStats, TASK_SLOTS_MAP,
-    TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals,
+    CGROUP_ATTACH_PROGRAM, COUNTER_MAPS, CPU_LANES_MAP, CPU_SLICE_MAP, CpuSlice, EXITS_MAP,
+    ExitEvent, FLAG_DEAD, FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS,
+    MAX_SOCKETS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM,
+    SENSOR_STATS_MAP, SLOT_HWM_MAP, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
+    TASK_TOTALS_MAP, TaskKey,
+    TaskSlot, TaskTotals,
 };
 use thiserror::Error;
 
@@ -54,9 +56,13 @@ pub enum SensorError {
     #[error("BPF map {name}: {detail}")]
     Map { name: &'static str, detail: String },
     #[error(
-        "cannot run the slice flush on CPU {cpu}: {source}; BPF_PROG_TEST_RUN on a CPU needs Linux ≥ 5.10"
+        "cannot run the slice flush on CPU {cpu}: {source}; `powerapi doctor` checks what this kernel lacks"
     )]
     Flush { cpu: u32, source: std::io::Error },
+    #[error(
+        "Linux {found} is too old: powerapi needs Linux ≥ {MIN_KERNEL_MAJOR}.{MIN_KERNEL_MINOR} (sched_switch's prev_state argument); upgrade the kernel"
+    )]
+    KernelTooOld { found: String },
     #[error(transparent)]
     Counter(#[from] CounterError),
     #[error(transparent)]
@@ -93,29 +99,83 @@ impl Default for SensorConfig {
     }
 }
 
+/// The oldest kernel the programs attach to: `prev_state` became a `sched_switch` argument in
+/// 5.18, and task death is detected from it.
+pub const MIN_KERNEL_MAJOR: u32 = 5;
+pub const MIN_KERNEL_MINOR: u32 = 18;
+
+/// One thread's totals, and the slot they were read from: `(slot, totals.first_seen_ns)` is the
+/// identity of a task incarnation, whatever its pid (a reused pid, or a thread whose pid changed
+/// at exec, is told apart or followed by it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskEntry {
+    pub slot: u32,
+    pub key: TaskKey,
+    pub totals: TaskTotals,
+}
+
 /// Cumulative totals read at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct SensorReading {
     /// CLOCK_MONOTONIC (same clock as `bpf_ktime_get_ns`) right after every CPU's slice was closed.
     pub taken_at_ns: u64,
-    /// Live threads, as two parallel arrays.
-    pub live_keys: Vec<TaskKey>,
-    pub live_totals: Vec<TaskTotals>,
+    pub live: Vec<TaskEntry>,
     /// Final totals of threads that died since the previous reading.
-    pub exited: Vec<(TaskKey, TaskTotals)>,
+    pub exited: Vec<TaskEntry>,
     /// Loss counters summed over CPUs, cumulative since load.
     pub stats: SensorStats,
+    /// Socket of each lane (`TaskTotals::lane_ns` index).
+    pub lane_sockets: Vec<u32>,
+    /// CPUs online (and flushed) at this reading.
+    pub cpus: Vec<Cpu>,
+    /// The set of online CPUs changed since the previous reading.
+    pub cpus_changed: bool,
 }
 
 /// A loaded, attached sensor. Dropping it detaches everything.
 pub struct Sensor {
     ebpf: Ebpf,
+    root: std::path::PathBuf,
     cpus: Vec<Cpu>,
+    lanes: Lanes,
     counters: Vec<CounterSpec>,
     time_only_reason: Option<String>,
-    _counter_fds: Vec<OwnedFd>,
+    /// Counter fds by counter slot, then CPU id (`None` for CPUs not online when opened).
+    _counter_fds: Vec<Vec<Option<OwnedFd>>>,
     exits: RingBuf<MapData>,
     slots: bpf_sys::MappedArray<TaskSlot>,
+    globals: bpf_sys::MappedArray<Globals>,
+    /// Start of the previous flush round (see `Globals::stale_before_ns`).
+    last_round_ns: u64,
+    cpus_changed: bool,
+}
+
+/// Socket → lane numbering: lanes are handed out in the order sockets are first seen.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lanes {
+    sockets: Vec<u32>,
+    /// More sockets than lanes: the extra ones share the last lane (their time is then reported
+    /// on the last lane's socket).
+    pub overflowed: bool,
+}
+
+impl Lanes {
+    /// The lane of `socket`, assigning the next free one the first time.
+    pub fn lane_of(&mut self, socket: u32) -> u32 {
+        if let Some(lane) = self.sockets.iter().position(|&s| s == socket) {
+            return lane as u32;
+        }
+        if self.sockets.len() < MAX_SOCKETS {
+            self.sockets.push(socket);
+            return (self.sockets.len() - 1) as u32;
+        }
+        self.overflowed = true;
+        (MAX_SOCKETS - 1) as u32
+    }
+
+    pub fn sockets(&self) -> &[u32] {
+        &self.sockets
+    }
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -128,6 +188,42 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `6.18.44-fc` → (6, 18).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// This kernel's release, from uname(2).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain bytes; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Fails with a one-line error on kernels older than the sensor supports (an unparsable release
+/// is given the benefit of the doubt: the attach then says what is wrong).
+pub fn check_kernel(release: &str) -> Result<(), SensorError> {
+    match parse_kernel_version(release) {
+        Some(version) if version < (MIN_KERNEL_MAJOR, MIN_KERNEL_MINOR) => {
+            Err(SensorError::KernelTooOld {
+                found: release.trim().to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn load_object(
     num_counters: u32,
     max_tasks: u32,
@@ -137,8 +233,15 @@ fn load_object(
         return Err(SensorError::NotBuilt);
     }
     raise_memlock();
+    let possible = aya::util::nr_cpus()
+        .map_err(|(path, e)| SensorError::Map {
+            name: CPU_LANES_MAP,
+            detail: format!("{path}: {e}"),
+        })?
+        .max(1) as u32;
     EbpfLoader::new()
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
+        .map_max_entries(CPU_LANES_MAP, possible)
         .map_max_entries(TASK_SLOTS_MAP, max_tasks)
         .map_max_entries(TASK_TOTALS_MAP, max_tasks)
         .map_max_entries(FREE_SLOTS_MAP, max_tasks)
@@ -192,11 +295,11 @@ fn attach(
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, SensorError> {
     match ebpf.map(name) {
         Some(
-            Map::HashMap(data)
-            | Map::PerfEventArray(data)
+            Map::PerfEventArray(data)
             | Map::PerCpuArray(data)
             | Map::Array(data)
-            | Map::Stack(data),
+            | Map::Stack(data)
+            | Map::HashMap(data),
         ) => Ok(data),
         _ => Err(SensorError::Map {
             name,
@@ -227,19 +330,31 @@ impl Sensor {
         if !privilege::can_trace(Path::new("/")) {
             return Err(SensorError::NotPrivileged);
         }
+        check_kernel(&kernel_release())?;
         if config.counters.len() > MAX_COUNTERS {
             return Err(SensorError::TooManyCounters(config.counters.len()));
         }
         let cpus = topology::read_cpus(&config.root)?;
+        let possible = aya::util::nr_cpus()
+            .map_err(|(path, e)| SensorError::Map {
+                name: CPU_LANES_MAP,
+                detail: format!("{path}: {e}"),
+            })?
+            .max(1);
 
         // Open counters first: whether we have any decides what the kernel program reads.
-        let mut counter_fds = Vec::new();
+        let mut counter_fds: Vec<Vec<Option<OwnedFd>>> = Vec::new();
         let mut counters = config.counters.clone();
         let mut time_only_reason = None;
         'open: for spec in &config.counters {
+            let mut fds: Vec<Option<OwnedFd>> = (0..possible).map(|_| None).collect();
             for cpu in &cpus {
                 match counters::open_on_cpu(spec, cpu.id) {
-                    Ok(fd) => counter_fds.push(fd),
+                    Ok(fd) => {
+                        if let Some(entry) = fds.get_mut(cpu.id as usize) {
+                            *entry = Some(fd);
+                        }
+                    }
                     Err(e) if config.counters_required => return Err(e.into()),
                     Err(e) => {
                         time_only_reason = Some(match &e {
@@ -256,6 +371,7 @@ impl Sensor {
                     }
                 }
             }
+            counter_fds.push(fds);
         }
         if counters.is_empty() && time_only_reason.is_none() {
             time_only_reason = Some("no counters requested".into());
@@ -266,22 +382,31 @@ impl Sensor {
             config.max_tasks,
             config.exit_buffer_bytes,
         )?;
-        for (slot, spec_fds) in counter_fds.chunks(cpus.len().max(1)).enumerate() {
+        for (slot, fds) in counter_fds.iter().enumerate() {
             let map = map_data(&ebpf, COUNTER_MAPS[slot])?;
-            for (cpu, fd) in cpus.iter().zip(spec_fds) {
-                bpf_sys::set_perf_event(map.fd().as_fd(), cpu.id, fd.as_fd()).map_err(|e| {
+            for (cpu, fd) in fds.iter().enumerate() {
+                let Some(fd) = fd else { continue };
+                bpf_sys::set_perf_event(map.fd().as_fd(), cpu as u32, fd.as_fd()).map_err(|e| {
                     SensorError::Map {
                         name: COUNTER_MAPS[slot],
-                        detail: format!(
-                            "storing counter {} for CPU {}: {e}",
-                            counters[slot], cpu.id
-                        ),
+                        detail: format!("storing counter {} for CPU {cpu}: {e}", counters[slot]),
                     }
                 })?;
             }
         }
-        init_cpu_slices(&mut ebpf, &cpus)?;
+        let mut lanes = Lanes::default();
+        for cpu in &cpus {
+            set_cpu_lane(&mut ebpf, cpu.id, lanes.lane_of(cpu.socket))?;
+        }
+        init_cpu_slices(&mut ebpf, possible)?;
         let slots = init_slots(&ebpf, config.max_tasks)?;
+        let globals = map_data(&ebpf, GLOBALS_MAP)?;
+        let globals = bpf_sys::MappedArray::map(globals.fd().as_fd(), 1).map_err(|e| {
+            SensorError::Map {
+                name: GLOBALS_MAP,
+                detail: format!("mmap failed ({e})"),
+            }
+        })?;
 
         let exits = ebpf
             .take_map(EXITS_MAP)
@@ -308,25 +433,40 @@ impl Sensor {
                 .load()
                 .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
         }
+        // Identity trackers first, so that no rename or cgroup move after the switch program
+        // starts goes unseen.
+        attach(&mut ebpf, TASK_RENAME_PROGRAM, "task_rename")?;
+        attach(&mut ebpf, CGROUP_ATTACH_PROGRAM, "cgroup_attach_task")?;
         attach(&mut ebpf, SCHED_SWITCH_PROGRAM, "sched_switch")?;
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
 
         let mut sensor = Self {
             ebpf,
+            root: config.root.clone(),
             cpus,
+            lanes,
             counters,
             time_only_reason,
             _counter_fds: counter_fds,
             exits,
             slots,
+            globals,
+            last_round_ns: 0,
+            cpus_changed: false,
         };
         // Open a slice on every CPU now, so the first interval starts at a known instant.
         sensor.flush()?;
         Ok(sensor)
     }
 
+    /// CPUs online at the last reading.
     pub fn cpus(&self) -> &[Cpu] {
         &self.cpus
+    }
+
+    /// Socket of each lane, and whether some sockets had to share the last lane.
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
 
     /// Names of the counters in use, in slot order; empty in time-only mode.
@@ -339,17 +479,57 @@ impl Sensor {
         self.time_only_reason.as_deref()
     }
 
+    /// Follows CPU hotplug: re-reads the online CPUs and gives any new one its socket lane.
+    fn refresh_cpus(&mut self) -> Result<(), SensorError> {
+        let online = topology::read_cpus(&self.root)?;
+        if online == self.cpus {
+            return Ok(());
+        }
+        self.cpus_changed = true;
+        for cpu in &online {
+            if !self.cpus.iter().any(|c| c.id == cpu.id) {
+                let lane = self.lanes.lane_of(cpu.socket);
+                set_cpu_lane(&mut self.ebpf, cpu.id, lane)?;
+            }
+        }
+        self.cpus = online;
+        Ok(())
+    }
+
+    /// Closes every online CPU's open slice. A CPU that went offline since the mask was read
+    /// (ENXIO/ENODEV from the kernel) is dropped from this round, not an error.
     fn flush(&mut self) -> Result<(), SensorError> {
+        let round_start = monotonic_ns();
+        if let Some(globals) = self.globals.element(0) {
+            // SAFETY: an aligned u64 inside the live mapping; the kernel only reads this field.
+            unsafe {
+                std::ptr::write_volatile(&raw mut (*globals).stale_before_ns, self.last_round_ns)
+            };
+        }
+        self.last_round_ns = round_start;
         let prog = self
             .ebpf
             .program(FLUSH_PROGRAM)
             .ok_or_else(|| SensorError::Load(format!("program {FLUSH_PROGRAM} missing")))?;
         let fd = prog.fd().map_err(|e| SensorError::Load(e.to_string()))?;
+        let mut went_offline = Vec::new();
         for cpu in &self.cpus {
-            bpf_sys::run_on_cpu(fd.as_fd(), cpu.id).map_err(|source| SensorError::Flush {
-                cpu: cpu.id,
-                source,
-            })?;
+            match bpf_sys::run_on_cpu(fd.as_fd(), cpu.id) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ENODEV)) => {
+                    went_offline.push(cpu.id);
+                }
+                Err(source) => {
+                    return Err(SensorError::Flush {
+                        cpu: cpu.id,
+                        source,
+                    });
+                }
+            }
+        }
+        if !went_offline.is_empty() {
+            self.cpus.retain(|c| !went_offline.contains(&c.id));
+            self.cpus_changed = true;
         }
         Ok(())
     }
@@ -363,16 +543,26 @@ impl Sensor {
 
     /// Like [`Sensor::read`], reusing `reading`'s buffers (the drain path of every interval).
     pub fn read_into(&mut self, reading: &mut SensorReading) -> Result<(), SensorError> {
+        self.refresh_cpus()?;
         self.flush()?;
         reading.taken_at_ns = monotonic_ns();
         reading.exited.clear();
+        reading.cpus.clone_from(&self.cpus);
+        reading.lane_sockets.clear();
+        reading.lane_sockets.extend_from_slice(self.lanes.sockets());
+        reading.cpus_changed = std::mem::take(&mut self.cpus_changed);
 
-        // Exits first: a task that dies after this point is still in the map (or in the next read).
+        // Exits first: a task that dies after this point is still in its slot (or in the next
+        // read).
         while let Some(item) = self.exits.next() {
             if item.len() >= size_of::<ExitEvent>() {
                 // SAFETY: the kernel wrote a whole ExitEvent; read_unaligned copes with alignment.
                 let event: ExitEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                reading.exited.push((event.key, event.totals));
+                reading.exited.push(TaskEntry {
+                    slot: event.slot,
+                    key: event.key,
+                    totals: event.totals,
+                });
             }
         }
 
@@ -389,11 +579,19 @@ impl Sensor {
             reading.stats.lost_slices += s.lost_slices;
             reading.stats.lost_ns += s.lost_ns;
             reading.stats.exit_overflow += s.exit_overflow;
-            reading.stats.overwritten_dead += s.overwritten_dead;
+            reading.stats.stale_slices += s.stale_slices;
             reading.stats.counter_read_errors += s.counter_read_errors;
         }
         Ok(())
     }
+}
+
+fn set_cpu_lane(ebpf: &mut Ebpf, cpu: u32, lane: u32) -> Result<(), SensorError> {
+    let mut lanes: Array<&mut MapData, u32> = typed_map(ebpf, CPU_LANES_MAP)?;
+    lanes.set(cpu, lane, 0).map_err(|e| SensorError::Map {
+        name: CPU_LANES_MAP,
+        detail: format!("CPU {cpu}: {e}"),
+    })
 }
 
 /// Puts every slot on the free stack (0 on top) and maps the slot array.
@@ -419,6 +617,10 @@ fn init_slots(ebpf: &Ebpf, max_tasks: u32) -> Result<bpf_sys::MappedArray<TaskSl
 /// deschedules that vCPU; the bound counts attempts, not wall time, because under overload this
 /// thread itself is descheduled for milliseconds between attempts (a wall-clock bound then gave
 /// up spuriously). `None` only defers the slot's figures to the next interval.
+///
+/// Ordering: the writer's `seq` increments are fully ordered atomics (see the kernel program), so
+/// its data stores cannot be seen outside the odd window; the acquire fences here keep this
+/// side's loads between the two reads of `seq` on arm64 as well as x86.
 fn read_slot(slot: *mut TaskSlot) -> Option<TaskSlot> {
     use std::sync::atomic::{Ordering, fence};
     const ATTEMPTS: u32 = 1 << 20;
@@ -459,8 +661,7 @@ impl Sensor {
             .copied()
             .max()
             .unwrap_or(0) as usize;
-        reading.live_keys.clear();
-        reading.live_totals.clear();
+        reading.live.clear();
         let mut dead = Vec::new();
         for index in 0..used {
             let Some(ptr) = self.slots.element(index) else {
@@ -470,24 +671,25 @@ impl Sensor {
             if slot.totals.first_seen_ns == 0 {
                 continue;
             }
+            let entry = TaskEntry {
+                slot: index as u32,
+                key: slot.key,
+                totals: slot.totals,
+            };
             if slot.totals.flags & FLAG_DEAD != 0 {
-                dead.push((index as u32, ptr, slot));
+                dead.push((ptr, entry));
             } else {
-                reading.live_keys.push(slot.key);
-                reading.live_totals.push(slot.totals);
+                reading.live.push(entry);
             }
         }
-        // Exits that did not fit on the ring buffer: collect them here, exactly once, then free
-        // the slot (key first, so the kernel can no longer reach it).
-        for (index, ptr, slot) in dead {
-            let mut keys: HashMap<&mut MapData, TaskKey, u32> =
-                typed_map(&mut self.ebpf, TASK_SLOTS_MAP)?;
-            let _ = keys.remove(&slot.key);
-            reading.exited.push((slot.key, slot.totals));
-            // SAFETY: the slot is in the mapping and no longer reachable by the kernel.
+        // Exits that did not fit on the ring buffer. The kernel removed their keys before
+        // flagging them, so nothing but this code can reach these slots: report, then free.
+        let free = map_data(&self.ebpf, FREE_SLOTS_MAP)?;
+        for (ptr, entry) in dead {
+            reading.exited.push(entry);
+            // SAFETY: the slot is in the mapping and unreachable by the kernel until pushed.
             unsafe { std::ptr::write_volatile(&raw mut (*ptr).totals.first_seen_ns, 0) };
-            let free = map_data(&self.ebpf, FREE_SLOTS_MAP)?;
-            bpf_sys::push(free.fd().as_fd(), index).map_err(|e| SensorError::Map {
+            bpf_sys::push(free.fd().as_fd(), entry.slot).map_err(|e| SensorError::Map {
                 name: FREE_SLOTS_MAP,
                 detail: e.to_string(),
             })?;
@@ -496,19 +698,13 @@ impl Sensor {
     }
 }
 
-fn init_cpu_slices(ebpf: &mut Ebpf, cpus: &[Cpu]) -> Result<(), SensorError> {
+/// Zeroes every CPU's slice (the kernel fills in CPU id and lane at its first switch there).
+fn init_cpu_slices(ebpf: &mut Ebpf, possible: usize) -> Result<(), SensorError> {
     let err = |detail: String| SensorError::Map {
         name: CPU_SLICE_MAP,
         detail,
     };
-    let possible = aya::util::nr_cpus().map_err(|(path, e)| err(format!("{path}: {e}")))?;
-    let mut slices = vec![CpuSlice::default(); possible];
-    for cpu in cpus {
-        if let Some(slice) = slices.get_mut(cpu.id as usize) {
-            slice.socket = cpu.socket;
-            slice.cpu = cpu.id;
-        }
-    }
+    let slices = vec![CpuSlice::default(); possible];
     let mut map: PerCpuArray<&mut MapData, CpuSlice> = typed_map(ebpf, CPU_SLICE_MAP)?;
     let values = PerCpuValues::try_from(slices).map_err(|e| err(e.to_string()))?;
     map.set(0, values, 0).map_err(|e| err(e.to_string()))

@@ -152,14 +152,14 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
         }
     }
     let l = &s.losses;
-    if l.lost_slices + l.exit_overflow + l.overwritten_dead + l.counter_read_errors > 0 {
+    if l.lost_slices + l.exit_overflow + l.stale_slices + l.counter_read_errors > 0 {
         lines.push(Line::from(Span::styled(
             format!(
-                "dropped: {} slices ({:.1} ms) · exit overflow {} · overwritten {} · counter errors {}",
+                "dropped: {} slices ({:.1} ms) · exit overflow {} · stale {} · counter errors {}",
                 l.lost_slices,
                 l.lost_ns as f64 / 1e6,
                 l.exit_overflow,
-                l.overwritten_dead,
+                l.stale_slices,
                 l.counter_read_errors
             ),
             p.warn,
