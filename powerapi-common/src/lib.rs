@@ -121,6 +121,9 @@ pub struct TaskTotals {
     pub identity_gen: u64,
     /// `task->comm` (NUL-padded), kept current like `cgroup_id`.
     pub comm: [u8; 16],
+    /// `bpf_ktime_get_ns` at the task's death (0 while it lives): a thread first seen before its
+    /// leader died belongs to the same process even if it then took the leader's pid (exec).
+    pub exit_ns: u64,
 }
 
 impl Default for TaskTotals {
@@ -136,6 +139,7 @@ impl Default for TaskTotals {
             flags: 0,
             identity_gen: 0,
             comm: [0; 16],
+            exit_ns: 0,
         }
     }
 }

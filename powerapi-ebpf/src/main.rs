@@ -141,7 +141,9 @@ fn rekey_after_exec(key: &TaskKey, old_pid: u32) {
         if leader_index != index {
             // SAFETY: the leader no longer runs (it is a zombie); its last switch, if still to
             // come, runs under its new pid (`old_pid`) and no longer finds this slot.
-            finish_dead(key, leader_index, unsafe { &mut *leader_slot }, false);
+            // SAFETY: helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            finish_dead(key, leader_index, unsafe { &mut *leader_slot }, false, now);
         }
     }
     // SAFETY: this thread's own slot, written from the CPU it runs on.
@@ -361,10 +363,13 @@ fn free_slot(index: u32, slot: &mut TaskSlot) {
 /// the ring full, they stay in the slot flagged dead for userspace. Either way its key goes
 /// first. `fresh`: the key was never published (the task's only slice was its last).
 #[inline(always)]
-fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool) {
+fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now: u64) {
     if !fresh {
         let _ = TASK_SLOTS.remove(key);
     }
+    begin_write(slot);
+    slot.totals.exit_ns = now;
+    end_write(slot);
     if send_exit(key, index, &slot.totals) {
         free_slot(index, slot);
     } else {
@@ -464,7 +469,7 @@ fn close_slice(dead: bool, flush: bool) {
     slice.start_ns = now;
     end_write(slot);
     if dead {
-        finish_dead(&key, index, slot, is_new);
+        finish_dead(&key, index, slot, is_new, now);
     } else if is_new {
         insert_slot(&key, index, slot, slice_ns);
     }

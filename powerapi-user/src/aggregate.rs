@@ -61,41 +61,64 @@ pub struct Aggregate {
 }
 
 /// Which process incarnation each thread of one tgid belongs to (its leader's first-seen time).
+/// `recorded`: per thread, the kernel's record of its leader and the thread's own death (0 while
+/// alive).
 ///
 /// Usually a tgid has one incarnation in an interval and every thread belongs to it. When the
 /// pid was reused within the interval, several leaders ran: a thread belongs to the leader the
-/// kernel recorded for it, else to the latest leader first seen before it.
-fn process_incarnations(threads: &[&Group], group_first_seen: &[u64], live_leader: Option<u64>) -> Vec<u64> {
-    let mut leaders: Vec<u64> = threads
+/// kernel recorded for it, else to the latest leader first seen before it. A "leader" first seen
+/// before the previous leader died is not a new process but a thread of it that took the
+/// leader's pid by exec'ing.
+fn process_incarnations(
+    threads: &[&Group],
+    recorded: &[(u64, u64)],
+    live_leader: Option<u64>,
+) -> Vec<u64> {
+    let mut leaders: Vec<(u64, u64)> = threads
         .iter()
-        .filter(|t| t.tid == t.pid)
-        .map(|t| t.start_ns)
-        .chain(live_leader)
+        .zip(recorded)
+        .filter(|(t, _)| t.tid == t.pid)
+        .map(|(t, &(_, exit_ns))| (t.start_ns, exit_ns))
+        .chain(live_leader.map(|start| (start, 0)))
         .collect();
     leaders.sort_unstable();
-    leaders.dedup();
-    match leaders.as_slice() {
+    leaders.dedup_by_key(|l| l.0);
+    // (leader's first seen, the incarnation it belongs to)
+    let mut canonical: Vec<(u64, u64)> = Vec::with_capacity(leaders.len());
+    let mut current: Option<(u64, u64)> = None;
+    for (start, exit_ns) in leaders {
+        let incarnation = match current {
+            Some((incarnation, previous_exit)) if previous_exit != 0 && start < previous_exit => {
+                incarnation
+            }
+            _ => start,
+        };
+        canonical.push((start, incarnation));
+        current = Some((incarnation, exit_ns));
+    }
+    let canon = |first_seen: u64| {
+        canonical
+            .iter()
+            .find(|(start, _)| *start == first_seen)
+            .map(|(_, incarnation)| *incarnation)
+    };
+    let mut incarnations: Vec<u64> = canonical.iter().map(|(_, i)| *i).collect();
+    incarnations.dedup();
+    match incarnations.as_slice() {
         [] => {
             // No leader known (it neither ran nor lives): the threads' own record of it.
-            let first = group_first_seen.iter().copied().min().unwrap_or(0);
+            let first = recorded.iter().map(|(g, _)| *g).min().unwrap_or(0);
             vec![first; threads.len()]
         }
         [only] => vec![*only; threads.len()],
         _ => threads
             .iter()
-            .zip(group_first_seen)
-            .map(|(t, &group)| {
-                if leaders.contains(&group) {
-                    group
-                } else {
-                    leaders
-                        .iter()
-                        .rev()
-                        .find(|&&l| l <= t.start_ns)
-                        .or(leaders.first())
-                        .copied()
-                        .unwrap_or(group)
-                }
+            .zip(recorded)
+            .map(|(t, &(group, _))| {
+                canon(group)
+                    .or_else(|| incarnations.iter().rev().find(|&&i| i <= t.start_ns).copied())
+                    .or(incarnations.first().copied())
+                    .unwrap_or(group)
             })
             .collect(),
     }
@@ -104,8 +127,8 @@ fn process_incarnations(threads: &[&Group], group_first_seen: &[u64], live_leade
 /// `task_joules` is parallel to `deltas.tasks` (from attribution), or empty without energy.
 pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggregate {
     let mut out = Aggregate::default();
-    // (tgid, tid, first seen) → (thread, the kernel's record of its leader).
-    let mut threads: BTreeMap<(u32, u32, u64), (Group, u64)> = BTreeMap::new();
+    // (tgid, tid, first seen) → (thread, (the kernel's record of its leader, its death)).
+    let mut threads: BTreeMap<(u32, u32, u64), (Group, (u64, u64))> = BTreeMap::new();
     for (i, task) in deltas.tasks.iter().enumerate() {
         let usage = Usage {
             on_cpu_ns: task.on_cpu_ns,
@@ -119,20 +142,20 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
         out.busy.add(&usage);
         let (thread, _) = threads
             .entry((task.key.tgid, task.key.pid, task.first_seen_ns))
-            .or_insert_with(|| (thread_group(task), task.group_first_seen_ns));
+            .or_insert_with(|| (thread_group(task), (task.group_first_seen_ns, task.exit_ns)));
         thread.usage.add(&usage);
         thread.exited |= task.exited;
     }
 
     // Threads of one tgid are adjacent in the map's order.
-    let all: Vec<(Group, u64)> = threads.into_values().collect();
+    let all: Vec<(Group, (u64, u64))> = threads.into_values().collect();
     let mut processes: BTreeMap<(u32, u64), Group> = BTreeMap::new();
     let mut start = 0;
     while start < all.len() {
         let tgid = all[start].0.pid;
         let end = start + all[start..].iter().take_while(|(t, _)| t.pid == tgid).count();
         let members: Vec<&Group> = all[start..end].iter().map(|(t, _)| t).collect();
-        let recorded: Vec<u64> = all[start..end].iter().map(|(_, g)| *g).collect();
+        let recorded: Vec<(u64, u64)> = all[start..end].iter().map(|(_, r)| *r).collect();
         let live_leader = deltas.leaders.get(&tgid);
         let incarnations =
             process_incarnations(&members, &recorded, live_leader.map(|l| l.first_seen_ns));
@@ -180,7 +203,7 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
     // Cgroups from threads: each thread's time goes to the cgroup it was in, even when the
     // threads of one process sit in different cgroups (threaded cgroups, moves).
     let mut cgroups: BTreeMap<u64, (Group, Vec<(u32, u64)>)> = BTreeMap::new();
-    for (thread, recorded) in &all {
+    for (thread, (recorded, _)) in &all {
         let (cgroup, seen) = cgroups.entry(thread.cgroup_id).or_insert_with(|| {
             (
                 Group {
@@ -239,6 +262,7 @@ mod tests {
             socket,
             first_seen_ns: 1000 + u64::from(pid),
             group_first_seen_ns: 1000 + u64::from(tgid),
+            exit_ns: 0,
             comm: comm(name),
             cgroup_id: cg,
             on_cpu_ns: ns,
@@ -347,10 +371,29 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_execs_and_takes_the_leaders_pid_stays_in_its_process() {
+        // Leader 60 (first seen 100) died at 500; thread 61, first seen at 200 before the leader
+        // had a slot (so the kernel recorded itself as leader), exec'd and became pid 60.
+        let mut old = task(60, 60, 0, 10, 1, "sh");
+        (old.first_seen_ns, old.group_first_seen_ns, old.exit_ns) = (100, 100, 500);
+        old.exited = true;
+        let mut execd = task(60, 60, 0, 40, 1, "make");
+        (execd.first_seen_ns, execd.group_first_seen_ns) = (200, 200);
+        let a = aggregate(&deltas(vec![old, execd], &[60]), &[]);
+        let got: Vec<_> = a
+            .processes
+            .iter()
+            .map(|p| (p.start_ns, p.usage.on_cpu_ns, p.exited))
+            .collect();
+        assert_eq!(got, vec![(100, 50, false)], "one process, still running");
+    }
+
+    #[test]
     fn two_processes_that_reuse_a_pid_in_one_interval_are_two_records() {
         let mut old = task(50, 50, 0, 30, 1, "old");
         old.first_seen_ns = 100;
         old.group_first_seen_ns = 100;
+        old.exit_ns = 300;
         old.exited = true;
         let mut old_worker = task(50, 51, 0, 4, 1, "old");
         old_worker.first_seen_ns = 120;

@@ -309,6 +309,7 @@ mod tests {
             socket,
             first_seen_ns: 1,
             group_first_seen_ns: 1,
+            exit_ns: 0,
             comm: [0; 16],
             cgroup_id: 0,
             on_cpu_ns,

@@ -174,6 +174,10 @@ impl Collector {
         self.sensor.read_into(&mut self.reading)?;
         let wall_end = SystemTime::now();
         let deltas = self.tracker.advance(&self.reading);
+        if deltas.cpus_changed {
+            // CPU hotplug: share each socket's energy over the CPUs it has now.
+            self.cpus_by_socket = cpus_by_socket(&self.reading.cpus);
+        }
         let drain_us = began.elapsed().as_micros() as u64;
         let power = match &mut self.energy {
             Some(energy) => {

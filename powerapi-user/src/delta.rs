@@ -24,6 +24,8 @@ pub struct TaskDelta {
     /// The thread-group leader's `first_seen_ns` when this thread was first seen: tells the
     /// processes that reused one pid apart.
     pub group_first_seen_ns: u64,
+    /// When the thread died (0 while it lives).
+    pub exit_ns: u64,
     /// `task->comm`, NUL-padded (kept as bytes: the drain path must not allocate per task).
     pub comm: [u8; 16],
     pub cgroup_id: u64,
@@ -193,6 +195,7 @@ impl Tracker {
             socket: socket_of(lane),
             first_seen_ns: now.first_seen_ns,
             group_first_seen_ns: now.group_first_seen_ns,
+            exit_ns: now.exit_ns,
             comm: now.comm,
             cgroup_id: now.cgroup_id,
             on_cpu_ns,

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Bump on any incompatible change to a record's fields.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// When an interval ran; repeated in every record so each line stands alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,7 +78,12 @@ pub struct MachineRecord {
     pub mode_reason: Option<String>,
     /// Counter names in use (empty in time-only mode).
     pub counters: Vec<String>,
+    /// CPUs online at the end of the interval.
     pub cpus: u32,
+    /// CPUs went offline or online during the interval: `capacity_ns` counts those online at
+    /// its end, so busy + idle may differ from it by the time the changed CPUs were away.
+    #[serde(default)]
+    pub cpus_changed: bool,
     /// On-CPU time of every task but the idle tasks.
     pub busy_ns: u64,
     pub idle_ns: u64,
@@ -260,7 +265,7 @@ mod tests {
         });
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(
-            line.starts_with(r#"{"type":"process","schema":1,"#),
+            line.starts_with(r#"{"type":"process","schema":2,"#),
             "{line}"
         );
         assert!(line.contains(r#""ipc":2.5"#));

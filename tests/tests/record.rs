@@ -274,7 +274,7 @@ fn sigterm_writes_the_partial_interval() {
             .count()
             >= 1
     );
-    assert!(records.iter().all(|r| r["schema"] == 1));
+    assert!(records.iter().all(|r| r["schema"] == 2));
 }
 
 #[test]

@@ -5,6 +5,14 @@
 //! - `storm COUNT MS`: fork COUNT children one after another, each burning MS of CPU, then print
 //!   the children's pids and their summed CPU time (RUSAGE_CHILDREN) as JSON.
 //! - `threads COUNT SECONDS`: COUNT threads busy for SECONDS.
+//! - `hop COUNT MS`: COUNT processes one after another, each burning MS of CPU pinned to CPU 1,
+//!   then MS pinned to CPU 0 (threads that cross sockets); prints pids and RUSAGE_CHILDREN.
+//! - `exec-thread COUNT`: COUNT processes one after another, each of which execs from a second
+//!   thread (the kernel then swaps that thread's pid with the leader's); prints their pids.
+//! - `rename NAME SECONDS`: a worker thread renames itself NAME, then burns for SECONDS.
+//! - `leader-exits SECONDS`: the main thread exits at once, a worker burns for SECONDS.
+//! - `reuse MS`: fork a child that burns MS of CPU and exits, then create another with the same
+//!   pid (`clone3` with `set_tid`, root only) that burns 2×MS; prints the pid and both CPU times.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +51,57 @@ fn spin_cpu(ns: u64) {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
     }
+}
+
+/// Forks a child that runs `f` and exits; returns its pid.
+fn fork_with(f: impl FnOnce()) -> i32 {
+    // SAFETY: the caller is single-threaded, so the child may keep running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        f();
+        // SAFETY: leave the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        eprintln!("fork failed");
+        std::process::exit(1);
+    }
+    pid
+}
+
+fn wait_child(pid: i32) -> u64 {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; waiting for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+fn children_cpu_ns() -> u64 {
+    // SAFETY: valid out pointer.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN with a valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// `struct clone_args` of clone3(2), up to `set_tid_size`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
 }
 
 fn main() {
@@ -99,9 +158,112 @@ fn main() {
                 ns(usage.ru_utime) + ns(usage.ru_stime)
             );
         }
+        Some("hop") => {
+            let count = arg(2).unwrap_or(100.0) as usize;
+            let ns = (arg(3).unwrap_or(2.0) * 1e6) as u64;
+            let mut pids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let pid = fork_with(|| {
+                    pin(1);
+                    spin_cpu(ns);
+                    pin(0);
+                    spin_cpu(ns);
+                });
+                wait_child(pid);
+                pids.push(pid);
+            }
+            println!(
+                "{{\"pids\":{:?},\"children_cpu_ns\":{}}}",
+                pids,
+                children_cpu_ns()
+            );
+        }
+        Some("exec-thread") => {
+            let count = arg(2).unwrap_or(50.0) as usize;
+            let me = std::env::current_exe().unwrap_or_else(|_| "powerapi-load".into());
+            let mut pids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let me = me.clone();
+                let pid = fork_with(move || {
+                    let worker = std::thread::spawn(move || {
+                        spin_cpu(1_000_000);
+                        let err = std::os::unix::process::CommandExt::exec(
+                            std::process::Command::new(&me).args(["burn", "0.005"]),
+                        );
+                        eprintln!("exec failed: {err}");
+                        // SAFETY: plain exit of the whole process.
+                        unsafe { libc::_exit(1) };
+                    });
+                    spin_cpu(1_000_000);
+                    let _ = worker.join();
+                });
+                wait_child(pid);
+                pids.push(pid);
+            }
+            println!("{{\"pids\":{pids:?}}}");
+        }
+        Some("rename") => {
+            let name = args.get(2).cloned().unwrap_or_else(|| "renamed".into());
+            let secs = arg(3).unwrap_or(1.0);
+            let worker = std::thread::spawn(move || {
+                let cname = std::ffi::CString::new(name).unwrap_or_default();
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+                unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr()) };
+                spin_wall(Duration::from_secs_f64(secs));
+                // SAFETY: gettid has no preconditions.
+                unsafe { libc::syscall(libc::SYS_gettid) }
+            });
+            let tid = worker.join().unwrap_or(0);
+            println!("{{\"tid\":{tid}}}");
+        }
+        Some("leader-exits") => {
+            let secs = arg(2).unwrap_or(1.0);
+            std::thread::spawn(move || {
+                spin_wall(Duration::from_secs_f64(secs));
+                std::process::exit(0);
+            });
+            // SAFETY: the raw exit(2) ends this thread only (glibc's pthread_exit would unwind
+            // through Rust frames and abort); the process lives on in the worker.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("exit(2) returned");
+        }
+        Some("reuse") => {
+            let ns = (arg(2).unwrap_or(50.0) * 1e6) as u64;
+            let first = fork_with(|| spin_cpu(ns));
+            let first_ns = wait_child(first);
+            let tid = first as libc::pid_t;
+            let clone_args = CloneArgs {
+                exit_signal: libc::SIGCHLD as u64,
+                set_tid: &tid as *const libc::pid_t as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            // SAFETY: clone3 with a valid clone_args (no CLONE_VM: a fork); the child runs only
+            // code that is safe after fork in a single-threaded process.
+            let second = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &clone_args as *const CloneArgs,
+                    size_of::<CloneArgs>(),
+                )
+            };
+            if second == 0 {
+                spin_cpu(2 * ns);
+                // SAFETY: leave the child without the parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            if second < 0 {
+                eprintln!("clone3 with set_tid failed: {}", std::io::Error::last_os_error());
+                std::process::exit(3);
+            }
+            let second_ns = wait_child(second as i32);
+            println!(
+                "{{\"pid\":{first},\"second_pid\":{second},\"first_ns\":{first_ns},\"second_ns\":{second_ns}}}"
+            );
+        }
         _ => {
             eprintln!(
-                "usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS"
+                "usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS | hop COUNT MS | exec-thread COUNT | rename NAME SECONDS | leader-exits SECONDS | reuse MS"
             );
             std::process::exit(2);
         }
