@@ -51,9 +51,13 @@ pub enum IdleSource {
     Flag,
     /// The energy model's own coefficient.
     Model,
+    /// Measured right before the command ran (`powerapi run --baseline`).
+    Baseline,
     /// 10th percentile of power over recent intervals with ≤ 20 % busy CPUs.
     Online,
-    /// No low-activity interval seen yet: idle counted as 0 until one is.
+    /// Saved by an earlier powerapi command on this machine (no quiet interval seen yet here).
+    Persisted,
+    /// No low-activity interval seen yet, and nothing saved: idle counted as 0 until one is.
     None,
 }
 
@@ -103,6 +107,9 @@ const LOW_ACTIVITY: f64 = 0.2;
 pub struct Attribution {
     config: AttributionConfig,
     history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
+    /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
+    /// online estimate) or a persisted estimate (which only stands in until there is one).
+    prior: HashMap<DomainKey, (f64, IdleSource)>,
 }
 
 /// Which counter slot (if any) a domain is shared by, and its name.
@@ -140,7 +147,35 @@ impl Attribution {
         Self {
             config,
             history: HashMap::new(),
+            prior: HashMap::new(),
         }
+    }
+
+    /// Sets idle watts per domain from a baseline measurement ([`IdleSource::Baseline`]) or a
+    /// saved estimate ([`IdleSource::Persisted`]).
+    pub fn set_idle_prior(&mut self, domains: &[(DomainKey, f64)], source: IdleSource) {
+        for &(key, watts) in domains {
+            self.prior.insert(key, (watts, source));
+        }
+    }
+
+    /// The online idle estimate of every domain that has seen a quiet interval (what is worth
+    /// saving for the next command).
+    pub fn online_idle_estimates(&self) -> Vec<(DomainKey, f64)> {
+        let mut out: Vec<(DomainKey, f64)> = self
+            .history
+            .iter()
+            .filter_map(|(key, history)| {
+                let mut low: Vec<f64> = history
+                    .iter()
+                    .filter(|(_, b)| *b <= LOW_ACTIVITY)
+                    .map(|(w, _)| *w)
+                    .collect();
+                percentile(&mut low, 0.1).map(|w| (*key, w))
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
     }
 
     pub fn config(&self) -> &AttributionConfig {
@@ -203,6 +238,8 @@ impl Attribution {
                     (w, IdleSource::Model)
                 } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
                     (w / package_sockets as f64, IdleSource::Flag)
+                } else if let Some(&(w, IdleSource::Baseline)) = self.prior.get(&key) {
+                    (w, IdleSource::Baseline)
                 } else {
                     let history = self.history.entry(key).or_default();
                     let mut low: Vec<f64> = history
@@ -210,9 +247,10 @@ impl Attribution {
                         .filter(|(_, b)| *b <= LOW_ACTIVITY)
                         .map(|(w, _)| *w)
                         .collect();
-                    match percentile(&mut low, 0.1) {
-                        Some(w) => (w, IdleSource::Online),
-                        None => (0.0, IdleSource::None),
+                    match (percentile(&mut low, 0.1), self.prior.get(&key)) {
+                        (Some(w), _) => (w, IdleSource::Online),
+                        (None, Some(&(w, source))) => (w, source),
+                        (None, None) => (0.0, IdleSource::None),
                     }
                 };
             if seconds > 0.0 {
@@ -478,6 +516,28 @@ mod tests {
         assert!((r.task_joules[0][Domain::Dram.index()] - 9.0).abs() < 1e-9);
         assert_eq!(r.domains[1].metric, "cpu-time");
         assert!((r.task_joules[1][Domain::Psys.index()] - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn baseline_wins_and_a_persisted_estimate_stands_in_until_a_quiet_interval() {
+        let busy = deltas(vec![task(1, 0, 900_000_000, 0)]);
+        let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        a.set_idle_prior(&[(pkg(0), 5.0)], IdleSource::Persisted);
+        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        assert_eq!(r.domains[0].idle_source, IdleSource::Persisted);
+        assert_eq!((r.domains[0].idle_j, r.domains[0].attributed_j), (5.0, 25.0));
+        assert_eq!(r.task_joules[0][0], 25.0);
+        // A quiet interval (6 W) replaces the persisted figure from then on.
+        a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
+        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        assert_eq!((r.domains[0].idle_source, r.domains[0].idle_w), (IdleSource::Online, 6.0));
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 6.0)]);
+        // A baseline wins over both.
+        a.set_idle_prior(&[(pkg(0), 7.0)], IdleSource::Baseline);
+        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        assert_eq!((r.domains[0].idle_source, r.domains[0].idle_w), (IdleSource::Baseline, 7.0));
+        assert_eq!(r.task_joules[0][0], 23.0);
     }
 
     #[test]

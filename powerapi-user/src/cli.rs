@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// Run CMD N times and report mean ± standard deviation.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
+    /// Measure the machine's idle power this long before CMD starts, so that CMD is charged only
+    /// the energy above it (0 skips it; not done with --idle-watts or the model).
+    #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
+    pub baseline: Duration,
     /// The command and its arguments (after `--`).
     #[arg(
         required = true,
@@ -161,6 +165,13 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 0, 500ms, 2s)"))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -227,6 +238,7 @@ impl SensorArgs {
                 idle_policy: self.idle_policy,
                 idle_watts: self.idle_watts,
             },
+            state_dir: Some(crate::idle::state_dir()),
         })
     }
 
@@ -289,6 +301,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 collector: args.sensor.collector_config()?,
                 interval: args.sensor.interval,
                 repeat: args.repeat,
+                baseline: args.baseline,
                 command: args.command.clone(),
             };
             // Open the output first: a bad path must fail before CMD runs.

@@ -7,10 +7,11 @@ use thiserror::Error;
 
 use crate::{
     aggregate::{Aggregate, aggregate},
-    attribution::{Attribution, AttributionConfig, PowerReport},
+    attribution::{Attribution, AttributionConfig, IdleSource, PowerReport},
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
-    energy::{EnergyError, EnergySource, ModelConfig, SourceSpec},
+    energy::{DomainKey, EnergyError, EnergySource, ModelConfig, SourceSpec},
+    idle::IdleStore,
     report::{Interval, MeterCost},
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
     topology::cpus_by_socket,
@@ -31,6 +32,8 @@ pub struct CollectorConfig {
     pub energy: SourceSpec,
     pub model: ModelConfig,
     pub attribution: AttributionConfig,
+    /// Where the idle estimate is kept between commands (`None`: not kept).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// One interval, fully digested.
@@ -71,7 +74,12 @@ pub struct Collector {
     reading: SensorReading,
     /// The thread whose priority `collect` raised (the collector may move to another thread).
     prioritized_tid: Option<i64>,
+    idle_store: Option<IdleStore>,
+    last_idle_save: Instant,
 }
+
+/// How often a long-running command refreshes the saved idle estimate.
+const IDLE_SAVE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs the calling thread at nice -10 (when permitted). A drain is a few milliseconds a second,
 /// but if CPU hogs preempt it halfway, tasks read late carry more time than tasks read early and
@@ -123,10 +131,24 @@ impl Collector {
         let resolver = read_cgroup2_mount(std::path::Path::new("/"))
             .ok()
             .map(CgroupResolver::new);
+        let mut attribution = Attribution::new(config.attribution.clone());
+        let idle_store = match (&energy, &config.state_dir) {
+            (Some(energy), Some(dir)) if !energy.estimated() => {
+                // Keyed by what is measured: a powercap-dir tree is its own source.
+                let source = match &config.energy {
+                    SourceSpec::PowercapDir(path) => format!("powercap-dir:{}", path.display()),
+                    _ => energy.name().to_string(),
+                };
+                let store = IdleStore::new(dir, &source);
+                attribution.set_idle_prior(&store.load(), IdleSource::Persisted);
+                Some(store)
+            }
+            _ => None,
+        };
         Ok(Self {
             energy,
             energy_note,
-            attribution: Attribution::new(config.attribution.clone()),
+            attribution,
             cpus_by_socket,
             sensor,
             tracker,
@@ -134,7 +156,35 @@ impl Collector {
             last_cpu_ns: self_usage().0,
             reading,
             prioritized_tid: None,
+            idle_store,
+            last_idle_save: Instant::now(),
         })
+    }
+
+    /// Uses `domains` (idle watts measured just before a command ran) as the idle power.
+    pub fn set_idle_baseline(&mut self, domains: &[(DomainKey, f64)]) {
+        self.attribution
+            .set_idle_prior(domains, IdleSource::Baseline);
+    }
+
+    /// Saves the online idle estimate for the next command (once there is one). A failure is
+    /// said once and otherwise ignored: it costs only the next command's first intervals.
+    pub fn save_idle(&mut self) {
+        let Some(store) = &self.idle_store else {
+            return;
+        };
+        self.last_idle_save = Instant::now();
+        let estimates = self.attribution.online_idle_estimates();
+        if estimates.is_empty() {
+            return;
+        }
+        if let Err(e) = store.save(&estimates) {
+            eprintln!(
+                "powerapi: cannot save the idle estimate to {} ({e}); set POWERAPI_STATE_DIR to a writable directory",
+                store.path().display()
+            );
+            self.idle_store = None;
+        }
     }
 
     pub fn sensor(&self) -> &Sensor {
@@ -211,6 +261,9 @@ impl Collector {
             peak_rss_kib,
         };
         self.last_cpu_ns = cpu_ns;
+        if self.last_idle_save.elapsed() >= IDLE_SAVE_PERIOD {
+            self.save_idle();
+        }
         Ok(Snapshot {
             deltas,
             aggregate,
@@ -218,5 +271,11 @@ impl Collector {
             wall_end,
             meter,
         })
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.save_idle();
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    attribution::DomainJoules,
+    attribution::{DomainJoules, IdleSource},
     cgroup::read_cgroup2_mount,
     collect::{CollectError, Collector, CollectorConfig},
     energy::Domain,
@@ -35,6 +35,8 @@ pub enum RunError {
         path: String,
         source: std::io::Error,
     },
+    #[error("interrupted while measuring the idle baseline, before CMD started")]
+    Interrupted,
     #[error("cannot start {command}: {source}")]
     Spawn {
         command: String,
@@ -47,6 +49,8 @@ pub struct RunConfig {
     pub collector: CollectorConfig,
     pub interval: Duration,
     pub repeat: u32,
+    /// How long to measure idle power before the first run (zero: no baseline).
+    pub baseline: Duration,
     pub command: Vec<String>,
 }
 
@@ -57,8 +61,12 @@ pub struct RunMeasurement {
     pub duration_s: f64,
     pub cpu_time_s: f64,
     pub counters: BTreeMap<String, u64>,
-    /// CMD's energy per domain, joules.
+    /// CMD's active energy per domain (above idle), joules.
     pub joules: BTreeMap<Domain, f64>,
+    /// The machine's idle power over CMD's run, per domain: what CMD would have cost had it
+    /// been alone on an otherwise idle machine is `joules + idle_joules`.
+    #[serde(default)]
+    pub idle_joules: BTreeMap<Domain, f64>,
     /// The whole machine's measured energy per domain over the same time.
     pub machine_joules: BTreeMap<Domain, f64>,
 }
@@ -101,7 +109,14 @@ pub struct RunReport {
     pub runs: Vec<RunMeasurement>,
     pub duration_s: Stat,
     pub cpu_time_s: Stat,
+    /// Active energy (above idle).
     pub joules: BTreeMap<Domain, Stat>,
+    /// Idle energy over CMD's run.
+    pub idle_joules: BTreeMap<Domain, Stat>,
+    /// `joules + idle_joules`.
+    pub total_joules: BTreeMap<Domain, Stat>,
+    /// Where the idle power came from: baseline, flag, online, persisted, model or none.
+    pub idle_source: Option<String>,
     pub watts: BTreeMap<Domain, Stat>,
     /// CMD's share of the machine's energy per domain (mean over runs, 0–1).
     pub share: BTreeMap<Domain, f64>,
@@ -116,6 +131,7 @@ pub fn summarise(
     source: Option<String>,
     estimated: bool,
     mode: &str,
+    idle_source: Option<String>,
 ) -> RunReport {
     let stat =
         |f: &dyn Fn(&RunMeasurement) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
@@ -126,10 +142,20 @@ pub fn summarise(
         .into_iter()
         .collect();
     let mut joules = BTreeMap::new();
+    let mut idle_joules = BTreeMap::new();
+    let mut total_joules = BTreeMap::new();
     let mut watts = BTreeMap::new();
     let mut share = BTreeMap::new();
     for d in domains {
         joules.insert(d, stat(&|r| r.joules.get(&d).copied().unwrap_or(0.0)));
+        idle_joules.insert(d, stat(&|r| r.idle_joules.get(&d).copied().unwrap_or(0.0)));
+        total_joules.insert(
+            d,
+            stat(&|r| {
+                r.joules.get(&d).copied().unwrap_or(0.0)
+                    + r.idle_joules.get(&d).copied().unwrap_or(0.0)
+            }),
+        );
         watts.insert(
             d,
             stat(&|r| {
@@ -167,6 +193,9 @@ pub fn summarise(
         duration_s: stat(&|r| r.duration_s),
         cpu_time_s: stat(&|r| r.cpu_time_s),
         joules,
+        idle_joules,
+        total_joules,
+        idle_source,
         watts,
         share,
         ipc: (cycles > 0 && instructions > 0).then(|| instructions as f64 / cycles as f64),
@@ -241,6 +270,22 @@ pub fn render(report: &RunReport) -> String {
             plus_minus(joules, n, "J", 3),
             plus_minus(watts, n, "W", 2).trim_start()
         ));
+        if let (Some(idle), Some(total)) =
+            (report.idle_joules.get(domain), report.total_joules.get(domain))
+        {
+            out.push_str(&format!(
+                "   {:<20}{}\n   {:<20}{}\n",
+                format!("  + idle {domain}"),
+                plus_minus(idle, n, "J", 3),
+                format!("  = total {domain}"),
+                plus_minus(total, n, "J", 3),
+            ));
+        }
+    }
+    if let Some(idle_source) = &report.idle_source {
+        out.push_str(&format!(
+            "\n   energy is CMD's share above idle; idle power: {idle_source}\n"
+        ));
     }
     let how = match (&report.source, report.estimated) {
         (None, _) => "no energy source (--energy-source none): CPU time only".to_string(),
@@ -309,6 +354,7 @@ fn measure_once(
     mount: &Path,
     n: u32,
     stop: &Receiver<()>,
+    idle_source: &mut Option<String>,
 ) -> Result<RunMeasurement, RunError> {
     let cgroup = RunCgroup::create(mount, n)?;
     let mut command = Command::new(&config.command[0]);
@@ -348,7 +394,9 @@ fn measure_once(
     loop {
         match done_rx.recv_timeout(config.interval) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => accumulate(collector, cgroup.id, &mut measurement)?,
+            Err(RecvTimeoutError::Timeout) => {
+                accumulate(collector, cgroup.id, &mut measurement, idle_source)?
+            }
         }
         // Ctrl-C reaches CMD through the terminal; SIGTERM sent to powerapi alone is passed on.
         if stop.try_recv().is_ok() {
@@ -357,7 +405,7 @@ fn measure_once(
         }
     }
     measurement.duration_s = started.elapsed().as_secs_f64();
-    accumulate(collector, cgroup.id, &mut measurement)?;
+    accumulate(collector, cgroup.id, &mut measurement, idle_source)?;
     for domain in measurement.machine_joules.keys() {
         measurement.joules.entry(*domain).or_default();
     }
@@ -374,6 +422,7 @@ fn accumulate(
     collector: &mut Collector,
     cgroup_id: u64,
     m: &mut RunMeasurement,
+    idle_source: &mut Option<String>,
 ) -> Result<(), RunError> {
     let snapshot = collector.collect()?;
     let counters = collector.sensor().counter_names();
@@ -392,9 +441,18 @@ fn accumulate(
         }
     }
     if let Some(power) = &snapshot.power {
+        let seconds = snapshot.deltas.duration_ns() as f64 / 1e9;
         for d in &power.domains {
             *m.machine_joules.entry(d.key.domain).or_default() += d.measured_j;
+            *m.idle_joules.entry(d.key.domain).or_default() +=
+                (d.idle_w * seconds).clamp(0.0, d.measured_j);
         }
+        *idle_source = power
+            .domains
+            .iter()
+            .find(|d| d.key.domain == Domain::Package)
+            .or(power.domains.first())
+            .map(|d| idle_source_name(d.idle_source));
         if let Some(group) = group {
             add_joules(
                 &mut m.joules,
@@ -430,9 +488,18 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
     let mut collector = Collector::start(&config.collector)?;
     let info = run_info(&collector);
     announce(&collector, &info);
+    measure_baseline(&mut collector, config, stop)?;
     let mut runs = Vec::new();
+    let mut idle_source = None;
     for n in 0..config.repeat.max(1) {
-        runs.push(measure_once(&mut collector, config, &mount, n, stop)?);
+        runs.push(measure_once(
+            &mut collector,
+            config,
+            &mount,
+            n,
+            stop,
+            &mut idle_source,
+        )?);
     }
     let source = collector.energy_source_name();
     let mode = if info.counters.is_empty() {
@@ -446,7 +513,54 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
         source,
         collector.energy_estimated(),
         &mode,
+        idle_source,
     ))
+}
+
+fn idle_source_name(source: IdleSource) -> String {
+    match source {
+        IdleSource::Flag => "--idle-watts",
+        IdleSource::Model => "the model",
+        IdleSource::Baseline => "baseline measured before CMD",
+        IdleSource::Online => "online estimate",
+        IdleSource::Persisted => "saved estimate from an earlier run",
+        IdleSource::None => "none known (idle counted as CMD's)",
+    }
+    .to_string()
+}
+
+/// Measures the machine's power for `config.baseline` before CMD starts and uses it as idle
+/// power: without it, a command shorter than the online estimate's warm-up was charged the
+/// machine's whole idle power. Skipped with `--idle-watts`, with the model (which knows its own
+/// idle) and without an energy source.
+fn measure_baseline(
+    collector: &mut Collector,
+    config: &RunConfig,
+    stop: &Receiver<()>,
+) -> Result<(), RunError> {
+    if config.baseline.is_zero()
+        || config.collector.attribution.idle_watts.is_some()
+        || collector.energy_source_name().is_none()
+        || collector.energy_estimated()
+    {
+        return Ok(());
+    }
+    collector.collect()?;
+    match stop.recv_timeout(config.baseline) {
+        Err(RecvTimeoutError::Timeout) => {}
+        _ => return Err(RunError::Interrupted),
+    }
+    let snapshot = collector.collect()?;
+    let seconds = snapshot.deltas.duration_ns() as f64 / 1e9;
+    if let Some(power) = snapshot.power.as_ref().filter(|_| seconds > 0.0) {
+        let idle: Vec<_> = power
+            .domains
+            .iter()
+            .map(|d| (d.key, d.measured_j / seconds))
+            .collect();
+        collector.set_idle_baseline(&idle);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -460,6 +574,7 @@ mod tests {
             cpu_time_s: secs,
             counters: BTreeMap::new(),
             joules: [(Domain::Package, j)].into_iter().collect(),
+            idle_joules: [(Domain::Package, 1.0)].into_iter().collect(),
             machine_joules: [(Domain::Package, machine)].into_iter().collect(),
         }
     }
@@ -481,8 +596,11 @@ mod tests {
             Some("powercap".into()),
             false,
             "time-only",
+            Some("baseline measured before CMD".into()),
         );
         assert_eq!(report.joules[&Domain::Package].mean, 11.0);
+        assert_eq!(report.idle_joules[&Domain::Package].mean, 1.0);
+        assert_eq!(report.total_joules[&Domain::Package].mean, 12.0);
         assert_eq!(report.watts[&Domain::Package].mean, 5.5);
         assert!((report.share[&Domain::Package] - 0.275).abs() < 1e-12);
         let text = render(&report);
@@ -495,6 +613,7 @@ mod tests {
             Some("model".into()),
             true,
             "time-only",
+            None,
         ));
         assert!(estimated.contains("ESTIMATED"), "{estimated}");
         let json = serde_json::to_string(&report).expect("json");

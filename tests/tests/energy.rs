@@ -280,6 +280,73 @@ fn run_powerapi(args: &[&str]) -> (i32, Vec<u8>, String) {
     )
 }
 
+/// `powerapi run` on a short command with no idle figure known beforehand: before the baseline
+/// existed the command was charged the machine's idle power too (measured: +100% here).
+#[test]
+fn run_charges_the_command_only_above_the_idle_baseline() {
+    let Some(_lock) = bpf_test("run_charges_the_command_only_above_the_idle_baseline") else {
+        return;
+    };
+    let state = temp_path("run-state");
+    let _ = fs::remove_dir_all(&state);
+    let injector = Injector::start("run-baseline");
+    let source = format!("powercap-dir:{}", injector.dir.display());
+    let report_path = temp_path("run-baseline.json");
+    let out = Command::new(powerapi())
+        .env("POWERAPI_STATE_DIR", &state)
+        .args(["run", "--json", "--counters", "none", "--interval", "250ms"])
+        .args(["--energy-source", &source, "--baseline", "1s", "-o"])
+        .arg(&report_path)
+        .args(["--", LOAD, "burn", "2"])
+        .output()
+        .expect("powerapi run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(&fs::read_to_string(&report_path).expect("report"))
+        .expect("JSON report");
+    let _ = fs::remove_file(&report_path);
+    let (_, cpus) = proc_stat_idle();
+    // The injector charges ACTIVE_W per busy CPU share; the burner's share is its own CPU time.
+    let cpu_s = burner_cpu_ns(&out.stdout) as f64 / 1e9;
+    let truth = ACTIVE_W * cpu_s / cpus;
+    let active = f64_of(&report["joules"]["package"]["mean"]);
+    assert!(
+        (active - truth).abs() <= truth * 0.05,
+        "active energy {active:.2} J vs injected {truth:.2} J for the burner"
+    );
+    assert_eq!(report["idle_source"], "baseline measured before CMD");
+    let duration = f64_of(&report["duration_s"]["mean"]);
+    let idle = f64_of(&report["idle_joules"]["package"]["mean"]);
+    // The baseline also holds the machine's background (powerapi itself, measured ≈ 1–3% of
+    // a CPU here), so it sits slightly above IDLE_W.
+    assert!(
+        (idle - IDLE_W * duration).abs() <= IDLE_W * duration * 0.05,
+        "idle {idle:.2} J over {duration:.2} s vs {IDLE_W} W"
+    );
+    let total = f64_of(&report["total_joules"]["package"]["mean"]);
+    assert!((total - (active + idle)).abs() < 1e-9);
+
+    // The quiet baseline was saved: the next command starts from it in its first interval.
+    let saved = fs::read_to_string(state.join("idle.json")).expect("idle estimate saved");
+    assert!(saved.contains(&source), "{saved}");
+    let recording = Command::new(powerapi())
+        .env("POWERAPI_STATE_DIR", &state)
+        .args(["record", "--counters", "none", "--interval", "300ms", "--duration", "0.6s"])
+        .args(["--energy-source", &source])
+        .output()
+        .expect("powerapi record");
+    assert!(recording.status.success());
+    let records: Vec<Value> = String::from_utf8_lossy(&recording.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let first = of_type(&records, "machine").next().expect("a machine record");
+    let domain = &first["energy"]["domains"][0];
+    assert_eq!(domain["idle_source"], "persisted", "{domain}");
+    let idle_w = f64_of(&domain["idle_w"]);
+    assert!((idle_w - IDLE_W).abs() <= IDLE_W * 0.05, "saved idle {idle_w} W");
+    let _ = fs::remove_dir_all(&state);
+}
+
 #[test]
 fn run_follows_descendants_and_passes_the_exit_code() {
     let Some(_lock) = bpf_test("run_follows_descendants_and_passes_the_exit_code") else {

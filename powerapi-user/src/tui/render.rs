@@ -132,6 +132,8 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
                 IdleSource::Flag => "flag",
                 IdleSource::Model => "model",
                 IdleSource::Online => "online",
+                IdleSource::Baseline => "baseline",
+                IdleSource::Persisted => "saved",
                 IdleSource::None => "none yet",
             };
             lines.push(Line::from(format!(

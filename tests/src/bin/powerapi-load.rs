@@ -9,7 +9,10 @@
 //!   then MS pinned to CPU 0 (threads that cross sockets); prints pids and RUSAGE_CHILDREN.
 //! - `exec-thread COUNT`: COUNT processes one after another, each of which execs from a second
 //!   thread (the kernel then swaps that thread's pid with the leader's); prints their pids.
-//! - `rename NAME SECONDS`: a worker thread renames itself NAME, then burns for SECONDS.
+//! - `rename NAME SECONDS`: a worker thread sleeps 50 ms (so the sensor knows it under its
+//!   inherited name), renames itself NAME, then burns for SECONDS.
+//! - `pulse SECONDS`: burn 1 ms of CPU every 20 ms for SECONDS (a task that is rarely running
+//!   when the sensor flushes); prints its CPU time.
 //! - `leader-exits SECONDS`: the main thread exits at once, a worker burns for SECONDS.
 //! - `reuse MS`: fork a child that burns MS of CPU and exits, then create another with the same
 //!   pid (`clone3` with `set_tid`, root only) that burns 2×MS; prints the pid and both CPU times.
@@ -41,6 +44,11 @@ fn spin_wall(d: Duration) {
     while Instant::now() < end {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
+}
+
+/// Burns `ns` more of this process's CPU time (single-threaded callers).
+fn spin_cpu_thread(ns: u64) {
+    spin_cpu(ns);
 }
 
 fn spin_cpu(ns: u64) {
@@ -158,6 +166,14 @@ fn main() {
                 ns(usage.ru_utime) + ns(usage.ru_stime)
             );
         }
+        Some("pulse") => {
+            let end = Instant::now() + Duration::from_secs_f64(arg(2).unwrap_or(2.0));
+            while Instant::now() < end {
+                spin_cpu_thread(1_000_000);
+                std::thread::sleep(Duration::from_millis(19));
+            }
+            println!("cpu_ns={}", thread_cpu_ns());
+        }
         Some("hop") => {
             let count = arg(2).unwrap_or(100.0) as usize;
             let ns = (arg(3).unwrap_or(2.0) * 1e6) as u64;
@@ -206,6 +222,7 @@ fn main() {
             let name = args.get(2).cloned().unwrap_or_else(|| "renamed".into());
             let secs = arg(3).unwrap_or(1.0);
             let worker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
                 let cname = std::ffi::CString::new(name).unwrap_or_default();
                 // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
                 unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr()) };
