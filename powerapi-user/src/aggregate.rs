@@ -60,6 +60,10 @@ pub struct Aggregate {
     pub cgroups: Vec<Group>,
 }
 
+/// Per thread: the kernel's record of its leader's first-seen time, and the thread's death (0
+/// while it lives).
+type Recorded = (u64, u64);
+
 /// Which process incarnation each thread of one tgid belongs to (its leader's first-seen time).
 /// `recorded`: per thread, the kernel's record of its leader and the thread's own death (0 while
 /// alive).
@@ -71,7 +75,7 @@ pub struct Aggregate {
 /// leader's pid by exec'ing.
 fn process_incarnations(
     threads: &[&Group],
-    recorded: &[(u64, u64)],
+    recorded: &[Recorded],
     live_leader: Option<u64>,
 ) -> Vec<u64> {
     let mut leaders: Vec<(u64, u64)> = threads
@@ -127,8 +131,8 @@ fn process_incarnations(
 /// `task_joules` is parallel to `deltas.tasks` (from attribution), or empty without energy.
 pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggregate {
     let mut out = Aggregate::default();
-    // (tgid, tid, first seen) → (thread, (the kernel's record of its leader, its death)).
-    let mut threads: BTreeMap<(u32, u32, u64), (Group, (u64, u64))> = BTreeMap::new();
+    // (tgid, tid, first seen) → thread.
+    let mut threads: BTreeMap<(u32, u32, u64), (Group, Recorded)> = BTreeMap::new();
     for (i, task) in deltas.tasks.iter().enumerate() {
         let usage = Usage {
             on_cpu_ns: task.on_cpu_ns,
@@ -148,14 +152,14 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
     }
 
     // Threads of one tgid are adjacent in the map's order.
-    let all: Vec<(Group, (u64, u64))> = threads.into_values().collect();
+    let all: Vec<(Group, Recorded)> = threads.into_values().collect();
     let mut processes: BTreeMap<(u32, u64), Group> = BTreeMap::new();
     let mut start = 0;
     while start < all.len() {
         let tgid = all[start].0.pid;
         let end = start + all[start..].iter().take_while(|(t, _)| t.pid == tgid).count();
         let members: Vec<&Group> = all[start..end].iter().map(|(t, _)| t).collect();
-        let recorded: Vec<(u64, u64)> = all[start..end].iter().map(|(_, r)| *r).collect();
+        let recorded: Vec<Recorded> = all[start..end].iter().map(|(_, r)| *r).collect();
         let live_leader = deltas.leaders.get(&tgid);
         let incarnations =
             process_incarnations(&members, &recorded, live_leader.map(|l| l.first_seen_ns));

@@ -405,13 +405,27 @@ mod tests {
         }
     }
 
-    fn assert_conserved(report: &PowerReport) {
-        for d in &report.domains {
-            let sum = d.attributed_j + d.idle_j + d.unattributed_j;
-            assert!(
-                (sum - d.measured_j).abs() <= 1e-9 * d.measured_j.max(1.0),
-                "{d:?}"
-            );
+    /// Independent of how `attribute` books its parts: the tasks' joules must add up to
+    /// `attributed_j`, nothing may be negative, idle may not exceed what was measured, and
+    /// `unattributed_j` is ≈ 0 whenever a task ran on the domain's socket (`ran`).
+    fn assert_conserved(report: &PowerReport, deltas: &IntervalDeltas, ran: &[bool]) {
+        for (d, &ran) in report.domains.iter().zip(ran) {
+            let tasks: f64 = report
+                .task_joules
+                .iter()
+                .zip(&deltas.tasks)
+                .filter(|(_, t)| d.key.domain == Domain::Psys || t.socket == d.key.socket)
+                .map(|(j, _)| j[d.key.domain.index()])
+                .sum();
+            let tol = 1e-9 * d.measured_j.max(1.0);
+            assert!((tasks - d.attributed_j).abs() <= tol, "Σ tasks {tasks} ≠ {d:?}");
+            assert!(d.attributed_j >= 0.0 && d.idle_j >= 0.0 && d.unattributed_j >= -tol, "{d:?}");
+            assert!(d.idle_j <= d.measured_j + tol, "idle above measured: {d:?}");
+            if ran {
+                assert!(d.unattributed_j.abs() <= tol, "a task ran, yet {d:?}");
+            }
+            let sum = tasks + d.idle_j + d.unattributed_j;
+            assert!((sum - d.measured_j).abs() <= tol, "{d:?}");
         }
     }
 
@@ -429,9 +443,10 @@ mod tests {
             &[(0, 2)],
             &sample(vec![(pkg(0), 30.0)]),
         );
-        assert_conserved(&r);
+        assert_conserved(&r, &d, &[true, true]);
         assert_eq!(r.domains[0].metric, "cycles");
         assert!((r.domains[0].idle_j - 10.0).abs() < 1e-9);
+        assert!((r.domains[0].attributed_j - 20.0).abs() < 1e-9);
         assert!((r.task_joules[0][0] - 15.0).abs() < 1e-9);
         assert!((r.task_joules[1][0] - 5.0).abs() < 1e-9);
         assert_eq!(r.task_joules[2][0], 0.0, "idle tasks get nothing");
@@ -447,7 +462,7 @@ mod tests {
             &[(0, 1), (1, 1)],
             &sample(vec![(pkg(0), 8.0), (pkg(1), 4.0)]),
         );
-        assert_conserved(&r);
+        assert_conserved(&r, &d, &[true, true]);
         assert_eq!(r.domains[0].metric, "cpu-time");
         assert_eq!(
             r.task_joules[0][0], 8.0,
@@ -459,13 +474,9 @@ mod tests {
     #[test]
     fn nothing_ran_means_unattributed() {
         let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::CpuTime, Some(2.0)));
-        let r = a.attribute(
-            &deltas(vec![idle(0, 1_000_000_000)]),
-            &[],
-            &[(0, 1)],
-            &sample(vec![(pkg(0), 5.0)]),
-        );
-        assert_conserved(&r);
+        let d = deltas(vec![idle(0, 1_000_000_000)]);
+        let r = a.attribute(&d, &[], &[(0, 1)], &sample(vec![(pkg(0), 5.0)]));
+        assert_conserved(&r, &d, &[false]);
         assert!((r.domains[0].idle_j - 2.0).abs() < 1e-9);
         assert!((r.domains[0].unattributed_j - 3.0).abs() < 1e-9);
     }
@@ -476,14 +487,14 @@ mod tests {
         let s = sample(vec![(pkg(0), 14.0)]);
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::CpuTime, Some(4.0)));
         let r = a.attribute(&d, &[], &[(0, 1)], &s);
-        assert_conserved(&r);
+        assert_conserved(&r, &d, &[true, true]);
         assert_eq!(r.domains[0].idle_j, 0.0);
         assert!(
             (r.task_joules[0][0] - 10.5).abs() < 1e-9 && (r.task_joules[1][0] - 3.5).abs() < 1e-9
         );
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::Equal, Some(4.0)));
         let r = a.attribute(&d, &[], &[(0, 1)], &s);
-        assert_conserved(&r);
+        assert_conserved(&r, &d, &[true, true]);
         assert!(
             (r.task_joules[0][0] - 9.5).abs() < 1e-9 && (r.task_joules[1][0] - 4.5).abs() < 1e-9
         );
@@ -505,13 +516,14 @@ mod tests {
             domain: Domain::Psys,
             socket: 0,
         };
+        let d = deltas(vec![t1, t2]);
         let r = a.attribute(
-            &deltas(vec![t1, t2]),
+            &d,
             &names,
             &[(0, 1)],
             &sample(vec![(dram, 10.0), (psys, 40.0)]),
         );
-        assert_conserved(&r);
+        assert_conserved(&r, &d, &[true, true]);
         assert_eq!(r.domains[0].metric, "llc-misses");
         assert!((r.task_joules[0][Domain::Dram.index()] - 9.0).abs() < 1e-9);
         assert_eq!(r.domains[1].metric, "cpu-time");
@@ -551,6 +563,6 @@ mod tests {
         assert_eq!(r.domains[0].idle_source, IdleSource::Online);
         assert!((r.domains[0].idle_w - 6.0).abs() < 1e-9);
         assert!((r.domains[0].attributed_j - 24.0).abs() < 1e-9);
-        assert_conserved(&r);
+        assert_conserved(&r, &busy, &[true]);
     }
 }

@@ -73,8 +73,20 @@ pub fn bpf_test(name: &str) -> Option<MutexGuard<'static, ()>> {
             panic!("{name}: BPF required (POWERAPI_REQUIRE_BPF=1) but unavailable: {reason}")
         }
         Some(reason) => {
-            eprintln!("skipping {name}: BPF unavailable: {reason}");
+            skip(name, &format!("BPF unavailable: {reason}"));
             None
+        }
+    }
+}
+
+/// Says why a test does not run, on stderr and in `POWERAPI_SKIP_LOG` (where `cargo xtask test`
+/// counts skips: the harness itself would report the test as passed).
+pub fn skip(name: &str, reason: &str) {
+    eprintln!("skipping {name}: {reason}");
+    if let Some(log) = std::env::var_os("POWERAPI_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(file, "{name}: {reason}");
         }
     }
 }
@@ -181,7 +193,8 @@ pub fn on_cpu_of(records: &[Value], pid: u32) -> u64 {
         .sum()
 }
 
-/// Every complete interval: busy + idle = duration × CPUs within 1%.
+/// Every complete interval: busy + idle = duration × CPUs within 0.05% (measured here: ≤ 0.007%;
+/// the only gap is the few µs between the per-CPU flushes and the reading's timestamp).
 pub fn assert_conservation(records: &[Value]) {
     let mut checked = 0;
     for m in of_type(records, "machine").filter(|m| m["interval"]["partial"] == false) {
@@ -189,8 +202,8 @@ pub fn assert_conservation(records: &[Value]) {
         let capacity = u64_of(&m["capacity_ns"]);
         let error = (accounted as f64 - capacity as f64).abs() / capacity as f64;
         assert!(
-            error <= 0.01,
-            "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.3}%)",
+            error <= 0.0005,
+            "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.4}%)",
             m["interval"]["seq"],
             error * 100.0
         );
