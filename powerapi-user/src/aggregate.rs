@@ -120,7 +120,13 @@ fn process_incarnations(
             .zip(recorded)
             .map(|(t, &(group, _))| {
                 canon(group)
-                    .or_else(|| incarnations.iter().rev().find(|&&i| i <= t.start_ns).copied())
+                    .or_else(|| {
+                        incarnations
+                            .iter()
+                            .rev()
+                            .find(|&&i| i <= t.start_ns)
+                            .copied()
+                    })
                     .or(incarnations.first().copied())
                     .unwrap_or(group)
             })
@@ -157,7 +163,11 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
     let mut start = 0;
     while start < all.len() {
         let tgid = all[start].0.pid;
-        let end = start + all[start..].iter().take_while(|(t, _)| t.pid == tgid).count();
+        let end = start
+            + all[start..]
+                .iter()
+                .take_while(|(t, _)| t.pid == tgid)
+                .count();
         let members: Vec<&Group> = all[start..end].iter().map(|(t, _)| t).collect();
         let recorded: Vec<Recorded> = all[start..end].iter().map(|(_, r)| *r).collect();
         let live_leader = deltas.leaders.get(&tgid);
@@ -179,8 +189,8 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
         for ((_, incarnation), process) in processes.range_mut((tgid, 0)..=(tgid, u64::MAX)) {
             // A process has exited when no thread of it is left, whichever went first; an older
             // incarnation of a reused pid has necessarily exited.
-            process.exited = *incarnation != newest
-                || (process.exited && !deltas.live_tgids.contains(&tgid));
+            process.exited =
+                *incarnation != newest || (process.exited && !deltas.live_tgids.contains(&tgid));
             // Named (and placed) by its leader: the leader's figures if it ran, else the live
             // leader's, else those of the thread that ran most.
             let mine = || {
@@ -329,7 +339,11 @@ mod tests {
         assert!(!web.exited);
         assert_eq!(a.cgroups.len(), 2);
         assert_eq!(
-            (a.cgroups[0].cgroup_id, a.cgroups[0].usage.on_cpu_ns, a.cgroups[0].members),
+            (
+                a.cgroups[0].cgroup_id,
+                a.cgroups[0].usage.on_cpu_ns,
+                a.cgroups[0].members
+            ),
             (1, 32, 1)
         );
     }
@@ -338,7 +352,10 @@ mod tests {
     fn a_process_whose_leader_exited_first_is_still_running() {
         let mut leader = task(10, 10, 0, 5, 1, "app");
         leader.exited = true;
-        let a = aggregate(&deltas(vec![leader, task(10, 11, 0, 9, 1, "app-worker")], &[10]), &[]);
+        let a = aggregate(
+            &deltas(vec![leader, task(10, 11, 0, 9, 1, "app-worker")], &[10]),
+            &[],
+        );
         assert_eq!(a.processes.len(), 1);
         let p = &a.processes[0];
         assert_eq!((p.comm.as_str(), p.exited, p.members), ("app", false, 2));
@@ -369,8 +386,14 @@ mod tests {
             },
         );
         let a = aggregate(&d, &[]);
-        assert_eq!((a.processes[0].comm.as_str(), a.processes[0].cgroup_id), ("server", 7));
-        assert_eq!(a.threads[0].comm, "renamed", "the thread keeps its own name");
+        assert_eq!(
+            (a.processes[0].comm.as_str(), a.processes[0].cgroup_id),
+            ("server", 7)
+        );
+        assert_eq!(
+            a.threads[0].comm, "renamed",
+            "the thread keeps its own name"
+        );
         assert_eq!(a.cgroups[0].cgroup_id, 4, "cgroups follow threads");
     }
 
@@ -415,11 +438,23 @@ mod tests {
         let got: Vec<_> = a
             .processes
             .iter()
-            .map(|p| (p.pid, p.start_ns, p.comm.as_str(), p.usage.on_cpu_ns, p.members, p.exited))
+            .map(|p| {
+                (
+                    p.pid,
+                    p.start_ns,
+                    p.comm.as_str(),
+                    p.usage.on_cpu_ns,
+                    p.members,
+                    p.exited,
+                )
+            })
             .collect();
         assert_eq!(
             got,
-            vec![(50, 100, "old", 34, 2, true), (50, 900, "new", 76, 2, false)]
+            vec![
+                (50, 100, "old", 34, 2, true),
+                (50, 900, "new", 76, 2, false)
+            ]
         );
         assert_eq!(a.threads.len(), 4);
     }

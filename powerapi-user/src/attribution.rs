@@ -210,9 +210,7 @@ impl Attribution {
                 slot.map_or(t.on_cpu_ns as f64, |s| t.counters[s] as f64)
             };
             let members: Vec<usize> = (0..deltas.tasks.len())
-                .filter(|&i| {
-                    !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].socket)
-                })
+                .filter(|&i| !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].socket))
                 .collect();
 
             let cpus: u32 = cpus_by_socket
@@ -418,8 +416,14 @@ mod tests {
                 .map(|(j, _)| j[d.key.domain.index()])
                 .sum();
             let tol = 1e-9 * d.measured_j.max(1.0);
-            assert!((tasks - d.attributed_j).abs() <= tol, "Σ tasks {tasks} ≠ {d:?}");
-            assert!(d.attributed_j >= 0.0 && d.idle_j >= 0.0 && d.unattributed_j >= -tol, "{d:?}");
+            assert!(
+                (tasks - d.attributed_j).abs() <= tol,
+                "Σ tasks {tasks} ≠ {d:?}"
+            );
+            assert!(
+                d.attributed_j >= 0.0 && d.idle_j >= 0.0 && d.unattributed_j >= -tol,
+                "{d:?}"
+            );
             assert!(d.idle_j <= d.measured_j + tol, "idle above measured: {d:?}");
             if ran {
                 assert!(d.unattributed_j.abs() <= tol, "a task ran, yet {d:?}");
@@ -538,17 +542,26 @@ mod tests {
         a.set_idle_prior(&[(pkg(0), 5.0)], IdleSource::Persisted);
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
         assert_eq!(r.domains[0].idle_source, IdleSource::Persisted);
-        assert_eq!((r.domains[0].idle_j, r.domains[0].attributed_j), (5.0, 25.0));
+        assert_eq!(
+            (r.domains[0].idle_j, r.domains[0].attributed_j),
+            (5.0, 25.0)
+        );
         assert_eq!(r.task_joules[0][0], 25.0);
         // A quiet interval (6 W) replaces the persisted figure from then on.
         a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
-        assert_eq!((r.domains[0].idle_source, r.domains[0].idle_w), (IdleSource::Online, 6.0));
+        assert_eq!(
+            (r.domains[0].idle_source, r.domains[0].idle_w),
+            (IdleSource::Online, 6.0)
+        );
         assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 6.0)]);
         // A baseline wins over both.
         a.set_idle_prior(&[(pkg(0), 7.0)], IdleSource::Baseline);
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
-        assert_eq!((r.domains[0].idle_source, r.domains[0].idle_w), (IdleSource::Baseline, 7.0));
+        assert_eq!(
+            (r.domains[0].idle_source, r.domains[0].idle_w),
+            (IdleSource::Baseline, 7.0)
+        );
         assert_eq!(r.task_joules[0][0], 23.0);
     }
 

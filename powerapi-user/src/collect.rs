@@ -234,9 +234,8 @@ impl Collector {
                 let mut busy_by_socket: Vec<(u32, u64)> =
                     self.cpus_by_socket.iter().map(|(s, _)| (*s, 0)).collect();
                 for task in deltas.tasks.iter().filter(|t| !t.key.is_idle()) {
-                    if let Some((_, busy)) = busy_by_socket
-                        .iter_mut()
-                        .find(|(s, _)| *s == task.socket)
+                    if let Some((_, busy)) =
+                        busy_by_socket.iter_mut().find(|(s, _)| *s == task.socket)
                     {
                         *busy += task.on_cpu_ns;
                     }

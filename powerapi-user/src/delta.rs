@@ -7,7 +7,9 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use powerapi_common::{CounterReading, MAX_COUNTERS, MAX_SOCKETS, SensorStats, TaskKey, TaskTotals};
+use powerapi_common::{
+    CounterReading, MAX_COUNTERS, MAX_SOCKETS, SensorStats, TaskKey, TaskTotals,
+};
 
 use crate::sensor::{SensorReading, TaskEntry};
 
@@ -259,7 +261,13 @@ impl Tracker {
                 .previous
                 .remove(&(entry.slot, entry.totals.first_seen_ns))
                 .map(|(t, _)| t);
-            self.push_deltas(entry, before.as_ref(), true, &reading.lane_sockets, &mut tasks);
+            self.push_deltas(
+                entry,
+                before.as_ref(),
+                true,
+                &reading.lane_sockets,
+                &mut tasks,
+            );
         }
         for entry in &reading.live {
             let id = (entry.slot, entry.totals.first_seen_ns);
@@ -398,13 +406,21 @@ mod tests {
             vec![],
         ));
         assert!(d.tasks.is_empty());
-        assert_eq!((d.start_ns, d.end_ns), (200, 300), "intervals are contiguous");
+        assert_eq!(
+            (d.start_ns, d.end_ns),
+            (200, 300),
+            "intervals are contiguous"
+        );
     }
 
     #[test]
     fn new_task_counts_from_zero_including_first_slice() {
         let mut tracker = Tracker::new(0, &reading(0, vec![], vec![]), 0);
-        let d = tracker.advance(&reading(10, vec![entry(4, key(9, 9), totals(5, 4, 0))], vec![]));
+        let d = tracker.advance(&reading(
+            10,
+            vec![entry(4, key(9, 9), totals(5, 4, 0))],
+            vec![],
+        ));
         assert_eq!(summary(&d), vec![(9, 4, 0, false)]);
     }
 
@@ -459,8 +475,11 @@ mod tests {
     #[test]
     fn a_late_exit_after_its_slot_was_reused_is_not_counted_twice() {
         let a = key(4, 4);
-        let mut tracker =
-            Tracker::new(0, &reading(0, vec![entry(3, a, totals(1, 100, 0))], vec![]), 0);
+        let mut tracker = Tracker::new(
+            0,
+            &reading(0, vec![entry(3, a, totals(1, 100, 0))], vec![]),
+            0,
+        );
         // A died and its slot 3 went to B before this reading saw A's exit on the ring.
         let d = tracker.advance(&reading(
             10,
@@ -510,7 +529,11 @@ mod tests {
             vec![entry(0, key(5, 5), totals(1, 160, 0))],
             vec![],
         ));
-        assert_eq!(summary(&d), vec![(5, 60, 0, false)], "against the last totals seen");
+        assert_eq!(
+            summary(&d),
+            vec![(5, 60, 0, false)],
+            "against the last totals seen"
+        );
     }
 
     #[test]
@@ -597,7 +620,11 @@ mod tests {
         next.stats.stale_slices = 1;
         let d = tracker.advance(&next);
         assert_eq!(
-            (d.losses.lost_slices, d.losses.lost_ns, d.losses.stale_slices),
+            (
+                d.losses.lost_slices,
+                d.losses.lost_ns,
+                d.losses.stale_slices
+            ),
             (2, 40, 1)
         );
     }

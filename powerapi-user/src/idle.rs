@@ -153,7 +153,10 @@ mod tests {
     fn round_trip_keeps_other_entries() {
         let text = merge_estimate(None, "m|powercap", &[(pkg(0), 7.5), (pkg(1), 8.0)], 1);
         let text = merge_estimate(Some(&text), "m|msr", &[(pkg(0), 3.0)], 2);
-        assert_eq!(parse_estimate(&text, "m|powercap"), vec![(pkg(0), 7.5), (pkg(1), 8.0)]);
+        assert_eq!(
+            parse_estimate(&text, "m|powercap"),
+            vec![(pkg(0), 7.5), (pkg(1), 8.0)]
+        );
         assert_eq!(parse_estimate(&text, "m|msr"), vec![(pkg(0), 3.0)]);
         assert!(parse_estimate(&text, "other|powercap").is_empty());
     }
@@ -162,7 +165,12 @@ mod tests {
     fn garbage_and_implausible_figures_are_ignored() {
         assert!(parse_estimate("not json", "k").is_empty());
         assert!(parse_estimate("", "k").is_empty());
-        let text = merge_estimate(None, "k", &[(pkg(0), -1.0), (pkg(1), 4.0), (pkg(2), 1e9)], 1);
+        let text = merge_estimate(
+            None,
+            "k",
+            &[(pkg(0), -1.0), (pkg(1), 4.0), (pkg(2), 1e9)],
+            1,
+        );
         assert_eq!(parse_estimate(&text, "k"), vec![(pkg(1), 4.0)]);
         // A NaN written by someone else is dropped on read, too.
         let text = text.replace("4.0", "NaN");

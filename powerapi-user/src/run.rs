@@ -69,6 +69,84 @@ pub struct RunMeasurement {
     pub idle_joules: BTreeMap<Domain, f64>,
     /// The whole machine's measured energy per domain over the same time.
     pub machine_joules: BTreeMap<Domain, f64>,
+    /// Per interval and domain, what the background correction needs.
+    #[serde(skip)]
+    pub samples: Vec<IntervalSample>,
+}
+
+/// One interval of one domain during CMD's run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IntervalSample {
+    pub domain: Domain,
+    /// CMD's active joules as attributed.
+    pub command_j: f64,
+    pub measured_j: f64,
+    /// The idle power that attribution used.
+    pub idle_w: f64,
+    pub seconds: f64,
+    /// Busy fraction of the machine's CPUs.
+    pub busy: f64,
+}
+
+/// The machine before CMD: power per domain and busy fraction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Baseline {
+    pub watts: BTreeMap<Domain, f64>,
+    pub busy: f64,
+}
+
+/// CMD's active and idle joules per domain, with the baseline's background load taken out.
+///
+/// The baseline is the machine's power with its background running (the meter, daemons), not
+/// its idle power: used as idle as is, the background's power is discounted twice (once in the
+/// baseline, once as its CPU-time share of the rest), and CMD comes out a few % low. The
+/// baseline and the run give two (busy, power) points of each domain; the line through them
+/// says what the machine draws at zero busy, and CMD's share is recomputed above that. With
+/// too little change in load between the two (< 2 % of the CPUs) there is no line to draw and
+/// the figures stay as attributed. Pure.
+pub fn background_corrected(
+    samples: &[IntervalSample],
+    baseline: &Baseline,
+) -> (BTreeMap<Domain, f64>, BTreeMap<Domain, f64>) {
+    let mut command = BTreeMap::new();
+    let mut idle = BTreeMap::new();
+    let domains: std::collections::BTreeSet<Domain> = samples.iter().map(|s| s.domain).collect();
+    for domain in domains {
+        let of: Vec<&IntervalSample> = samples.iter().filter(|s| s.domain == domain).collect();
+        let seconds: f64 = of.iter().map(|s| s.seconds).sum();
+        let attributed: f64 = of.iter().map(|s| s.command_j).sum();
+        let used_idle: f64 = of.iter().map(|s| s.idle_w * s.seconds).sum();
+        let fallback = || (attributed, used_idle);
+        let (cmd, idle_j) = match baseline.watts.get(&domain) {
+            Some(&base_w) if seconds > 0.0 => {
+                let power = of.iter().map(|s| s.measured_j).sum::<f64>() / seconds;
+                let busy = of.iter().map(|s| s.busy * s.seconds).sum::<f64>() / seconds;
+                let slope = (power - base_w) / (busy - baseline.busy);
+                if busy - baseline.busy < 0.02 || !slope.is_finite() || slope <= 0.0 {
+                    fallback()
+                } else {
+                    let idle_w = (base_w - slope * baseline.busy).clamp(0.0, base_w);
+                    let cmd = of
+                        .iter()
+                        .map(|s| {
+                            let used = s.measured_j - s.idle_w * s.seconds;
+                            let above = s.measured_j - idle_w * s.seconds;
+                            if used > 0.0 {
+                                s.command_j * above / used
+                            } else {
+                                s.command_j
+                            }
+                        })
+                        .sum();
+                    (cmd, idle_w * seconds)
+                }
+            }
+            _ => fallback(),
+        };
+        command.insert(domain, cmd);
+        idle.insert(domain, idle_j);
+    }
+    (command, idle)
 }
 
 /// Mean and sample standard deviation over the repetitions.
@@ -270,9 +348,10 @@ pub fn render(report: &RunReport) -> String {
             plus_minus(joules, n, "J", 3),
             plus_minus(watts, n, "W", 2).trim_start()
         ));
-        if let (Some(idle), Some(total)) =
-            (report.idle_joules.get(domain), report.total_joules.get(domain))
-        {
+        if let (Some(idle), Some(total)) = (
+            report.idle_joules.get(domain),
+            report.total_joules.get(domain),
+        ) {
             out.push_str(&format!(
                 "   {:<20}{}\n   {:<20}{}\n",
                 format!("  + idle {domain}"),
@@ -355,6 +434,7 @@ fn measure_once(
     n: u32,
     stop: &Receiver<()>,
     idle_source: &mut Option<String>,
+    baseline: Option<&Baseline>,
 ) -> Result<RunMeasurement, RunError> {
     let cgroup = RunCgroup::create(mount, n)?;
     let mut command = Command::new(&config.command[0]);
@@ -406,6 +486,12 @@ fn measure_once(
     }
     measurement.duration_s = started.elapsed().as_secs_f64();
     accumulate(collector, cgroup.id, &mut measurement, idle_source)?;
+    let (command, idle) = background_corrected(
+        &measurement.samples,
+        baseline.unwrap_or(&Baseline::default()),
+    );
+    measurement.joules.extend(command);
+    measurement.idle_joules = idle;
     for domain in measurement.machine_joules.keys() {
         measurement.joules.entry(*domain).or_default();
     }
@@ -442,11 +528,35 @@ fn accumulate(
     }
     if let Some(power) = &snapshot.power {
         let seconds = snapshot.deltas.duration_ns() as f64 / 1e9;
+        let capacity = snapshot.deltas.duration_ns() as f64 * f64::from(snapshot.deltas.cpus);
+        let busy = if capacity > 0.0 {
+            snapshot.aggregate.busy.on_cpu_ns as f64 / capacity
+        } else {
+            0.0
+        };
+        // One sample per domain, sockets summed (CMD's joules already are).
+        let mut per_domain: BTreeMap<Domain, IntervalSample> = BTreeMap::new();
         for d in &power.domains {
             *m.machine_joules.entry(d.key.domain).or_default() += d.measured_j;
-            *m.idle_joules.entry(d.key.domain).or_default() +=
-                (d.idle_w * seconds).clamp(0.0, d.measured_j);
+            let sample = per_domain
+                .entry(d.key.domain)
+                .or_insert_with(|| IntervalSample {
+                    domain: d.key.domain,
+                    command_j: group.map_or(0.0, |g| g.usage.joules[d.key.domain.index()]),
+                    measured_j: 0.0,
+                    idle_w: 0.0,
+                    seconds,
+                    busy,
+                });
+            sample.measured_j += d.measured_j;
+            // The idle energy attribution actually set aside (capped at the measurement).
+            sample.idle_w += if seconds > 0.0 {
+                (d.idle_w * seconds).min(d.measured_j) / seconds
+            } else {
+                0.0
+            };
         }
+        m.samples.extend(per_domain.into_values());
         *idle_source = power
             .domains
             .iter()
@@ -488,7 +598,7 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
     let mut collector = Collector::start(&config.collector)?;
     let info = run_info(&collector);
     announce(&collector, &info);
-    measure_baseline(&mut collector, config, stop)?;
+    let baseline = measure_baseline(&mut collector, config, stop)?;
     let mut runs = Vec::new();
     let mut idle_source = None;
     for n in 0..config.repeat.max(1) {
@@ -499,6 +609,7 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
             n,
             stop,
             &mut idle_source,
+            baseline.as_ref(),
         )?);
     }
     let source = collector.energy_source_name();
@@ -537,13 +648,13 @@ fn measure_baseline(
     collector: &mut Collector,
     config: &RunConfig,
     stop: &Receiver<()>,
-) -> Result<(), RunError> {
+) -> Result<Option<Baseline>, RunError> {
     if config.baseline.is_zero()
         || config.collector.attribution.idle_watts.is_some()
         || collector.energy_source_name().is_none()
         || collector.energy_estimated()
     {
-        return Ok(());
+        return Ok(None);
     }
     collector.collect()?;
     match stop.recv_timeout(config.baseline) {
@@ -559,8 +670,21 @@ fn measure_baseline(
             .map(|d| (d.key, d.measured_j / seconds))
             .collect();
         collector.set_idle_baseline(&idle);
+        let capacity = snapshot.deltas.duration_ns() as f64 * f64::from(snapshot.deltas.cpus);
+        let mut watts = BTreeMap::new();
+        for (key, w) in &idle {
+            *watts.entry(key.domain).or_default() += w;
+        }
+        return Ok(Some(Baseline {
+            watts,
+            busy: if capacity > 0.0 {
+                snapshot.aggregate.busy.on_cpu_ns as f64 / capacity
+            } else {
+                0.0
+            },
+        }));
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -576,7 +700,38 @@ mod tests {
             joules: [(Domain::Package, j)].into_iter().collect(),
             idle_joules: [(Domain::Package, 1.0)].into_iter().collect(),
             machine_joules: [(Domain::Package, machine)].into_iter().collect(),
+            samples: Vec::new(),
         }
+    }
+
+    #[test]
+    fn background_in_the_baseline_is_not_discounted_twice() {
+        // Machine: P = 10 W + 20 W × busy. Baseline: 5 % busy background → 11 W. Run: CMD
+        // keeps half the CPUs busy beside the same background → 21 W; attribution with 11 W as
+        // idle gave CMD (21 − 11) × 0.5/0.55 J per second, the truth is 20 × 0.5 = 10 J.
+        let sample = |busy: f64, measured: f64| IntervalSample {
+            domain: Domain::Package,
+            command_j: (measured - 11.0) * 0.5 / busy,
+            measured_j: measured,
+            idle_w: 11.0,
+            seconds: 1.0,
+            busy,
+        };
+        let baseline = Baseline {
+            watts: [(Domain::Package, 11.0)].into_iter().collect(),
+            busy: 0.05,
+        };
+        let (cmd, idle) =
+            background_corrected(&[sample(0.55, 21.0), sample(0.55, 21.0)], &baseline);
+        assert!((cmd[&Domain::Package] - 20.0).abs() < 1e-9, "{cmd:?}");
+        assert!((idle[&Domain::Package] - 20.0).abs() < 1e-9, "{idle:?}");
+        // No change in load to fit a line through: figures stay as attributed.
+        let (cmd, idle) = background_corrected(&[sample(0.06, 11.2)], &baseline);
+        assert!((cmd[&Domain::Package] - 0.2 * 0.5 / 0.06).abs() < 1e-9);
+        assert!((idle[&Domain::Package] - 11.0).abs() < 1e-9);
+        // Without a baseline the attributed figures pass through.
+        let (cmd, _) = background_corrected(&[sample(0.55, 21.0)], &Baseline::default());
+        assert!((cmd[&Domain::Package] - 10.0 * 0.5 / 0.55).abs() < 1e-9);
     }
 
     #[test]

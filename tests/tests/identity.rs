@@ -92,7 +92,11 @@ fn threads_hopping_sockets_own_one_slot_each() {
         .filter(|r| r["exited"] == true)
         .map(|r| u64_of(&r["pid"]))
         .collect();
-    assert_eq!(exited.len(), pids.len(), "every process is reported with its exit");
+    assert_eq!(
+        exited.len(),
+        pids.len(),
+        "every process is reported with its exit"
+    );
     let measured: u64 = children.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
     let truth_ns = u64_of(&truth["children_cpu_ns"]);
     let ratio = measured as f64 / truth_ns as f64;
@@ -143,7 +147,11 @@ fn exec_from_a_thread_frees_its_slot() {
         .filter(|r| r["exited"] == true && pids.contains(&u64_of(&r["pid"])))
         .map(|r| u64_of(&r["pid"]))
         .collect();
-    assert_eq!(exited.len(), pids.len(), "every process is reported with its exit");
+    assert_eq!(
+        exited.len(),
+        pids.len(),
+        "every process is reported with its exit"
+    );
     // After exec each process is the burner, and is named so.
     assert!(
         of_type(&records, "process")
@@ -230,7 +238,10 @@ fn a_process_moved_to_another_cgroup_is_followed() {
     // The interval of the move is charged to the cgroup the task ended it in, so the recorded
     // figure may exceed cpu.stat by up to one interval of the pulse, never fall short of it by
     // more than the slice accounting error (measured ≤ 0.1%).
-    assert!(truth > 50_000_000, "the pulse ran in the cgroup ({truth} ns)");
+    assert!(
+        truth > 50_000_000,
+        "the pulse ran in the cgroup ({truth} ns)"
+    );
     assert!(
         measured as f64 >= truth as f64 * 0.995 && measured <= truth + one_interval_ns,
         "moved cgroup: recorded {measured} ns vs cpu.stat {truth} ns"
@@ -414,7 +425,13 @@ fn cpus_going_offline_and_online_keep_the_books_balanced() {
         machines.iter().any(|m| m["cpus"] == 1),
         "an interval with CPU 1 offline"
     );
-    assert!(machines.iter().filter(|m| m["cpus_changed"] == true).count() >= 2);
+    assert!(
+        machines
+            .iter()
+            .filter(|m| m["cpus_changed"] == true)
+            .count()
+            >= 2
+    );
     assert_eq!(machines.last().map(|m| m["cpus"].clone()), Some(2.into()));
     for m in &machines {
         let accounted = u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]);

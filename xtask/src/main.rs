@@ -92,7 +92,13 @@ fn run_tests(root: &std::path::Path, args: &[String]) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&skip_log);
     let mut cmd = cargo();
     cmd.current_dir(root)
-        .args(["test", "--workspace", "--exclude", "powerapi-ebpf"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "powerapi-ebpf",
+            "--no-fail-fast",
+        ])
         .args(args)
         .env("POWERAPI_SKIP_LOG", &skip_log)
         .stdout(std::process::Stdio::piped());
@@ -107,7 +113,10 @@ fn run_tests(root: &std::path::Path, args: &[String]) -> Result<ExitCode> {
             if let Some(rest) = line.strip_prefix("test result: ") {
                 for part in rest.split(['.', ';']) {
                     let mut words = part.split_whitespace();
-                    match (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                    match (
+                        words.next().and_then(|n| n.parse::<u64>().ok()),
+                        words.next(),
+                    ) {
                         (Some(n), Some("passed")) => passed += n,
                         (Some(n), Some("failed")) => failed += n,
                         _ => {}

@@ -19,8 +19,7 @@ use powerapi_common::{
     ExitEvent, FLAG_DEAD, FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS,
     MAX_SOCKETS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM,
     SENSOR_STATS_MAP, SLOT_HWM_MAP, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
-    TASK_TOTALS_MAP, TaskKey,
-    TaskSlot, TaskTotals,
+    TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals,
 };
 use thiserror::Error;
 
@@ -401,12 +400,11 @@ impl Sensor {
         init_cpu_slices(&mut ebpf, possible)?;
         let slots = init_slots(&ebpf, config.max_tasks)?;
         let globals = map_data(&ebpf, GLOBALS_MAP)?;
-        let globals = bpf_sys::MappedArray::map(globals.fd().as_fd(), 1).map_err(|e| {
-            SensorError::Map {
+        let globals =
+            bpf_sys::MappedArray::map(globals.fd().as_fd(), 1).map_err(|e| SensorError::Map {
                 name: GLOBALS_MAP,
                 detail: format!("mmap failed ({e})"),
-            }
-        })?;
+            })?;
 
         let exits = ebpf
             .take_map(EXITS_MAP)

@@ -270,7 +270,10 @@ fn main() {
                 unsafe { libc::_exit(0) };
             }
             if second < 0 {
-                eprintln!("clone3 with set_tid failed: {}", std::io::Error::last_os_error());
+                eprintln!(
+                    "clone3 with set_tid failed: {}",
+                    std::io::Error::last_os_error()
+                );
                 std::process::exit(3);
             }
             let second_ns = wait_child(second as i32);
