@@ -205,6 +205,14 @@ pub fn announce(collector: &Collector, run: &RunInfo) {
     if let Some(reason) = &run.mode_reason {
         eprintln!("powerapi: time-only mode (no counters): {reason}");
     }
+    let lanes = collector.sensor().lanes();
+    if lanes.overflowed {
+        eprintln!(
+            "powerapi: more than {} sockets: time on the extra sockets is reported on socket {}",
+            powerapi_common::MAX_SOCKETS,
+            lanes.sockets().last().copied().unwrap_or(0)
+        );
+    }
     if let Some(note) = collector.energy_note() {
         eprintln!("powerapi: {note}");
     } else if collector.energy_estimated() {

@@ -718,3 +718,39 @@ pub fn attach_noop(root: &Path) -> Result<Ebpf, SensorError> {
     attach(&mut ebpf, NOOP_PROGRAM, "sched_switch")?;
     Ok(ebpf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_handed_out_in_order_and_shared_beyond_the_last() {
+        let mut lanes = Lanes::default();
+        assert_eq!(
+            (lanes.lane_of(3), lanes.lane_of(1), lanes.lane_of(3)),
+            (0, 1, 0)
+        );
+        for socket in 10..16 {
+            lanes.lane_of(socket);
+        }
+        assert!(!lanes.overflowed);
+        assert_eq!(lanes.lane_of(99), (MAX_SOCKETS - 1) as u32);
+        assert!(lanes.overflowed);
+        assert_eq!(lanes.sockets().len(), MAX_SOCKETS);
+    }
+
+    #[test]
+    fn kernels_older_than_the_minimum_are_refused_in_one_line() {
+        assert!(check_kernel("6.18.44-fc").is_ok());
+        assert!(check_kernel("5.18.0").is_ok());
+        let err = check_kernel("5.15.0-91-generic").expect_err("too old");
+        assert_eq!(
+            err.to_string(),
+            "Linux 5.15.0-91-generic is too old: powerapi needs Linux ≥ 5.18 (sched_switch's prev_state argument); upgrade the kernel"
+        );
+        assert!(
+            check_kernel("garbage").is_ok(),
+            "unparsable: the attach says what is wrong"
+        );
+    }
+}
