@@ -37,20 +37,25 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     Some(cpus)
 }
 
-/// Reads the online CPUs and their sockets under `root` (normally `/`).
-///
-/// A CPU whose `physical_package_id` is unreadable is put on socket 0: some VMs omit topology.
-pub fn read_cpus(root: &Path) -> Result<Vec<Cpu>, TopologyError> {
+/// Reads the ids of the online CPUs under `root` (normally `/`): one small file, cheap enough to
+/// follow hotplug every interval.
+pub fn read_online(root: &Path) -> Result<Vec<u32>, TopologyError> {
     let online = root.join("sys/devices/system/cpu/online");
     let text = fs::read_to_string(&online).map_err(|source| TopologyError::Read {
         path: online.display().to_string(),
         source,
     })?;
-    let ids = parse_cpu_list(&text).ok_or_else(|| TopologyError::Parse {
+    parse_cpu_list(&text).ok_or_else(|| TopologyError::Parse {
         path: online.display().to_string(),
         text: text.clone(),
-    })?;
-    Ok(ids
+    })
+}
+
+/// Reads the online CPUs and their sockets under `root` (normally `/`).
+///
+/// A CPU whose `physical_package_id` is unreadable is put on socket 0: some VMs omit topology.
+pub fn read_cpus(root: &Path) -> Result<Vec<Cpu>, TopologyError> {
+    Ok(read_online(root)?
         .into_iter()
         .map(|id| {
             let package = root.join(format!(

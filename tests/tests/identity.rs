@@ -22,6 +22,20 @@ fn losses(records: &[Value], field: &str) -> u64 {
         .sum()
 }
 
+/// Starts a time-only recording without energy at `interval`, with `extra` flags.
+fn record_time_only(name: &str, interval: &str, extra: &[&str]) -> Recording {
+    let mut args = vec![
+        "--interval",
+        interval,
+        "--counters",
+        "none",
+        "--energy-source",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    Recording::start(name, &args)
+}
+
 /// The last line of a load generator's stdout that is a JSON object.
 fn json_line(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
@@ -54,15 +68,10 @@ fn threads_hopping_sockets_own_one_slot_each() {
     let root = two_package_root("two-package");
     // 150 processes that each run on both sockets, through a 64-slot table: a slot leaked per
     // socket hop would fill it after ~64 of them and lose every later slice.
-    let recording = Recording::start(
+    let recording = record_time_only(
         "hop",
+        "500ms",
         &[
-            "--interval",
-            "500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
             "--max-tasks",
             "64",
             "--sysfs-root",
@@ -114,19 +123,7 @@ fn exec_from_a_thread_frees_its_slot() {
     let Some(_lock) = bpf_test("exec_from_a_thread_frees_its_slot") else {
         return;
     };
-    let recording = Recording::start(
-        "exec-thread",
-        &[
-            "--interval",
-            "500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-            "--max-tasks",
-            "64",
-        ],
-    );
+    let recording = record_time_only("exec-thread", "500ms", &["--max-tasks", "64"]);
     // 100 execs from a non-leader thread: one leaked slot each would overflow 64 slots.
     let out = Command::new(LOAD)
         .args(["exec-thread", "100"])
@@ -203,19 +200,7 @@ fn a_process_moved_to_another_cgroup_is_followed() {
     let id = fs::metadata(&dir).expect("cgroup dir").ino();
     // At most what the pulse (1 ms in 20) runs in one 250 ms interval, with margin.
     let one_interval_ns = 20_000_000u64;
-    let recording = Recording::start(
-        "move",
-        &[
-            "--interval",
-            "250ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-            "--granularity",
-            "cgroup",
-        ],
-    );
+    let recording = record_time_only("move", "250ms", &["--granularity", "cgroup"]);
     // Started (and exec'd) outside the cgroup, moved into it halfway. It runs 1 ms in 20, so it
     // is rarely on a CPU when the sensor flushes: before this was fixed its time stayed in the
     // old cgroup for the whole run.
@@ -253,19 +238,7 @@ fn a_renamed_thread_is_reported_under_its_new_name() {
     let Some(_lock) = bpf_test("a_renamed_thread_is_reported_under_its_new_name") else {
         return;
     };
-    let recording = Recording::start(
-        "rename",
-        &[
-            "--interval",
-            "300ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-            "--granularity",
-            "thread",
-        ],
-    );
+    let recording = record_time_only("rename", "300ms", &["--granularity", "thread"]);
     let out = Command::new(LOAD)
         .args(["rename", "pa-renamed", "1.2"])
         .output()
@@ -295,17 +268,7 @@ fn a_process_whose_main_thread_exits_first_runs_until_its_last_thread_ends() {
     let Some(_lock) = bpf_test("a_process_whose_main_thread_exits_first") else {
         return;
     };
-    let recording = Recording::start(
-        "leader-exits",
-        &[
-            "--interval",
-            "250ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-        ],
-    );
+    let recording = record_time_only("leader-exits", "250ms", &[]);
     let (pid, truth_ns) = run_measured(Command::new(LOAD).args(["leader-exits", "1.2"]));
     let records = recording.stop();
     let rows: Vec<&Value> = of_type(&records, "process")
@@ -329,17 +292,7 @@ fn two_processes_that_reuse_a_pid_in_one_interval_are_two_records() {
     let Some(_lock) = bpf_test("two_processes_that_reuse_a_pid_in_one_interval") else {
         return;
     };
-    let recording = Recording::start(
-        "reuse",
-        &[
-            "--interval",
-            "3s",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-        ],
-    );
+    let recording = record_time_only("reuse", "3s", &[]);
     let out = Command::new(LOAD)
         .args(["reuse", "60"])
         .stderr(Stdio::inherit())
@@ -396,17 +349,7 @@ fn cpus_going_offline_and_online_keep_the_books_balanced() {
         return;
     }
     let _online = Online(control.clone());
-    let recording = Recording::start(
-        "hotplug",
-        &[
-            "--interval",
-            "250ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-        ],
-    );
+    let recording = record_time_only("hotplug", "250ms", &[]);
     let mut burner = Command::new(LOAD)
         .args(["burn", "3"])
         .stdout(Stdio::null())

@@ -479,10 +479,12 @@ impl Sensor {
 
     /// Follows CPU hotplug: re-reads the online CPUs and gives any new one its socket lane.
     fn refresh_cpus(&mut self) -> Result<(), SensorError> {
-        let online = topology::read_cpus(&self.root)?;
-        if online == self.cpus {
+        // The online mask alone every interval; sockets only when it changed.
+        let ids = topology::read_online(&self.root)?;
+        if ids.iter().copied().eq(self.cpus.iter().map(|c| c.id)) {
             return Ok(());
         }
+        let online = topology::read_cpus(&self.root)?;
         self.cpus_changed = true;
         for cpu in &online {
             if !self.cpus.iter().any(|c| c.id == cpu.id) {
