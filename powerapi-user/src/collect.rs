@@ -76,6 +76,8 @@ pub struct Collector {
     prioritized_tid: Option<i64>,
     idle_store: Option<IdleStore>,
     last_idle_save: Instant,
+    /// A better idle figure than the online estimate, to save instead of it (`run`'s fit).
+    kept_idle: Option<Vec<(DomainKey, f64)>>,
 }
 
 /// How often a long-running command refreshes the saved idle estimate.
@@ -158,6 +160,7 @@ impl Collector {
             prioritized_tid: None,
             idle_store,
             last_idle_save: Instant::now(),
+            kept_idle: None,
         })
     }
 
@@ -167,14 +170,24 @@ impl Collector {
             .set_idle_prior(domains, IdleSource::Baseline);
     }
 
-    /// Saves the online idle estimate for the next command (once there is one). A failure is
+    /// Saves `domains` instead of the online estimate: the online estimate is the power of a
+    /// quiet interval, background included, and a caller that fitted the background out knows
+    /// better.
+    pub fn keep_idle_estimate(&mut self, domains: Vec<(DomainKey, f64)>) {
+        self.kept_idle = Some(domains);
+    }
+
+    /// Saves the idle estimate for the next command (once there is one). A failure is
     /// said once and otherwise ignored: it costs only the next command's first intervals.
     pub fn save_idle(&mut self) {
         let Some(store) = &self.idle_store else {
             return;
         };
         self.last_idle_save = Instant::now();
-        let estimates = self.attribution.online_idle_estimates();
+        let estimates = match &self.kept_idle {
+            Some(kept) => kept.clone(),
+            None => self.attribution.online_idle_estimates(),
+        };
         if estimates.is_empty() {
             return;
         }

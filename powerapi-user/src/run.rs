@@ -20,7 +20,7 @@ use crate::{
     attribution::{DomainJoules, IdleSource},
     cgroup::read_cgroup2_mount,
     collect::{CollectError, Collector, CollectorConfig},
-    energy::Domain,
+    energy::{Domain, DomainKey},
     record::{announce, run_info},
 };
 
@@ -92,7 +92,35 @@ pub struct IntervalSample {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Baseline {
     pub watts: BTreeMap<Domain, f64>,
+    /// The same power per domain and socket (what the idle store keeps).
+    pub per_key: Vec<(DomainKey, f64)>,
     pub busy: f64,
+}
+
+impl Baseline {
+    /// The fitted idle power per domain and socket: each socket's baseline scaled by its
+    /// domain's fitted idle over its baseline (the fit is per domain; sockets keep their shares).
+    pub fn fitted_per_key(&self, fitted_w: &BTreeMap<Domain, f64>) -> Vec<(DomainKey, f64)> {
+        self.per_key
+            .iter()
+            .filter_map(|&(key, w)| {
+                let base = *self.watts.get(&key.domain)?;
+                let fitted = *fitted_w.get(&key.domain)?;
+                (base > 0.0).then(|| (key, w * fitted / base))
+            })
+            .collect()
+    }
+}
+
+/// What [`background_corrected`] makes of one run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Corrected {
+    /// CMD's active joules per domain.
+    pub command: BTreeMap<Domain, f64>,
+    /// Idle joules per domain over the run.
+    pub idle: BTreeMap<Domain, f64>,
+    /// The machine's power at zero busy, for the domains where a line could be fitted.
+    pub fitted_idle_w: BTreeMap<Domain, f64>,
 }
 
 /// CMD's active and idle joules per domain, with the baseline's background load taken out.
@@ -104,12 +132,8 @@ pub struct Baseline {
 /// says what the machine draws at zero busy, and CMD's share is recomputed above that. With
 /// too little change in load between the two (< 2 % of the CPUs) there is no line to draw and
 /// the figures stay as attributed. Pure.
-pub fn background_corrected(
-    samples: &[IntervalSample],
-    baseline: &Baseline,
-) -> (BTreeMap<Domain, f64>, BTreeMap<Domain, f64>) {
-    let mut command = BTreeMap::new();
-    let mut idle = BTreeMap::new();
+pub fn background_corrected(samples: &[IntervalSample], baseline: &Baseline) -> Corrected {
+    let mut out = Corrected::default();
     let domains: std::collections::BTreeSet<Domain> = samples.iter().map(|s| s.domain).collect();
     for domain in domains {
         let of: Vec<&IntervalSample> = samples.iter().filter(|s| s.domain == domain).collect();
@@ -126,6 +150,7 @@ pub fn background_corrected(
                     fallback()
                 } else {
                     let idle_w = (base_w - slope * baseline.busy).clamp(0.0, base_w);
+                    out.fitted_idle_w.insert(domain, idle_w);
                     let cmd = of
                         .iter()
                         .map(|s| {
@@ -143,10 +168,10 @@ pub fn background_corrected(
             }
             _ => fallback(),
         };
-        command.insert(domain, cmd);
-        idle.insert(domain, idle_j);
+        out.command.insert(domain, cmd);
+        out.idle.insert(domain, idle_j);
     }
-    (command, idle)
+    out
 }
 
 /// Mean and sample standard deviation over the repetitions.
@@ -486,12 +511,20 @@ fn measure_once(
     }
     measurement.duration_s = started.elapsed().as_secs_f64();
     accumulate(collector, cgroup.id, &mut measurement, idle_source)?;
-    let (command, idle) = background_corrected(
+    let corrected = background_corrected(
         &measurement.samples,
         baseline.unwrap_or(&Baseline::default()),
     );
-    measurement.joules.extend(command);
-    measurement.idle_joules = idle;
+    measurement.joules.extend(corrected.command);
+    measurement.idle_joules = corrected.idle;
+    if let Some(baseline) = baseline {
+        // The raw baseline still holds the background's power; the fitted idle is what the next
+        // command should start from.
+        let fitted = baseline.fitted_per_key(&corrected.fitted_idle_w);
+        if !fitted.is_empty() {
+            collector.keep_idle_estimate(fitted);
+        }
+    }
     for domain in measurement.machine_joules.keys() {
         measurement.joules.entry(*domain).or_default();
     }
@@ -677,6 +710,7 @@ fn measure_baseline(
         }
         return Ok(Some(Baseline {
             watts,
+            per_key: idle,
             busy: if capacity > 0.0 {
                 snapshot.aggregate.busy.on_cpu_ns as f64 / capacity
             } else {
@@ -717,21 +751,33 @@ mod tests {
             seconds: 1.0,
             busy,
         };
+        let key = |socket| DomainKey {
+            domain: Domain::Package,
+            socket,
+        };
         let baseline = Baseline {
             watts: [(Domain::Package, 11.0)].into_iter().collect(),
+            per_key: vec![(key(0), 6.6), (key(1), 4.4)],
             busy: 0.05,
         };
-        let (cmd, idle) =
-            background_corrected(&[sample(0.55, 21.0), sample(0.55, 21.0)], &baseline);
-        assert!((cmd[&Domain::Package] - 20.0).abs() < 1e-9, "{cmd:?}");
-        assert!((idle[&Domain::Package] - 20.0).abs() < 1e-9, "{idle:?}");
+        let fit = background_corrected(&[sample(0.55, 21.0), sample(0.55, 21.0)], &baseline);
+        assert!(
+            (fit.command[&Domain::Package] - 20.0).abs() < 1e-9,
+            "{fit:?}"
+        );
+        assert!((fit.idle[&Domain::Package] - 20.0).abs() < 1e-9, "{fit:?}");
+        // What is saved for the next command is the fitted 10 W, split as the baseline was.
+        let saved = baseline.fitted_per_key(&fit.fitted_idle_w);
+        assert_eq!(saved.len(), 2);
+        assert!((saved[0].1 - 6.0).abs() < 1e-9 && (saved[1].1 - 4.0).abs() < 1e-9);
         // No change in load to fit a line through: figures stay as attributed.
-        let (cmd, idle) = background_corrected(&[sample(0.06, 11.2)], &baseline);
-        assert!((cmd[&Domain::Package] - 0.2 * 0.5 / 0.06).abs() < 1e-9);
-        assert!((idle[&Domain::Package] - 11.0).abs() < 1e-9);
+        let fit = background_corrected(&[sample(0.06, 11.2)], &baseline);
+        assert!((fit.command[&Domain::Package] - 0.2 * 0.5 / 0.06).abs() < 1e-9);
+        assert!((fit.idle[&Domain::Package] - 11.0).abs() < 1e-9);
+        assert!(baseline.fitted_per_key(&fit.fitted_idle_w).is_empty());
         // Without a baseline the attributed figures pass through.
-        let (cmd, _) = background_corrected(&[sample(0.55, 21.0)], &Baseline::default());
-        assert!((cmd[&Domain::Package] - 10.0 * 0.5 / 0.55).abs() < 1e-9);
+        let fit = background_corrected(&[sample(0.55, 21.0)], &Baseline::default());
+        assert!((fit.command[&Domain::Package] - 10.0 * 0.5 / 0.55).abs() < 1e-9);
     }
 
     #[test]

@@ -362,6 +362,7 @@ fn run_charges_the_command_only_above_the_idle_baseline() {
     let domain = &first["energy"]["domains"][0];
     assert_eq!(domain["idle_source"], "persisted", "{domain}");
     let idle_w = f64_of(&domain["idle_w"]);
+    eprintln!("saved idle: {idle_w:.3} W vs injected {IDLE_W} W");
     assert!(
         (idle_w - IDLE_W).abs() <= IDLE_W * 0.05,
         "saved idle {idle_w} W"
