@@ -2,7 +2,7 @@
 
 use std::{io::Write, path::PathBuf, sync::mpsc, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     record::{self, Filter, Granularity, RecordConfig},
     run,
     sensor::{self, CounterSpec, SensorConfig, default_counters},
-    sink::JsonLinesSink,
+    sink::{Existing, OutputSpec},
     tui,
 };
 
@@ -57,15 +57,6 @@ pub struct SensorArgs {
     /// Default: cycles,instructions when the CPU has a PMU, else time-only mode.
     #[arg(long, value_delimiter = ',')]
     pub counters: Option<Vec<String>>,
-    /// Only report these processes (tgid); repeatable.
-    #[arg(long = "pid")]
-    pub pids: Vec<u32>,
-    /// Only report processes with this exact command name; repeatable.
-    #[arg(long = "comm")]
-    pub comms: Vec<String>,
-    /// Only report tasks in this cgroup (path prefix like /system.slice, or numeric id); repeatable.
-    #[arg(long = "cgroup")]
-    pub cgroups: Vec<String>,
     /// Most threads tracked at once; beyond it slices are counted as lost (never silently).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_tasks: u32,
@@ -116,16 +107,68 @@ fn parse_watts(text: &str) -> Result<f64, String> {
     }
 }
 
+/// What to do when the output file already holds data (default: refuse, so nothing is lost).
+#[derive(Debug, Args)]
+pub struct ExistingArgs {
+    /// Add to an existing output file, after its last complete line.
+    #[arg(long, conflicts_with = "force")]
+    pub append: bool,
+    /// Overwrite an existing output file (once measuring has started).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ExistingArgs {
+    pub fn existing(&self) -> Existing {
+        match (self.append, self.force) {
+            (true, _) => Existing::Append,
+            (_, true) => Existing::Overwrite,
+            _ => Existing::Refuse,
+        }
+    }
+}
+
+/// Which tasks `record` and `top` report (`run` follows CMD and has none). Filters of different
+/// kinds combine with AND; repeated filters of one kind with OR.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only report these processes (tgid); repeatable.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Only report processes with this exact command name (as in /proc/PID/comm); repeatable.
+    #[arg(long = "comm")]
+    pub comms: Vec<String>,
+    /// Only report tasks in this cgroup: a path like /system.slice (or its /sys/fs/cgroup/…
+    /// form), or a numeric id; repeatable.
+    #[arg(long = "cgroup")]
+    pub cgroups: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
+            cgroups: self.cgroups.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     #[command(flatten)]
     pub sensor: SensorArgs,
-    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after this long (default: until SIGINT/SIGTERM/SIGHUP).
     #[arg(long, value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
-    /// Output file, or - for stdout.
+    /// Output file, or - for stdout. An existing non-empty file is refused unless --append or
+    /// --force says what to do with it.
     #[arg(short, long, default_value = "-")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub existing: ExistingArgs,
     /// One record per process (default), per thread, or per cgroup.
     #[arg(long, value_enum, default_value_t = Granularity::Process)]
     pub granularity: Granularity,
@@ -135,9 +178,13 @@ pub struct RecordArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub sensor: SensorArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Also write the JSON-lines trace (as `record` does) while watching.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    #[command(flatten)]
+    pub existing: ExistingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +194,8 @@ pub struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write the report to FILE instead of stdout.
+    /// Write the report to FILE (overwritten), or - for stdout; default stderr, as `perf stat`
+    /// does, so that CMD's own output on stdout stays clean.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Run CMD N times and report mean ± standard deviation.
@@ -158,12 +206,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
     pub baseline: Duration,
     /// The command and its arguments (after `--`).
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -195,14 +238,30 @@ impl SensorArgs {
     pub fn sensor_config(&self) -> Result<SensorConfig> {
         let (counters, counters_required) = match &self.counters {
             None => (default_counters(), false),
-            Some(names) if names.iter().any(|n| n == "none") => (Vec::new(), false),
-            Some(names) => (
-                names
+            Some(names) if names.iter().any(|n| n == "none") => {
+                if names.len() > 1 {
+                    bail!(
+                        "--counters none means time-only and cannot be combined with counters ({}); drop one",
+                        names.join(",")
+                    );
+                }
+                (Vec::new(), false)
+            }
+            Some(names) => {
+                let specs = names
                     .iter()
                     .map(|n| n.parse::<CounterSpec>())
-                    .collect::<Result<Vec<_>, _>>()?,
-                true,
-            ),
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (i, spec) in specs.iter().enumerate() {
+                    if specs[..i].iter().any(|s| s.name == spec.name) {
+                        bail!(
+                            "counter {} is listed twice in --counters; list each once",
+                            spec.name
+                        );
+                    }
+                }
+                (specs, true)
+            }
         };
         if counters.len() > powerapi_common::MAX_COUNTERS {
             bail!(
@@ -241,24 +300,18 @@ impl SensorArgs {
             state_dir: Some(crate::idle::state_dir()),
         })
     }
-
-    pub fn filter(&self) -> Filter {
-        Filter {
-            pids: self.pids.clone(),
-            comms: self.comms.clone(),
-            cgroups: self.cgroups.clone(),
-        }
-    }
 }
 
-/// A channel that receives once per SIGINT/SIGTERM, so every loop can finish its interval.
+/// A channel that receives once per SIGINT/SIGTERM/SIGHUP, so every loop can finish its
+/// interval (SIGHUP: the ssh session that started us dropped; the trace must still end whole).
 pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
     let (tx, rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
-    .context("cannot install signal handlers")?;
+    .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     std::thread::spawn(move || {
         for _ in signals.forever() {
             if tx.send(()).is_err() {
@@ -269,6 +322,23 @@ pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// Writes `run`'s report where asked. CMD has run by now: a failed write is said, the report goes
+/// to stderr instead, and powerapi still exits with CMD's code.
+fn write_report(output: Option<&OutputSpec>, text: &str) {
+    let written = match output {
+        Some(o) if o.is_stdout() => std::io::stdout().write_all(text.as_bytes()),
+        Some(o) => std::fs::write(&o.path, text),
+        None => std::io::stderr().write_all(text.as_bytes()),
+    };
+    if let (Err(e), Some(o)) = (written, output) {
+        eprintln!(
+            "powerapi: error: cannot write the report to {}: {e}; here it is",
+            o.path.display()
+        );
+        eprint!("{text}");
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn execute(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -277,20 +347,29 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 interval: args.sensor.interval,
                 duration: args.duration,
                 granularity: args.granularity,
-                filter: args.sensor.filter(),
+                filter: args.filter.filter(),
                 collector: args.sensor.collector_config()?,
             };
-            let mut sink = JsonLinesSink::create(&args.output)?;
+            let output = OutputSpec {
+                path: args.output.clone(),
+                existing: args.existing.existing(),
+                flag: "-o",
+            };
+            output.check()?;
             let stop = stop_signal()?;
-            record::record(&config, &mut sink, &stop)?;
+            record::record(&config, |stop| output.open(stop), &stop)?;
             Ok(0)
         }
         Command::Top(args) => {
             let config = tui::TopConfig {
                 collector: args.sensor.collector_config()?,
                 interval: args.sensor.interval,
-                filter: args.sensor.filter(),
-                record: args.record.clone(),
+                filter: args.filter.filter(),
+                record: args.record.clone().map(|path| OutputSpec {
+                    path,
+                    existing: args.existing.existing(),
+                    flag: "--record",
+                }),
             };
             let stop = stop_signal()?;
             tui::run_top(&config, &stop)?;
@@ -304,26 +383,39 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 baseline: args.baseline,
                 command: args.command.clone(),
             };
-            // Open the output first: a bad path must fail before CMD runs.
-            let mut out: Box<dyn Write> = match &args.output {
-                Some(path) => Box::new(std::fs::File::create(path).with_context(|| {
-                    format!(
-                        "cannot write {}; choose a writable path with -o",
-                        path.display()
-                    )
-                })?),
-                None => Box::new(std::io::stdout()),
-            };
+            let output = args.output.clone().map(|path| OutputSpec {
+                path,
+                existing: Existing::Overwrite,
+                flag: "-o",
+            });
+            // A bad path must fail before CMD runs; the file is written only once CMD has.
+            if let Some(output) = &output {
+                output.check()?;
+            }
             let stop = stop_signal()?;
-            let report = run::run(&config, &stop)?;
+            let report = match run::run(&config, &stop) {
+                Ok(report) => report,
+                Err(e) => match e.shell_exit_code() {
+                    Some(code) => {
+                        eprintln!("powerapi: error: {e}");
+                        return Ok(code);
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             let text = if args.json {
                 serde_json::to_string_pretty(&report)? + "\n"
             } else {
                 run::render(&report)
             };
-            out.write_all(text.as_bytes())
-                .context("writing the report")?;
-            Ok(report.exit_code)
+            write_report(output.as_ref(), &text);
+            // A series stopped by Ctrl-C exits as a shell's interrupted command does, unless
+            // CMD's own status already says something went wrong.
+            Ok(if report.interrupted && report.exit_code == 0 {
+                128 + libc::SIGINT
+            } else {
+                report.exit_code
+            })
         }
         Command::Doctor { root } => {
             let checks = doctor::run_checks(&root);
@@ -374,6 +466,44 @@ mod tests {
             err.to_string().contains("unknown counter \"bogus\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn run_takes_cmd_with_or_without_the_separator() {
+        for argv in [
+            &["powerapi", "run", "sh", "-c", "ls -l"][..],
+            &["powerapi", "run", "--", "sh", "-c", "ls -l"],
+        ] {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let Command::Run(args) = cli.command else {
+                panic!("run")
+            };
+            assert_eq!(args.command, ["sh", "-c", "ls -l"]);
+        }
+        // An option run lacks is an error, not a command named `--pid`.
+        assert!(Cli::try_parse_from(["powerapi", "run", "--pid", "1", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn contradictory_counters_are_refused() {
+        for (list, wanted) in [
+            (
+                "none,cpu-clock",
+                "--counters none means time-only and cannot be combined with counters (none,cpu-clock); drop one",
+            ),
+            (
+                "cycles,cpu-clock,cycles",
+                "counter cycles is listed twice in --counters; list each once",
+            ),
+        ] {
+            let cli =
+                Cli::try_parse_from(["powerapi", "record", "--counters", list]).expect("parses");
+            let Command::Record(args) = cli.command else {
+                panic!("record")
+            };
+            let err = args.sensor.sensor_config().expect_err(list);
+            assert_eq!(err.to_string(), wanted);
+        }
     }
 
     #[test]

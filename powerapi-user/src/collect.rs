@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::{
     aggregate::{Aggregate, aggregate},
-    attribution::{Attribution, AttributionConfig, IdleSource, PowerReport},
+    attribution::{Attribution, AttributionConfig, IdleSource, Metric, PowerReport},
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
     energy::{DomainKey, EnergyError, EnergySource, ModelConfig, SourceSpec},
@@ -23,6 +23,33 @@ pub enum CollectError {
     Sensor(#[from] SensorError),
     #[error("energy source: {0}")]
     Energy(#[from] EnergyError),
+    /// Options that cannot work together on this machine.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Refuses a `--metric` whose counter this run does not read: it used to become cpu-time
+/// silently, and figures labelled "by cycles" were not.
+fn check_metric(
+    metric: Metric,
+    counters: &[String],
+    time_only: Option<&str>,
+) -> Result<(), String> {
+    let wanted = match metric {
+        Metric::Cycles => "cycles",
+        Metric::Instructions => "instructions",
+        Metric::Auto | Metric::CpuTime => return Ok(()),
+    };
+    if counters.iter().any(|c| c == wanted) {
+        return Ok(());
+    }
+    let why = match time_only {
+        Some(reason) => format!("time-only mode: {reason}"),
+        None => format!("--counters reads {}", counters.join(",")),
+    };
+    Err(format!(
+        "--metric {wanted} needs the {wanted} counter, which this run does not read ({why}); add it to --counters or use --metric cpu-time"
+    ))
 }
 
 /// Everything a pipeline measures with: the sensor, the energy source, the attribution formula.
@@ -112,12 +139,25 @@ fn self_usage() -> (u64, u64) {
 impl Collector {
     pub fn start(config: &CollectorConfig) -> Result<Self, CollectError> {
         let mut sensor = Sensor::start(&config.sensor)?;
-        let (energy, energy_note) = EnergySource::open(
+        check_metric(
+            config.attribution.metric,
+            &sensor.counter_names(),
+            sensor.time_only_reason(),
+        )
+        .map_err(CollectError::Config)?;
+        let (energy, mut energy_note) = EnergySource::open(
             &config.energy,
             &config.sensor.root,
             sensor.cpus(),
             &config.model,
         )?;
+        if config.model.max_watts.is_some() && energy.as_ref().is_some_and(|e| !e.estimated()) {
+            let ignored = "--max-watts is the model's and is ignored: energy is measured";
+            energy_note = Some(match energy_note {
+                Some(note) => format!("{note}; {ignored}"),
+                None => ignored.to_string(),
+            });
+        }
         let cpus_by_socket = cpus_by_socket(sensor.cpus());
         // Sized up front: when thousands of tasks first run in the same interval, growing these
         // (and rehashing the tracker) doubled that interval's drain time.
@@ -289,5 +329,25 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.save_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_needs_its_counter() {
+        let read = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(check_metric(Metric::Cycles, &read(&["cycles"]), None).is_ok());
+        assert!(check_metric(Metric::CpuTime, &[], Some("no PMU")).is_ok());
+        assert!(check_metric(Metric::Auto, &[], Some("no PMU")).is_ok());
+        assert_eq!(
+            check_metric(Metric::Cycles, &[], Some("this machine has no PMU")),
+            Err("--metric cycles needs the cycles counter, which this run does not read (time-only mode: this machine has no PMU); add it to --counters or use --metric cpu-time".into())
+        );
+        let err = check_metric(Metric::Instructions, &read(&["cycles", "cpu-clock"]), None)
+            .expect_err("instructions not read");
+        assert!(err.contains("(--counters reads cycles,cpu-clock)"), "{err}");
     }
 }

@@ -6,7 +6,8 @@ fn main() {
     match execute(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("powerapi: error: {e:#}");
+            // Every error's message carries its cause and its fix once; the chain would repeat them.
+            eprintln!("powerapi: error: {e}");
             std::process::exit(1);
         }
     }

@@ -237,16 +237,18 @@ pub fn run_info(collector: &Collector) -> RunInfo {
     }
 }
 
-/// Runs until `duration` ends or `stop` receives (or disconnects); returns how many intervals
-/// were written.
-pub fn record(
+/// Runs until `duration` ends, `stop` receives (or disconnects) or the output's reader goes
+/// away; returns how many intervals were written. The sink is opened by `open_sink` only once
+/// the sensor runs, so a start that fails leaves an existing output untouched.
+pub fn record<S: Sink>(
     config: &RecordConfig,
-    sink: &mut dyn Sink,
+    open_sink: impl FnOnce(&Receiver<()>) -> Result<S, SinkError>,
     stop: &Receiver<()>,
 ) -> Result<u64, RecordError> {
     let mut collector = Collector::start(&config.collector)?;
     let run = run_info(&collector);
     announce(&collector, &run);
+    let mut sink = open_sink(stop)?;
     let started = Instant::now();
     let end = config.duration.map(|d| started + d);
     let mut seq = 0;
@@ -270,7 +272,10 @@ pub fn record(
             config.granularity,
             &config.filter,
         );
-        sink.write_interval(&records)?;
+        match sink.write_interval(&records) {
+            Err(SinkError::Closed { .. }) => return Ok(seq),
+            result => result?,
+        }
         if last {
             return Ok(seq);
         }

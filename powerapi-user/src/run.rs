@@ -22,6 +22,7 @@ use crate::{
     collect::{CollectError, Collector, CollectorConfig},
     energy::{Domain, DomainKey},
     record::{announce, run_info},
+    report::{Mode, SCHEMA},
 };
 
 #[derive(Debug, Error)]
@@ -37,11 +38,25 @@ pub enum RunError {
     },
     #[error("interrupted while measuring the idle baseline, before CMD started")]
     Interrupted,
-    #[error("cannot start {command}: {source}")]
+    #[error("cannot run {command}: {source}; check its name, PATH and permissions")]
     Spawn {
         command: String,
         source: std::io::Error,
     },
+}
+
+impl RunError {
+    /// What a shell exits with when it cannot run the command: 127 not found, 126 not
+    /// executable; `None` for powerapi's own failures.
+    pub fn shell_exit_code(&self) -> Option<i32> {
+        match self {
+            Self::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Some(127)
+            }
+            Self::Spawn { .. } => Some(126),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +73,12 @@ pub struct RunConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunMeasurement {
     pub exit_code: i32,
+    /// The signal that killed CMD (`SIGKILL`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Stopped by Ctrl-C/SIGTERM before CMD ended on its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub duration_s: f64,
     pub cpu_time_s: f64,
     pub counters: BTreeMap<String, u64>,
@@ -203,12 +224,23 @@ impl Stat {
 /// What `powerapi run --json` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
+    /// The record schema version this report's vocabulary follows.
+    pub schema: u32,
     pub command: Vec<String>,
+    /// CMD's exit code, or 128 + the signal that killed it (what powerapi exits with).
     pub exit_code: i32,
+    /// The signal behind `exit_code`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// True when the series was cut short: only complete runs are in it (or, when none was
+    /// complete, the interrupted one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub source: Option<String>,
     /// True when energy comes from the model (no RAPL): every joule here is an estimate.
     pub estimated: bool,
-    pub mode: String,
+    /// `time-only` or `counters`, as in the records; the counters themselves are in `runs`.
+    pub mode: Mode,
     pub runs: Vec<RunMeasurement>,
     pub duration_s: Stat,
     pub cpu_time_s: Stat,
@@ -233,7 +265,7 @@ pub fn summarise(
     runs: Vec<RunMeasurement>,
     source: Option<String>,
     estimated: bool,
-    mode: &str,
+    mode: &Mode,
     idle_source: Option<String>,
 ) -> RunReport {
     let stat =
@@ -283,16 +315,16 @@ pub fn summarise(
         .iter()
         .filter_map(|r| r.counters.get("instructions"))
         .sum();
+    let failed = runs.iter().find(|r| r.exit_code != 0);
     RunReport {
+        schema: SCHEMA,
         command: command.to_vec(),
-        exit_code: runs
-            .iter()
-            .map(|r| r.exit_code)
-            .find(|&c| c != 0)
-            .unwrap_or(0),
+        exit_code: failed.map_or(0, |r| r.exit_code),
+        signal: failed.and_then(|r| r.signal.clone()),
+        interrupted: runs.iter().any(|r| r.interrupted),
         source,
         estimated,
-        mode: mode.to_string(),
+        mode: mode.clone(),
         duration_s: stat(&|r| r.duration_s),
         cpu_time_s: stat(&|r| r.cpu_time_s),
         joules,
@@ -331,9 +363,14 @@ pub fn render(report: &RunReport) -> String {
     } else {
         String::new()
     };
+    let interrupted = if report.interrupted {
+        " — interrupted"
+    } else {
+        ""
+    };
     out.push_str(&format!(
-        "\n powerapi run '{}'{runs}:\n\n",
-        report.command.join(" ")
+        "\n powerapi run {}{runs}{interrupted}:\n\n",
+        quoted(&report.command)
     ));
     out.push_str(&format!(
         "   {:<20}{}\n",
@@ -399,11 +436,56 @@ pub fn render(report: &RunReport) -> String {
         }
         (Some(source), false) => format!("energy measured by RAPL ({source})"),
     };
-    out.push_str(&format!("\n   {how}; counters: {}\n", report.mode));
-    if report.exit_code != 0 {
-        out.push_str(&format!("   command exited with {}\n", report.exit_code));
+    let counters = match report.runs.first() {
+        Some(run) if !run.counters.is_empty() => {
+            run.counters.keys().cloned().collect::<Vec<_>>().join(",")
+        }
+        _ => "none (time-only)".to_string(),
+    };
+    out.push_str(&format!("\n   {how}; counters: {counters}\n"));
+    match &report.signal {
+        Some(signal) => out.push_str(&format!("   command killed by {signal}\n")),
+        None if report.exit_code != 0 => {
+            out.push_str(&format!("   command exited with {}\n", report.exit_code))
+        }
+        None => {}
     }
     out
+}
+
+/// The command line as a shell would take it back (`sh -c 'i=0; …'`), so it can be pasted.
+pub fn quoted(command: &[String]) -> String {
+    shlex::try_join(command.iter().map(String::as_str)).unwrap_or_else(|_| format!("{command:?}"))
+}
+
+/// `SIGKILL` for 9: std and libc give the number only. Unknown numbers read `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    const NAMES: [(i32, &str); 20] = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGPIPE, "SIGPIPE"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+        (libc::SIGSYS, "SIGSYS"),
+        (libc::SIGVTALRM, "SIGVTALRM"),
+        (libc::SIGPROF, "SIGPROF"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == signal)
+        .map_or_else(|| format!("signal {signal}"), |(_, name)| name.to_string())
 }
 
 /// A cgroup made for one execution; removed on drop when empty.
@@ -434,22 +516,64 @@ impl RunCgroup {
     }
 }
 
+impl RunCgroup {
+    /// SIGKILL to every process in the cgroup (`cgroup.kill`, Linux ≥ 5.14), else to CMD.
+    fn kill(&self, child_pid: i32) {
+        if fs::write(self.dir.join("cgroup.kill"), "1").is_err() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child_pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Moves what CMD left running (daemons) to the parent cgroup, so the directory can go.
+    fn release_survivors(&self) -> Vec<u32> {
+        let Some(parent) = self.dir.parent() else {
+            return Vec::new();
+        };
+        let pids: Vec<u32> = fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for pid in &pids {
+            let _ = fs::write(parent.join("cgroup.procs"), pid.to_string());
+        }
+        pids
+    }
+}
+
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if fs::remove_dir(&self.dir).is_err() {
+        let survivors = self.release_survivors();
+        if !survivors.is_empty() {
+            let list: Vec<String> = survivors.iter().map(u32::to_string).collect();
             eprintln!(
-                "powerapi: {} still has processes (CMD left descendants running); remove it when they end",
-                self.dir.display()
+                "powerapi: CMD left {} process(es) running (pid {}); they were measured until CMD ended and are no longer followed",
+                survivors.len(),
+                list.join(", ")
             );
+        }
+        // Emptying a cgroup is asynchronous in the kernel: retry briefly before giving up.
+        for attempt in 0..50 {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(_) if attempt < 49 => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => eprintln!(
+                    "powerapi: cannot remove {} ({e}); remove it with rmdir when its processes end",
+                    self.dir.display()
+                ),
+            }
         }
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1)
+/// A shell's exit code for CMD's status (128 + signal when killed), and the signal's name.
+fn exit_code(status: std::process::ExitStatus) -> (i32, Option<String>) {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal_name(signal))),
+        (None, None) => (1, None),
+    }
 }
 
 fn measure_once(
@@ -504,10 +628,22 @@ fn measure_once(
             }
         }
         // Ctrl-C reaches CMD through the terminal; SIGTERM sent to powerapi alone is passed on.
+        // A second one kills whatever is left in CMD's cgroup: a command may ignore SIGTERM.
         if stop.try_recv().is_ok() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child_pid, libc::SIGTERM) };
+            if measurement.interrupted {
+                eprintln!("powerapi: killing CMD and its descendants");
+                cgroup.kill(child_pid);
+            } else {
+                measurement.interrupted = true;
+                eprintln!("powerapi: stopping CMD (SIGTERM); interrupt again to kill it (SIGKILL)");
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child_pid, libc::SIGTERM) };
+            }
         }
+    }
+    // Ctrl-C from a terminal reaches CMD too, which may end before the loop above saw it.
+    if stop.try_recv().is_ok() {
+        measurement.interrupted = true;
     }
     measurement.duration_s = started.elapsed().as_secs_f64();
     accumulate(collector, cgroup.id, &mut measurement, idle_source)?;
@@ -532,7 +668,7 @@ fn measure_once(
         command: config.command[0].clone(),
         source: std::io::Error::other("waiter thread panicked"),
     })?;
-    measurement.exit_code = status.map(exit_code).unwrap_or(1);
+    (measurement.exit_code, measurement.signal) = status.map_or((1, None), exit_code);
     Ok(measurement)
 }
 
@@ -635,7 +771,7 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
     let mut runs = Vec::new();
     let mut idle_source = None;
     for n in 0..config.repeat.max(1) {
-        runs.push(measure_once(
+        let run = measure_once(
             &mut collector,
             config,
             &mount,
@@ -643,22 +779,28 @@ pub fn run(config: &RunConfig, stop: &Receiver<()>) -> Result<RunReport, RunErro
             stop,
             &mut idle_source,
             baseline.as_ref(),
-        )?);
+        )?;
+        if run.interrupted {
+            // A run cut short would drag the series' mean down: keep it only when it is all
+            // there is, marked.
+            if runs.is_empty() {
+                runs.push(run);
+            }
+            break;
+        }
+        runs.push(run);
     }
-    let source = collector.energy_source_name();
-    let mode = if info.counters.is_empty() {
-        "time-only".to_string()
-    } else {
-        info.counters.join(",")
-    };
-    Ok(summarise(
+    let cut_short = runs.len() < config.repeat.max(1) as usize;
+    let mut report = summarise(
         &config.command,
         runs,
-        source,
+        collector.energy_source_name(),
         collector.energy_estimated(),
-        &mode,
+        &info.mode,
         idle_source,
-    ))
+    );
+    report.interrupted |= cut_short;
+    Ok(report)
 }
 
 fn idle_source_name(source: IdleSource) -> String {
@@ -728,6 +870,8 @@ mod tests {
     fn measurement(j: f64, machine: f64, secs: f64) -> RunMeasurement {
         RunMeasurement {
             exit_code: 0,
+            signal: None,
+            interrupted: false,
             duration_s: secs,
             cpu_time_s: secs,
             counters: BTreeMap::new(),
@@ -796,7 +940,7 @@ mod tests {
             vec![measurement(10.0, 40.0, 2.0), measurement(12.0, 40.0, 2.0)],
             Some("powercap".into()),
             false,
-            "time-only",
+            &Mode::TimeOnly,
             Some("baseline measured before CMD".into()),
         );
         assert_eq!(report.joules[&Domain::Package].mean, 11.0);
@@ -813,7 +957,7 @@ mod tests {
             vec![measurement(1.0, 2.0, 1.0)],
             Some("model".into()),
             true,
-            "time-only",
+            &Mode::TimeOnly,
             None,
         ));
         assert!(estimated.contains("ESTIMATED"), "{estimated}");

@@ -128,3 +128,39 @@ fn doctor_lists_every_access_path() {
         );
     }
 }
+
+/// Options that used to be ignored or silently degraded are refused with the fix.
+#[test]
+fn contradictory_options_are_refused_not_silently_degraded() {
+    let Some(_lock) = bpf_test("contradictory_options_are_refused_not_silently_degraded") else {
+        return;
+    };
+    for (args, wanted) in [
+        (
+            &["--counters", "cpu-clock", "--metric", "cycles"][..],
+            "powerapi: error: --metric cycles needs the cycles counter, which this run does not read (--counters reads cpu-clock); add it to --counters or use --metric cpu-time",
+        ),
+        (
+            &[
+                "--counters",
+                "none",
+                "--energy-source",
+                "model",
+                "--max-watts",
+                "1",
+            ],
+            "energy source: --max-watts 1 W is below the model's idle power",
+        ),
+        (
+            &["--counters", "none,cpu-clock"],
+            "powerapi: error: --counters none means time-only and cannot be combined with counters (none,cpu-clock); drop one",
+        ),
+    ] {
+        let mut argv = vec!["record", "--duration", "1s", "-o", "/dev/null"];
+        argv.extend_from_slice(args);
+        let (code, stderr) = run(&argv);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+    }
+}

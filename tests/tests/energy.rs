@@ -269,6 +269,16 @@ fn model_estimates_are_labelled_and_follow_load() {
     assert_energy_conserved(&records);
 }
 
+/// `run --json`'s report: the JSON object that follows powerapi's notes on stderr.
+fn json_report(stderr: &str) -> Value {
+    let start = if stderr.starts_with('{') {
+        0
+    } else {
+        stderr.find("\n{").expect("a JSON report on stderr") + 1
+    };
+    serde_json::from_str(&stderr[start..]).expect("JSON report")
+}
+
 fn run_powerapi(args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(powerapi())
         .arg("run")
@@ -421,13 +431,22 @@ fn run_repeats_and_prints_a_text_report() {
         "0.2",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let text = String::from_utf8_lossy(&stdout);
+    // The report goes to stderr, as perf stat's does: stdout is CMD's alone.
     assert!(
-        text.contains("(3 runs)") && text.contains("energy package") && text.contains("±"),
-        "{text}"
+        String::from_utf8_lossy(&stdout)
+            .lines()
+            .all(|l| l.starts_with("cpu_ns=")),
+        "{}",
+        String::from_utf8_lossy(&stdout)
     );
-    assert!(text.contains("ESTIMATED"), "{text}");
-    assert!(stderr.contains("ESTIMATED"), "{stderr}");
+    assert!(
+        stderr.contains("(3 runs)") && stderr.contains("energy package") && stderr.contains("±"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("energy ESTIMATED by the linear model"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -435,15 +454,26 @@ fn run_reports_a_missing_command_in_one_line() {
     let Some(_lock) = bpf_test("run_reports_a_missing_command_in_one_line") else {
         return;
     };
+    // A shell's codes: 127 not found, 126 found but not executable.
     let (code, _, stderr) = run_powerapi(&["--energy-source", "none", "--", "/nonexistent/cmd"]);
-    assert_eq!(code, 1);
-    assert!(
-        stderr
-            .lines()
-            .last()
-            .is_some_and(|l| l.contains("cannot start /nonexistent/cmd")),
+    assert_eq!(code, 127, "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            "powerapi: error: cannot run /nonexistent/cmd: No such file or directory (os error 2); check its name, PATH and permissions"
+        ),
         "{stderr}"
     );
+    let script = temp_path("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\n").expect("write");
+    let (code, _, stderr) = run_powerapi(&[
+        "--energy-source",
+        "none",
+        "--",
+        script.to_str().expect("utf-8"),
+    ]);
+    let _ = fs::remove_file(&script);
+    assert_eq!(code, 126, "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
 
@@ -472,9 +502,12 @@ fn sysfs_root_lets_auto_find_a_powercap_tree() {
     drop(injector);
     let _ = fs::remove_dir_all(&root);
     assert_eq!(code, 0, "{stderr}");
-    let report: Value =
-        serde_json::from_slice(&stdout[stdout.iter().position(|&b| b == b'{').expect("JSON")..])
-            .expect("JSON report");
+    // `run --json -- CMD | jq` works: stdout is CMD's, the report is on stderr.
+    assert!(
+        String::from_utf8_lossy(&stdout).starts_with("cpu_ns="),
+        "{stderr}"
+    );
+    let report = json_report(&stderr);
     assert_eq!(
         report["source"], "powercap",
         "auto must pick the powercap tree under --sysfs-root"

@@ -253,28 +253,32 @@ fn threads_are_reported_separately() {
     assert_eq!(of_type(&records, "process").count(), 0);
 }
 
+/// SIGTERM (a service manager) and SIGHUP (an ssh session dropping) both end the recording with
+/// the cut-short interval written; SIGHUP used to kill it with that interval lost.
 #[test]
-fn sigterm_writes_the_partial_interval() {
-    let Some(_lock) = bpf_test("sigterm_writes_the_partial_interval") else {
+fn sigterm_and_sighup_write_the_partial_interval() {
+    let Some(_lock) = bpf_test("sigterm_and_sighup_write_the_partial_interval") else {
         return;
     };
-    let recording = Recording::start("sigterm", &["--interval", "300ms", "--counters", "none"]);
-    std::thread::sleep(std::time::Duration::from_millis(450));
-    let records = recording.stop_with(libc::SIGTERM);
-    let last = of_type(&records, "machine")
-        .last()
-        .expect("machine records");
-    assert_eq!(
-        last["interval"]["partial"], true,
-        "the cut-short interval is written and marked"
-    );
-    assert!(
-        of_type(&records, "machine")
-            .filter(|m| m["interval"]["partial"] == false)
-            .count()
-            >= 1
-    );
-    assert!(records.iter().all(|r| r["schema"] == 2));
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let recording = Recording::start("sigterm", &["--interval", "300ms", "--counters", "none"]);
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        let records = recording.stop_with(signal);
+        let last = of_type(&records, "machine")
+            .last()
+            .expect("machine records");
+        assert_eq!(
+            last["interval"]["partial"], true,
+            "signal {signal}: the cut-short interval is written and marked"
+        );
+        assert!(
+            of_type(&records, "machine")
+                .filter(|m| m["interval"]["partial"] == false)
+                .count()
+                >= 1
+        );
+        assert!(records.iter().all(|r| r["schema"] == 2));
+    }
 }
 
 #[test]

@@ -124,6 +124,9 @@ pub enum EnergyError {
     Parse { path: String, detail: String },
     #[error("{0}")]
     Unavailable(String),
+    /// Options that contradict each other or the machine.
+    #[error("{0}")]
+    Config(String),
     #[error(
         "cannot open perf event {event} on CPU {cpu}: {source}; run as root or with CAP_PERFMON"
     )]
@@ -287,7 +290,7 @@ impl EnergySource {
                     cpus,
                     model.idle_watts,
                     model.max_watts,
-                )),
+                )?),
                 None,
             )),
             SourceSpec::Auto => {

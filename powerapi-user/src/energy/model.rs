@@ -1,7 +1,7 @@
 //! No RAPL (VMs): `P = P_idle + (P_max − P_idle) × busy`, per socket in proportion to its CPUs.
 //! Every figure from here is an estimate and is labelled so downstream.
 
-use super::{Domain, DomainKey, EnergySample};
+use super::{Domain, DomainKey, EnergyError, EnergySample};
 use crate::topology::{Cpu, cpus_by_socket};
 
 /// Defaults when `--idle-watts`/`--max-watts` are not given: 2 W idle and 10 W at full load per
@@ -18,18 +18,30 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
-    pub fn new(cpus: &[Cpu], idle_watts: Option<f64>, max_watts: Option<f64>) -> Self {
+    /// A maximum below the idle power is refused: it would make every task cost 0 W.
+    pub fn new(
+        cpus: &[Cpu],
+        idle_watts: Option<f64>,
+        max_watts: Option<f64>,
+    ) -> Result<Self, EnergyError> {
         let sockets = cpus_by_socket(cpus);
         let n = cpus.len().max(1) as f64;
-        let idle_watts = idle_watts.unwrap_or(DEFAULT_IDLE_WATTS_PER_CPU * n);
-        let max_watts = max_watts
-            .unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * n)
-            .max(idle_watts);
-        Self {
-            idle_watts,
-            max_watts,
-            sockets,
+        let idle = idle_watts.unwrap_or(DEFAULT_IDLE_WATTS_PER_CPU * n);
+        let max = max_watts.unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * n);
+        if max < idle {
+            let idle_from = match idle_watts {
+                Some(_) => "--idle-watts".to_string(),
+                None => format!("{DEFAULT_IDLE_WATTS_PER_CPU} W per CPU × {n} CPUs"),
+            };
+            return Err(EnergyError::Config(format!(
+                "--max-watts {max} W is below the model's idle power {idle} W ({idle_from}); raise --max-watts or set --idle-watts below it"
+            )));
         }
+        Ok(Self {
+            idle_watts: idle,
+            max_watts: max,
+            sockets,
+        })
     }
 
     /// Package energy per socket over `duration_ns`, from each socket's busy time.
@@ -79,7 +91,7 @@ mod tests {
             Cpu { id: 2, socket: 1 },
             Cpu { id: 3, socket: 1 },
         ];
-        let model = LinearModel::new(&cpus, Some(20.0), Some(100.0));
+        let model = LinearModel::new(&cpus, Some(20.0), Some(100.0)).expect("valid");
         // Socket 0 fully busy for 1 s, socket 1 idle.
         let s = model.sample(1_000_000_000, &[(0, 2_000_000_000)]);
         assert!(s.estimated);
@@ -89,7 +101,14 @@ mod tests {
             "10 W idle + 40 W active"
         );
         assert!((s.domains[1].1 - 10.0).abs() < 1e-9);
-        let defaults = LinearModel::new(&cpus, None, None);
+        let defaults = LinearModel::new(&cpus, None, None).expect("valid");
         assert_eq!((defaults.idle_watts, defaults.max_watts), (8.0, 40.0));
+        // Below the default idle (2 W × 4 CPUs): refused, saying where the idle figure came from.
+        let err = LinearModel::new(&cpus, None, Some(5.0)).expect_err("below idle");
+        assert_eq!(
+            err.to_string(),
+            "--max-watts 5 W is below the model's idle power 8 W (2 W per CPU × 4 CPUs); raise --max-watts or set --idle-watts below it"
+        );
+        assert!(LinearModel::new(&cpus, Some(4.0), Some(5.0)).is_ok());
     }
 }

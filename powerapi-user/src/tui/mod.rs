@@ -9,7 +9,6 @@ pub mod state;
 
 use std::{
     io::{self, IsTerminal, Stdout},
-    path::PathBuf,
     sync::{
         Arc,
         mpsc::{self, Receiver, RecvTimeoutError},
@@ -27,7 +26,7 @@ use thiserror::Error;
 use crate::{
     collect::{CollectError, Collector, CollectorConfig},
     record::{Filter, Granularity, build_records, run_info},
-    sink::{JsonLinesSink, Sink, SinkError},
+    sink::{JsonLinesSink, OutputSpec, Sink, SinkError},
 };
 use snapshot::{TopSnapshot, Users};
 use state::App;
@@ -53,7 +52,7 @@ pub struct TopConfig {
     pub collector: CollectorConfig,
     pub interval: Duration,
     pub filter: Filter,
-    pub record: Option<PathBuf>,
+    pub record: Option<OutputSpec>,
 }
 
 /// Puts the terminal back however we leave: normal return, error (drop) or panic (hook).
@@ -141,12 +140,16 @@ pub fn run_top(config: &TopConfig, signals: &Receiver<()>) -> Result<(), TopErro
     if !io::stdin().is_terminal() {
         return Err(TopError::NoTty("stdin"));
     }
+    if let Some(output) = &config.record {
+        output.check()?;
+    }
+    let collector = Collector::start(&config.collector)?;
+    // Opened only now: a start that failed has left an existing file as it was.
     let sink = config
         .record
-        .as_deref()
-        .map(JsonLinesSink::create)
+        .as_ref()
+        .map(|output| output.open(signals))
         .transpose()?;
-    let collector = Collector::start(&config.collector)?;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut app = App::new(config.interval.as_secs_f64(), no_color);
 
