@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     delta::IntervalDeltas,
-    energy::{Domain, DomainKey, EnergySample},
+    energy::{Domain, DomainKey, EnergySample, Unmeasured},
 };
 
 /// Joules per domain (indexed by [`Domain::index`]).
@@ -97,6 +97,10 @@ pub struct PowerReport {
     pub domains: Vec<DomainReport>,
     /// Parallel to `IntervalDeltas::tasks`.
     pub task_joules: Vec<DomainJoules>,
+    /// Domains with no trustworthy figure this interval (not in `domains`).
+    pub unmeasured: Vec<Unmeasured>,
+    pub implausible_readings: u64,
+    pub unreadable_readings: u64,
 }
 
 const HISTORY: usize = 300;
@@ -323,6 +327,9 @@ impl Attribution {
             idle_policy: self.config.idle_policy,
             domains,
             task_joules,
+            unmeasured: sample.unmeasured.clone(),
+            implausible_readings: sample.implausible_readings,
+            unreadable_readings: sample.unreadable_readings,
         }
     }
 }
@@ -387,7 +394,7 @@ mod tests {
             source: "test".into(),
             estimated: false,
             domains,
-            known_idle_w: vec![],
+            ..Default::default()
         }
     }
 

@@ -9,7 +9,7 @@ use crate::{
     attribution::{AttributionConfig, IdlePolicy, Metric},
     collect::CollectorConfig,
     doctor,
-    energy::{ModelConfig, SourceSpec},
+    energy::{EnergyOptions, SourceSpec},
     record::{self, Filter, Granularity, RecordConfig},
     run,
     sensor::{self, CounterSpec, SensorConfig, default_counters},
@@ -85,6 +85,10 @@ pub struct SensorArgs {
     /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
     #[arg(long, value_parser = parse_watts)]
     pub max_watts: Option<f64>,
+    /// How long a measured energy source may stay unreadable before powerapi stops; until then
+    /// its intervals are reported unmeasured and recording goes on.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub energy_timeout: Duration,
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
@@ -288,9 +292,10 @@ impl SensorArgs {
         Ok(CollectorConfig {
             sensor: self.sensor_config()?,
             energy: self.energy_source.clone(),
-            model: ModelConfig {
+            model: EnergyOptions {
                 idle_watts: self.idle_watts,
                 max_watts: self.max_watts,
+                timeout: self.energy_timeout,
             },
             attribution: AttributionConfig {
                 metric: self.metric,

@@ -10,7 +10,7 @@ use crate::{
     attribution::{Attribution, AttributionConfig, IdleSource, Metric, PowerReport},
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
-    energy::{DomainKey, EnergyError, EnergySource, ModelConfig, SourceSpec},
+    energy::{DomainKey, EnergyError, EnergyOptions, EnergySource, SourceSpec, UnmeasuredReason},
     idle::IdleStore,
     report::{Interval, MeterCost},
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
@@ -57,7 +57,7 @@ fn check_metric(
 pub struct CollectorConfig {
     pub sensor: SensorConfig,
     pub energy: SourceSpec,
-    pub model: ModelConfig,
+    pub model: EnergyOptions,
     pub attribution: AttributionConfig,
     /// Where the idle estimate is kept between commands (`None`: not kept).
     pub state_dir: Option<std::path::PathBuf>,
@@ -105,6 +105,8 @@ pub struct Collector {
     last_idle_save: Instant,
     /// A better idle figure than the online estimate, to save instead of it (`run`'s fit).
     kept_idle: Option<Vec<(DomainKey, f64)>>,
+    /// Which kinds of unmeasured energy were already said on stderr (each is said once).
+    said_unmeasured: Vec<UnmeasuredReason>,
 }
 
 /// How often a long-running command refreshes the saved idle estimate.
@@ -201,6 +203,7 @@ impl Collector {
             idle_store,
             last_idle_save: Instant::now(),
             kept_idle: None,
+            said_unmeasured: Vec::new(),
         })
     }
 
@@ -294,6 +297,15 @@ impl Collector {
                     }
                 }
                 let sample = energy.sample(deltas.duration_ns(), &busy_by_socket)?;
+                for u in &sample.unmeasured {
+                    if !self.said_unmeasured.contains(&u.reason) {
+                        self.said_unmeasured.push(u.reason);
+                        eprintln!(
+                            "powerapi: {} energy of socket {} left unmeasured for an interval ({}); such intervals are listed in the machine record's energy.unmeasured, recording goes on",
+                            u.domain, u.socket, u.detail
+                        );
+                    }
+                }
                 let counters = self.sensor.counter_names();
                 Some(
                     self.attribution

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     attribution::{DomainJoules, DomainReport, IdlePolicy, PowerReport},
     cgroup::Container,
-    energy::Domain,
+    energy::{Domain, Unmeasured},
 };
 
 /// Bump on any incompatible change to a record's fields.
@@ -108,6 +108,16 @@ pub struct MachineEnergy {
     pub estimated: bool,
     pub idle_policy: IdlePolicy,
     pub domains: Vec<DomainReport>,
+    /// Domains whose reading was rejected or unreadable this interval: they have no figure
+    /// (rather than one that balances but lies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured: Vec<Unmeasured>,
+    /// Readings rejected since the start because they implied an impossible power.
+    #[serde(default)]
+    pub implausible_readings: u64,
+    /// Readings that failed (after retries) since the start.
+    #[serde(default)]
+    pub unreadable_readings: u64,
 }
 
 /// A task's or cgroup's share of the energy, per domain (sockets summed).
@@ -188,6 +198,9 @@ pub fn machine_energy(power: &PowerReport) -> MachineEnergy {
         estimated: power.estimated,
         idle_policy: power.idle_policy,
         domains: power.domains.clone(),
+        unmeasured: power.unmeasured.clone(),
+        implausible_readings: power.implausible_readings,
+        unreadable_readings: power.unreadable_readings,
     }
 }
 

@@ -522,3 +522,90 @@ fn sysfs_root_lets_auto_find_a_powercap_tree() {
         "{joules:.2} J for {cpu_s:.2} CPU-s; the injected model says {expected:.2} J"
     );
 }
+
+/// A host that resets its guest's counter, leaves `energy_uj` empty while rewriting it in place,
+/// and has no `max_energy_range_uj`: before, the reset read as 1.8 × 10¹³ J and the empty read
+/// ended the recording. Now those intervals are unmeasured (listed, counted), the rest measured.
+#[test]
+fn lying_energy_input_is_unmeasured_and_recording_goes_on() {
+    let Some(_lock) = bpf_test("lying_energy_input_is_unmeasured_and_recording_goes_on") else {
+        return;
+    };
+    let dir = temp_path("lying-powercap");
+    let zone = dir.join("intel-rapl:0");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&zone).expect("mkdir zone");
+    fs::write(zone.join("name"), "package-0\n").expect("name");
+    let energy = zone.join("energy_uj");
+    fs::write(&energy, "0\n").expect("energy");
+    let source = format!("powercap-dir:{}", dir.display());
+    let recording = Recording::start(
+        "lying",
+        &[
+            "--counters",
+            "none",
+            "--interval",
+            "200ms",
+            "--energy-source",
+            &source,
+        ],
+    );
+    // 10 W, written every 20 ms, in phases: honest, reset, honest, empty, honest.
+    let write_for = |from_uj: u64, seconds: f64| -> u64 {
+        let t0 = Instant::now();
+        let mut uj = from_uj;
+        while t0.elapsed().as_secs_f64() < seconds {
+            uj = from_uj + (t0.elapsed().as_secs_f64() * 10.0 * 1e6) as u64;
+            fs::write(&energy, format!("{uj}\n")).expect("write energy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        uj
+    };
+    let uj = write_for(0, 0.8);
+    let _ = uj;
+    let uj = write_for(1_000, 0.8); // counter reset to ~0
+    fs::write(&energy, "").expect("empty energy_uj");
+    std::thread::sleep(Duration::from_millis(700));
+    write_for(uj, 0.8);
+    let records = recording.stop();
+
+    let machines: Vec<&Value> = of_type(&records, "machine").collect();
+    let reasons: Vec<String> = machines
+        .iter()
+        .flat_map(|m| {
+            m["energy"]["unmeasured"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|u| u["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(reasons.iter().any(|r| r == "implausible"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "unreadable"), "{reasons:?}");
+    let last = machines.last().expect("machine records");
+    assert!(
+        u64_of(&last["energy"]["implausible_readings"]) >= 1,
+        "{last}"
+    );
+    assert!(
+        u64_of(&last["energy"]["unreadable_readings"]) >= 1,
+        "{last}"
+    );
+    // Every figure that is there is plausible: 10 W injected; 3 × covers a 20 ms write lag in a
+    // 200 ms interval (measured here: within ±15 %).
+    let mut measured = 0;
+    for m in &machines {
+        let seconds = u64_of(&m["interval"]["duration_ns"]) as f64 / 1e9;
+        for d in m["energy"]["domains"].as_array().expect("domains") {
+            let watts = f64_of(&d["measured_j"]) / seconds;
+            assert!(watts < 30.0, "{watts} W in {m}");
+            measured += 1;
+        }
+    }
+    assert!(
+        measured >= 5,
+        "intervals after each bad phase are measured again"
+    );
+    assert_energy_conserved(&records);
+    let _ = fs::remove_dir_all(&dir);
+}

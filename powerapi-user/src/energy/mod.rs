@@ -12,6 +12,7 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,43 @@ pub struct EnergySample {
     pub domains: Vec<(DomainKey, f64)>,
     /// The model's own idle power per key (watts), when the source knows it.
     pub known_idle_w: Vec<(DomainKey, f64)>,
+    /// Domains whose reading this interval could not be used: absent from `domains`.
+    pub unmeasured: Vec<Unmeasured>,
+    /// Readings rejected since the start, by reason.
+    pub implausible_readings: u64,
+    pub unreadable_readings: u64,
+}
+
+/// Why a domain has no figure for an interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmeasuredReason {
+    /// The delta implies a power above the domain's plausible bound (a counter reset, a garbage
+    /// `max_energy_range_uj`, a rewritten file).
+    Implausible,
+    /// The counter could not be read (after retries), or this is the first reading after one
+    /// that could not: there is no honest delta for the interval.
+    Unreadable,
+}
+
+/// A domain left out of an interval, and why, for the machine record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unmeasured {
+    pub domain: Domain,
+    pub socket: u32,
+    pub reason: UnmeasuredReason,
+    pub detail: String,
+}
+
+/// Above this power a reading is not believed, when the source gives no limit of its own
+/// (powercap's `constraint_*_max_power_uw`, of which 5 × is used). Per domain and socket: about
+/// 4 × the largest parts shipping in 2026 (500 W packages), so that no real reading is lost.
+pub fn default_bound_watts(domain: Domain) -> f64 {
+    match domain {
+        Domain::Package | Domain::Core => 2000.0,
+        Domain::Uncore | Domain::Dram | Domain::Gpu => 1000.0,
+        Domain::Psys => 5000.0,
+    }
 }
 
 #[derive(Debug, Error)]
@@ -127,6 +165,10 @@ pub enum EnergyError {
     /// Options that contradict each other or the machine.
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the energy source stayed unreadable for {seconds} s (last: {cause}); fix the source or raise --energy-timeout"
+    )]
+    Unreadable { seconds: f64, cause: String },
     #[error(
         "cannot open perf event {event} on CPU {cpu}: {source}; run as root or with CAP_PERFMON"
     )]
@@ -152,10 +194,26 @@ pub(crate) fn read_text(path: &Path) -> Result<String, EnergyError> {
     })
 }
 
+/// One counter's reading; a failure names its counter so that the others stay usable.
+pub type Reading = Result<CounterValue, (DomainKey, EnergyError)>;
+
 /// A hardware source of cumulative energy counters.
 pub trait CounterSource: Send {
     fn name(&self) -> &str;
-    fn read(&mut self) -> Result<Vec<CounterValue>, EnergyError>;
+    /// One reading per counter, in a stable order.
+    fn read(&mut self) -> Vec<Reading>;
+    /// The most power `key` can plausibly draw, when the hardware says (watts).
+    fn bound_watts(&self, _key: DomainKey) -> Option<f64> {
+        None
+    }
+}
+
+/// The first failure among `readings`, as the error a start reports.
+pub fn first_error(readings: Vec<Reading>) -> Result<Vec<CounterValue>, EnergyError> {
+    readings
+        .into_iter()
+        .map(|r| r.map_err(|(_, e)| e))
+        .collect()
 }
 
 /// Units since the previous reading, with wraparound: a counter that went down wrapped once at
@@ -168,33 +226,142 @@ pub fn counter_delta(previous: u64, current: u64, range: Option<u64>) -> u64 {
     }
 }
 
-/// Turns a counter source's readings into per-interval joules.
+/// How often a failed reading is retried within one interval, and how long apart: a host that
+/// rewrites `energy_uj` in place leaves it empty for microseconds.
+const READ_ATTEMPTS: u32 = 3;
+const READ_RETRY: Duration = Duration::from_millis(2);
+
+/// Turns a counter source's readings into per-interval joules, and refuses to lie: a delta that
+/// implies an impossible power, or one that spans a failed read, is reported unmeasured rather
+/// than as a number that balances.
 pub struct EnergyMeter {
     source: Box<dyn CounterSource>,
-    previous: HashMap<DomainKey, u64>,
+    /// The last good raw value of each counter and when it was read.
+    previous: HashMap<DomainKey, (u64, Instant)>,
+    implausible: u64,
+    unreadable: u64,
+    /// Since when every counter has failed (None while any reads).
+    failing_since: Option<Instant>,
+    /// How long the whole source may stay unreadable before the run ends.
+    timeout: Duration,
 }
 
 impl EnergyMeter {
-    pub fn new(mut source: Box<dyn CounterSource>) -> Result<Self, EnergyError> {
-        let previous = source.read()?.into_iter().map(|c| (c.key, c.raw)).collect();
-        Ok(Self { source, previous })
+    pub fn new(mut source: Box<dyn CounterSource>, timeout: Duration) -> Result<Self, EnergyError> {
+        let now = Instant::now();
+        let previous = first_error(source.read())?
+            .into_iter()
+            .map(|c| (c.key, (c.raw, now)))
+            .collect();
+        Ok(Self {
+            source,
+            previous,
+            implausible: 0,
+            unreadable: 0,
+            failing_since: None,
+            timeout,
+        })
+    }
+
+    /// Reads every counter, retrying the ones that fail a few times.
+    fn read_with_retries(&mut self) -> Vec<Reading> {
+        let mut readings = self.source.read();
+        for _ in 1..READ_ATTEMPTS {
+            if readings.iter().all(Result::is_ok) {
+                break;
+            }
+            std::thread::sleep(READ_RETRY);
+            for (slot, again) in readings.iter_mut().zip(self.source.read()) {
+                if slot.is_err() {
+                    *slot = again;
+                }
+            }
+        }
+        readings
     }
 
     pub fn sample(&mut self) -> Result<EnergySample, EnergyError> {
-        let mut domains = Vec::new();
-        for value in self.source.read()? {
-            if let Some(previous) = self.previous.insert(value.key, value.raw) {
-                let units = counter_delta(previous, value.raw, value.range);
-                domains.push((value.key, units as f64 * value.joules_per_unit));
-            }
-        }
-        domains.sort_by_key(|(k, _)| *k);
-        Ok(EnergySample {
+        let readings = self.read_with_retries();
+        self.sample_from(readings, Instant::now())
+    }
+
+    /// The delta logic, apart from the reading (unit-tested with made-up readings).
+    fn sample_from(
+        &mut self,
+        readings: Vec<Reading>,
+        now: Instant,
+    ) -> Result<EnergySample, EnergyError> {
+        let mut sample = EnergySample {
             source: self.source.name().to_string(),
-            estimated: false,
-            domains,
-            known_idle_w: Vec::new(),
-        })
+            ..Default::default()
+        };
+        let mut last_error = None;
+        let mut any_read = false;
+        for reading in readings {
+            let value = match reading {
+                Ok(value) => value,
+                Err((key, e)) => {
+                    self.unreadable += 1;
+                    self.previous.remove(&key);
+                    sample.unmeasured.push(Unmeasured {
+                        domain: key.domain,
+                        socket: key.socket,
+                        reason: UnmeasuredReason::Unreadable,
+                        detail: e.to_string(),
+                    });
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            any_read = true;
+            let key = value.key;
+            let Some((previous, then)) = self.previous.insert(key, (value.raw, now)) else {
+                sample.unmeasured.push(Unmeasured {
+                    domain: key.domain,
+                    socket: key.socket,
+                    reason: UnmeasuredReason::Unreadable,
+                    detail: "first reading after one that failed".into(),
+                });
+                continue;
+            };
+            let joules =
+                counter_delta(previous, value.raw, value.range) as f64 * value.joules_per_unit;
+            let seconds = now.duration_since(then).as_secs_f64().max(1e-3);
+            let bound = self
+                .source
+                .bound_watts(key)
+                .unwrap_or_else(|| default_bound_watts(key.domain));
+            let watts = joules / seconds;
+            if !watts.is_finite() || watts > bound {
+                self.implausible += 1;
+                sample.unmeasured.push(Unmeasured {
+                    domain: key.domain,
+                    socket: key.socket,
+                    reason: UnmeasuredReason::Implausible,
+                    detail: format!(
+                        "{joules:.3e} J in {seconds:.3} s is {watts:.3e} W, above the {bound} W bound (a counter reset?)"
+                    ),
+                });
+                continue;
+            }
+            sample.domains.push((key, joules));
+        }
+        match (any_read, last_error) {
+            (false, Some(e)) => {
+                let since = *self.failing_since.get_or_insert(now);
+                if now.duration_since(since) >= self.timeout {
+                    return Err(EnergyError::Unreadable {
+                        seconds: self.timeout.as_secs_f64(),
+                        cause: e.to_string(),
+                    });
+                }
+            }
+            _ => self.failing_since = None,
+        }
+        sample.domains.sort_by_key(|(k, _)| *k);
+        sample.implausible_readings = self.implausible;
+        sample.unreadable_readings = self.unreadable;
+        Ok(sample)
     }
 }
 
@@ -235,11 +402,14 @@ impl FromStr for SourceSpec {
     }
 }
 
-/// Model coefficients (`--idle-watts`, `--max-watts`) and the CPUs they cover.
+/// Energy options: the model's coefficients (`--idle-watts`, `--max-watts`) and how long a
+/// measured source may stay unreadable (`--energy-timeout`).
 #[derive(Clone, Debug)]
-pub struct ModelConfig {
+pub struct EnergyOptions {
     pub idle_watts: Option<f64>,
     pub max_watts: Option<f64>,
+    /// How long a measured source may stay unreadable before the run ends (`--energy-timeout`).
+    pub timeout: Duration,
 }
 
 /// The energy input of a pipeline: a measured source or the model.
@@ -255,7 +425,7 @@ impl EnergySource {
         spec: &SourceSpec,
         root: &Path,
         cpus: &[Cpu],
-        model: &ModelConfig,
+        model: &EnergyOptions,
     ) -> Result<(Option<Self>, Option<String>), EnergyError> {
         if *spec == SourceSpec::None {
             return Ok((None, None));
@@ -268,7 +438,7 @@ impl EnergySource {
         spec: &SourceSpec,
         root: &Path,
         cpus: &[Cpu],
-        model: &ModelConfig,
+        model: &EnergyOptions,
     ) -> Result<(Self, Option<String>), EnergyError> {
         let measured = |spec: &SourceSpec| -> Result<Self, EnergyError> {
             let source: Box<dyn CounterSource> = match spec {
@@ -282,7 +452,7 @@ impl EnergySource {
                 }
                 _ => Box::new(msr::Msr::open(cpus)?),
             };
-            Ok(Self::Measured(EnergyMeter::new(source)?))
+            Ok(Self::Measured(EnergyMeter::new(source, model.timeout)?))
         };
         match spec {
             SourceSpec::Model | SourceSpec::None => Ok((
@@ -368,6 +538,172 @@ mod tests {
         assert_eq!(counter_delta(900, 50, Some(1000)), 150);
         assert_eq!(counter_delta(u32::MAX as u64 - 9, 10, Some(1 << 32)), 20);
         assert_eq!(counter_delta(u64::MAX - 4, 5, None), 10);
+    }
+
+    /// Readings scripted per call: `Some(raw)` or `None` for a failed read.
+    struct Scripted {
+        calls: std::collections::VecDeque<Vec<Option<u64>>>,
+        range: Option<u64>,
+        bound: Option<f64>,
+    }
+
+    fn key(socket: u32) -> DomainKey {
+        DomainKey {
+            domain: Domain::Package,
+            socket,
+        }
+    }
+
+    impl CounterSource for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn read(&mut self) -> Vec<Reading> {
+            let call = self.calls.pop_front().unwrap_or_default();
+            call.into_iter()
+                .enumerate()
+                .map(|(i, raw)| match raw {
+                    Some(raw) => Ok(CounterValue {
+                        key: key(i as u32),
+                        raw,
+                        range: self.range,
+                        joules_per_unit: 1e-6,
+                    }),
+                    None => Err((key(i as u32), EnergyError::Unavailable("empty read".into()))),
+                })
+                .collect()
+        }
+        fn bound_watts(&self, _key: DomainKey) -> Option<f64> {
+            self.bound
+        }
+    }
+
+    fn meter(calls: Vec<Vec<Option<u64>>>, range: Option<u64>, bound: Option<f64>) -> EnergyMeter {
+        EnergyMeter::new(
+            Box::new(Scripted {
+                calls: calls.into(),
+                range,
+                bound,
+            }),
+            Duration::from_secs(3),
+        )
+        .expect("first reading")
+    }
+
+    /// Feeds the meter's own scripted source one call per second after `t0`.
+    fn step(m: &mut EnergyMeter, t0: Instant, second: u64) -> Result<EnergySample, EnergyError> {
+        let readings = m.source.read();
+        m.sample_from(readings, t0 + Duration::from_secs(second))
+    }
+
+    #[test]
+    fn impossible_jumps_are_unmeasured_not_numbers_that_balance() {
+        // Socket 0: a reset with a garbage range (u64::MAX) read as 1.8e13 J; socket 1 a reset
+        // with a valid 262 kJ range; both at 1 s intervals.
+        let range = 262_143_328_850;
+        let mut m = meter(
+            vec![
+                vec![Some(1_000_000_000), Some(5_000_000)],
+                vec![Some(1_050_000_000), Some(5_000)],
+                vec![Some(1_100_000_000), Some(55_000)],
+            ],
+            Some(range),
+            None,
+        );
+        m.previous
+            .values_mut()
+            .for_each(|(_, t)| *t -= Duration::from_secs(1));
+        let t0 = Instant::now();
+        // 50 J in 1 s on socket 0 is fine; socket 1 went from 5 J to 0.005 J: a "wrap" of 262 kJ.
+        let s = step(&mut m, t0, 0).expect("sample");
+        assert_eq!(s.domains, vec![(key(0), 50.0)]);
+        assert_eq!(s.unmeasured.len(), 1);
+        assert_eq!(s.unmeasured[0].socket, 1);
+        assert_eq!(s.unmeasured[0].reason, UnmeasuredReason::Implausible);
+        assert!(
+            s.unmeasured[0].detail.contains("above the 2000 W bound"),
+            "{:?}",
+            s.unmeasured
+        );
+        assert_eq!(s.implausible_readings, 1);
+        // The rejected reading becomes the new base: the next interval is measured again.
+        let s = step(&mut m, t0, 1).expect("sample");
+        assert_eq!(s.domains.len(), 2);
+        assert!((s.domains[1].1 - 0.05).abs() < 1e-12, "{s:?}");
+        assert!(s.unmeasured.is_empty());
+        assert_eq!(s.implausible_readings, 1, "a running total");
+
+        // With no valid range, a reset reads as 1.8e13 J: rejected too.
+        let mut m = meter(vec![vec![Some(1000)], vec![Some(10)]], None, None);
+        let s = m.sample().expect("sample");
+        assert!(s.domains.is_empty() && s.unmeasured[0].reason == UnmeasuredReason::Implausible);
+    }
+
+    #[test]
+    fn the_sources_own_limit_sets_the_bound() {
+        // 150 J in 1 s: under the 2000 W default, over a declared 100 W bound.
+        let mut m = meter(
+            vec![vec![Some(0)], vec![Some(150_000_000)]],
+            None,
+            Some(100.0),
+        );
+        m.previous
+            .values_mut()
+            .for_each(|(_, t)| *t -= Duration::from_secs(1));
+        let s = step(&mut m, Instant::now(), 0).expect("sample");
+        assert!(s.domains.is_empty(), "{s:?}");
+        assert!(s.unmeasured[0].detail.contains("100 W bound"));
+    }
+
+    #[test]
+    fn a_failed_read_is_retried_then_unmeasured_and_only_a_lasting_one_ends_the_run() {
+        // A read that fails once is retried within the interval: nothing is lost.
+        let mut m = meter(
+            vec![vec![Some(0)], vec![None], vec![Some(1_000_000)]],
+            None,
+            None,
+        );
+        let s = m.sample().expect("sample");
+        assert_eq!(s.domains.len(), 1, "{s:?}");
+        assert_eq!(s.unreadable_readings, 0);
+
+        let mut m = meter(
+            vec![
+                vec![Some(0), Some(0)],
+                vec![None, Some(1_000_000)],
+                vec![Some(3_000_000), Some(2_000_000)],
+                vec![Some(4_000_000), Some(3_000_000)],
+                vec![None, None],
+                vec![None, None],
+                vec![None, None],
+                vec![None, None],
+            ],
+            None,
+            None,
+        );
+        let t0 = Instant::now();
+        let s = step(&mut m, t0, 1).expect("one counter failing: the other is measured");
+        assert_eq!(s.domains, vec![(key(1), 1.0)]);
+        assert_eq!(s.unmeasured[0].reason, UnmeasuredReason::Unreadable);
+        // The first good reading after a failure has no honest delta: still unmeasured.
+        let s = step(&mut m, t0, 2).expect("sample");
+        assert_eq!(s.domains, vec![(key(1), 1.0)]);
+        assert_eq!(
+            s.unmeasured[0].detail,
+            "first reading after one that failed"
+        );
+        let s = step(&mut m, t0, 3).expect("sample");
+        assert_eq!(s.domains, vec![(key(0), 1.0), (key(1), 1.0)]);
+        // Everything failing: unmeasured intervals until the 3 s timeout, then the cause.
+        for second in [4, 5, 6] {
+            let s = step(&mut m, t0, second).expect("within the timeout");
+            assert!(s.domains.is_empty() && s.unmeasured.len() == 2);
+        }
+        let err = step(&mut m, t0, 7).expect_err("unreadable for 3 s");
+        assert_eq!(
+            err.to_string(),
+            "the energy source stayed unreadable for 3 s (last: empty read); fix the source or raise --energy-timeout"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{fs::File, os::unix::fs::FileExt, path::Path, process::Command};
 
-use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, read_text};
+use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, Reading, read_text};
 use crate::topology::Cpu;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,13 +157,18 @@ impl CounterSource for Msr {
         "msr"
     }
 
-    fn read(&mut self) -> Result<Vec<CounterValue>, EnergyError> {
+    fn read(&mut self) -> Vec<Reading> {
         self.readers
             .iter()
             .map(|r| {
-                let raw = read_msr(&r.file, r.register).map_err(|source| EnergyError::Read {
-                    path: format!("MSR {:#x}", r.register),
-                    source,
+                let raw = read_msr(&r.file, r.register).map_err(|source| {
+                    (
+                        r.key,
+                        EnergyError::Read {
+                            path: format!("MSR {:#x}", r.register),
+                            source,
+                        },
+                    )
                 })?;
                 Ok(CounterValue {
                     key: r.key,

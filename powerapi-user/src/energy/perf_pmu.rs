@@ -3,7 +3,7 @@
 
 use std::{fs::File, io::Read, path::Path};
 
-use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, read_text};
+use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, Reading, read_text};
 use crate::{
     sensor::counters::open_cpu_event,
     topology::{Cpu, parse_cpu_list},
@@ -156,18 +156,20 @@ impl CounterSource for PerfPmu {
         "perf"
     }
 
-    fn read(&mut self) -> Result<Vec<CounterValue>, EnergyError> {
+    fn read(&mut self) -> Vec<Reading> {
         self.events
             .iter_mut()
             .map(|event| {
                 let mut buf = [0u8; 8];
-                event
-                    .file
-                    .read_exact(&mut buf)
-                    .map_err(|source| EnergyError::Read {
-                        path: format!("perf power event ({})", event.key.domain),
-                        source,
-                    })?;
+                event.file.read_exact(&mut buf).map_err(|source| {
+                    (
+                        event.key,
+                        EnergyError::Read {
+                            path: format!("perf power event ({})", event.key.domain),
+                            source,
+                        },
+                    )
+                })?;
                 Ok(CounterValue {
                     key: event.key,
                     raw: u64::from_ne_bytes(buf),

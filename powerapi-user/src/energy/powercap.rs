@@ -6,13 +6,28 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, read_text};
+use super::{CounterSource, CounterValue, Domain, DomainKey, EnergyError, Reading, read_text};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Zone {
     pub path: PathBuf,
     pub key: DomainKey,
     pub range_uj: u64,
+    /// The largest `constraint_*_max_power_uw` the zone declares, if any.
+    pub max_power_uw: Option<u64>,
+}
+
+/// A reading above this many times the zone's declared maximum power is not believed: bursts
+/// above the long-term limit are real (PL2, PL4), five times the largest limit is not.
+const BOUND_OVER_MAX_POWER: f64 = 5.0;
+
+/// The largest positive `constraint_N_max_power_uw` of a zone (garbage and zeros ignored).
+fn max_power_uw(dir: &Path) -> Option<u64> {
+    (0..8)
+        .filter_map(|n| fs::read_to_string(dir.join(format!("constraint_{n}_max_power_uw"))).ok())
+        .filter_map(|t| t.trim().parse::<u64>().ok())
+        .filter(|&uw| uw > 0)
+        .max()
 }
 
 /// `package-1` → (Package, 1); `core`/`uncore`/`dram` take the socket of their parent package.
@@ -96,6 +111,7 @@ pub fn discover(dir: &Path) -> Result<Vec<Zone>, EnergyError> {
                     .and_then(|t| t.trim().parse().ok())
                     .unwrap_or(u64::MAX);
                 zones.entry(key).or_insert(Zone {
+                    max_power_uw: max_power_uw(&path),
                     path,
                     key,
                     range_uj,
@@ -139,7 +155,7 @@ impl Powercap {
             )));
         }
         let mut source = Self { name, zones };
-        source.read()?; // fail now on permissions, not mid-run
+        super::first_error(source.read())?; // fail now on permissions, not mid-run
         Ok(source)
     }
 
@@ -153,15 +169,18 @@ impl CounterSource for Powercap {
         self.name
     }
 
-    fn read(&mut self) -> Result<Vec<CounterValue>, EnergyError> {
+    fn read(&mut self) -> Vec<Reading> {
         self.zones
             .iter()
             .map(|zone| {
                 let path = zone.path.join("energy_uj");
-                let text = read_text(&path)?;
-                let raw = text.trim().parse().map_err(|_| EnergyError::Parse {
-                    path: path.display().to_string(),
-                    detail: format!("{:?} is not a number", text.trim()),
+                let fail = |e| (zone.key, e);
+                let text = read_text(&path).map_err(fail)?;
+                let raw = text.trim().parse().map_err(|_| {
+                    fail(EnergyError::Parse {
+                        path: path.display().to_string(),
+                        detail: format!("{:?} is not a number", text.trim()),
+                    })
                 })?;
                 Ok(CounterValue {
                     key: zone.key,
@@ -171,6 +190,14 @@ impl CounterSource for Powercap {
                 })
             })
             .collect()
+    }
+
+    fn bound_watts(&self, key: DomainKey) -> Option<f64> {
+        self.zones
+            .iter()
+            .find(|z| z.key == key)
+            .and_then(|z| z.max_power_uw)
+            .map(|uw| uw as f64 * 1e-6 * BOUND_OVER_MAX_POWER)
     }
 }
 
@@ -226,7 +253,7 @@ mod tests {
         );
         assert_eq!(zones[0].range_uj, 262143328850);
         let mut source = Powercap::open(&fixture("two-socket"), "powercap").expect("open");
-        let values = source.read().expect("read");
+        let values = super::super::first_error(source.read()).expect("read");
         assert_eq!(values[1].raw, 2000);
     }
 
