@@ -15,7 +15,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
-    #[error("failed to read {path}: {source}")]
+    #[error("cannot read {path}: {source}; is /proc mounted?")]
     Read { path: String, source: io::Error },
     #[error(
         "no cgroup2 filesystem is mounted (looked in {path}); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"

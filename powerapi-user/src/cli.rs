@@ -149,12 +149,27 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// The filter, with what could never match fixed or said once on stderr.
     pub fn filter(&self) -> Filter {
-        Filter {
+        let mut filter = Filter {
             pids: self.pids.clone(),
             comms: self.comms.clone(),
             cgroups: self.cgroups.clone(),
+        };
+        let mount = crate::cgroup::read_cgroup2_mount(std::path::Path::new("/")).ok();
+        let warnings = filter.normalize(
+            mount.as_deref(),
+            |path| {
+                mount
+                    .as_ref()
+                    .is_some_and(|m| m.join(path.trim_start_matches('/')).is_dir())
+            },
+            |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        );
+        for warning in warnings {
+            eprintln!("powerapi: {warning}");
         }
+        filter
     }
 }
 
@@ -427,6 +442,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             for check in &checks {
                 println!("{check}");
             }
+            println!("{}", doctor::verdict(&checks));
             Ok(if doctor::recording_impossible(&checks) {
                 1
             } else {

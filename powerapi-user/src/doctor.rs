@@ -4,8 +4,10 @@ use std::{fmt, fs, path::Path};
 
 use crate::{
     cgroup::read_cgroup2_mount,
+    energy::{EnergyOptions, EnergySource, SourceSpec},
     privilege,
     sensor::{self, Sensor, SensorConfig, counters},
+    topology::read_cpus,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,40 +125,11 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
             ),
             Err(e) => Check::new("bpf sensor", Status::Fail, e.to_string()),
         });
-        for name in [
-            "cycles",
-            "instructions",
-            "ref-cycles",
-            "llc-misses",
-            "cpu-clock",
-        ] {
-            let Ok(spec) = name.parse::<counters::CounterSpec>() else {
-                continue;
-            };
-            checks.push(match counters::open_on_cpu(&spec, 0) {
-                Ok(_) => Check::new(counter_check_name(name), Status::Ok, "available"),
-                Err(e) => Check::new(
-                    counter_check_name(name),
-                    Status::Warn,
-                    format!("{e}; without it powerapi runs in time-only mode and says so in every record"),
-                ),
-            });
-        }
+        checks.push(counters_check());
     }
 
-    checks.push(match read_cgroup2_mount(proc_root) {
-        Ok(mount) => Check::new(
-            "cgroup v2",
-            Status::Ok,
-            format!("mounted at {}", mount.display()),
-        ),
-        Err(e) => Check::new(
-            "cgroup v2",
-            Status::Warn,
-            format!("{e}; records will carry cgroup ids without paths"),
-        ),
-    });
-
+    checks.extend(cgroup_checks(proc_root));
+    checks.push(energy_check(root));
     let zones = list_dir(&root.join("sys/class/powercap"), "intel-rapl");
     checks.push(if zones.is_empty() {
         Check::new("rapl powercap", Status::Warn, "no /sys/class/powercap/intel-rapl* zones (VMs and Docker's default mask hide them): the host must expose powercap, or use a model estimate")
@@ -222,13 +195,173 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
     checks
 }
 
-fn counter_check_name(name: &str) -> &'static str {
-    match name {
-        "cycles" => "counter cycles",
-        "instructions" => "counter instr.",
-        "ref-cycles" => "counter ref-cycles",
-        "llc-misses" => "counter llc-misses",
-        _ => "counter cpu-clock",
+/// One line for the counters: which open, and why the others do not (each cause said once).
+fn counters_check() -> Check {
+    let mut available = Vec::new();
+    let mut missing: Vec<(String, Vec<&str>)> = Vec::new();
+    for name in [
+        "cycles",
+        "instructions",
+        "ref-cycles",
+        "llc-misses",
+        "cpu-clock",
+    ] {
+        let Ok(spec) = name.parse::<counters::CounterSpec>() else {
+            continue;
+        };
+        match counters::open_on_cpu(&spec, 0) {
+            Ok(_) => available.push(name),
+            Err(counters::CounterError::Unsupported { source, .. }) => {
+                group(&mut missing, format!("not supported here ({source})"), name)
+            }
+            Err(counters::CounterError::Denied { source, .. }) => group(
+                &mut missing,
+                format!("denied ({source}); run as root or with CAP_PERFMON"),
+                name,
+            ),
+        }
+    }
+    counters_verdict(&available, &missing)
+}
+
+fn group<'a>(groups: &mut Vec<(String, Vec<&'a str>)>, cause: String, name: &'a str) {
+    match groups.iter_mut().find(|(c, _)| *c == cause) {
+        Some((_, names)) => names.push(name),
+        None => groups.push((cause, vec![name])),
+    }
+}
+
+/// Pure: the counters line from what opened and what did not, grouped by cause.
+fn counters_verdict(available: &[&str], missing: &[(String, Vec<&str>)]) -> Check {
+    if missing.is_empty() {
+        return Check::new(
+            "counters",
+            Status::Ok,
+            format!("{} available", available.join(", ")),
+        );
+    }
+    let mut detail: Vec<String> = missing
+        .iter()
+        .map(|(cause, names)| format!("{}: {cause}", names.join(", ")))
+        .collect();
+    if !available.is_empty() {
+        detail.push(format!("available: {}", available.join(", ")));
+    }
+    let hardware_missing = missing
+        .iter()
+        .any(|(_, names)| names.iter().any(|n| *n == "cycles" || *n == "instructions"));
+    if hardware_missing {
+        detail.push(
+            "without cycles and instructions powerapi runs in time-only mode and says so in every record (VMs often have no PMU)".into(),
+        );
+    }
+    Check::new("counters", Status::Warn, detail.join("; "))
+}
+
+/// cgroup v2: mounted, used (a hybrid host may keep every process in its root), and writable
+/// by `run`, which follows CMD through a cgroup of its own.
+fn cgroup_checks(proc_root: &Path) -> Vec<Check> {
+    let mount = match read_cgroup2_mount(proc_root) {
+        Ok(mount) => mount,
+        Err(e) => {
+            return vec![Check::new(
+                "cgroup v2",
+                Status::Warn,
+                format!(
+                    "{e}; records will carry cgroup ids without paths, and `powerapi run` cannot work"
+                ),
+            )];
+        }
+    };
+    let own = fs::read_to_string(proc_root.join("proc/self/cgroup")).unwrap_or_default();
+    let unused = own.lines().any(|l| l.trim_end() == "0::/");
+    let mut checks = vec![if unused {
+        Check::new(
+            "cgroup v2",
+            Status::Warn,
+            format!(
+                "mounted at {} but unused: processes sit in its root (a hybrid host with controllers on v1), so cgroup and container records all read /",
+                mount.display()
+            ),
+        )
+    } else {
+        Check::new(
+            "cgroup v2",
+            Status::Ok,
+            format!("mounted at {}", mount.display()),
+        )
+    }];
+    let probe = mount.join(format!("powerapi-doctor-{}", std::process::id()));
+    checks.push(match fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = fs::remove_dir(&probe);
+            Check::new("run cgroup", Status::Ok, format!("`powerapi run` can create its cgroup under {}", mount.display()))
+        }
+        Err(e) => Check::new(
+            "run cgroup",
+            Status::Warn,
+            format!(
+                "cannot create a cgroup under {} ({e}): `powerapi run` will fail; run it as root (file capabilities such as setcap do not grant cgroup writes)",
+                mount.display()
+            ),
+        ),
+    });
+    checks
+}
+
+/// Which energy source `auto` picks here, as `record` would open it.
+fn energy_check(root: &Path) -> Check {
+    let cpus = match read_cpus(root) {
+        Ok(cpus) => cpus,
+        Err(e) => return Check::new("energy source", Status::Warn, e.to_string()),
+    };
+    let options = EnergyOptions {
+        idle_watts: None,
+        max_watts: None,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    match EnergySource::open(&SourceSpec::Auto, root, &cpus, &options) {
+        Ok((Some(source), _)) if !source.estimated() => Check::new(
+            "energy source",
+            Status::Ok,
+            format!("auto picks {} (measured)", source.name()),
+        ),
+        Ok((_, note)) => Check::new(
+            "energy source",
+            Status::Warn,
+            note.unwrap_or_else(|| "auto falls back to the model: energy is ESTIMATED".into()),
+        ),
+        Err(e) => Check::new("energy source", Status::Warn, format!("auto fails: {e}")),
+    }
+}
+
+/// The one-line verdict `doctor` ends with.
+pub fn verdict(checks: &[Check]) -> String {
+    if let Some(fail) = checks.iter().find(|c| c.status == Status::Fail) {
+        return format!(
+            "verdict: powerapi cannot measure here: {} — {}",
+            fail.name, fail.detail
+        );
+    }
+    let warned = |name: &str| {
+        checks
+            .iter()
+            .any(|c| c.name == name && c.status == Status::Warn)
+    };
+    let mut limits = Vec::new();
+    if warned("counters") {
+        limits.push("time-only unless the counters you name exist");
+    }
+    if warned("energy source") {
+        limits.push("energy is ESTIMATED (no RAPL)");
+    }
+    if warned("run cgroup") {
+        limits.push("`run` cannot create its cgroup");
+    }
+    if limits.is_empty() {
+        "verdict: ready — record, top and run measure with counters and RAPL".into()
+    } else {
+        format!("verdict: ready, with limits: {}", limits.join("; "))
     }
 }
 
@@ -248,7 +381,35 @@ mod tests {
         let ok = Check::new("kernel", Status::Ok, "Linux 6.18");
         assert_eq!(ok.to_string(), "[ok  ] kernel             Linux 6.18");
         let fail = Check::new("privileges", Status::Fail, "run with sudo");
-        assert!(recording_impossible(&[ok.clone(), fail]));
-        assert!(!recording_impossible(&[ok]));
+        assert!(recording_impossible(&[ok.clone(), fail.clone()]));
+        assert!(!recording_impossible(std::slice::from_ref(&ok)));
+        assert_eq!(
+            verdict(&[ok.clone(), fail]),
+            "verdict: powerapi cannot measure here: privileges — run with sudo"
+        );
+        let model = Check::new("energy source", Status::Warn, "no RAPL");
+        assert_eq!(
+            verdict(&[ok.clone(), model]),
+            "verdict: ready, with limits: energy is ESTIMATED (no RAPL)"
+        );
+        assert_eq!(
+            verdict(&[ok]),
+            "verdict: ready — record, top and run measure with counters and RAPL"
+        );
+    }
+
+    #[test]
+    fn counter_causes_are_said_once() {
+        let missing = vec![(
+            "not supported here (No such file or directory (os error 2))".to_string(),
+            vec!["cycles", "instructions"],
+        )];
+        let check = counters_verdict(&["cpu-clock"], &missing);
+        assert_eq!(check.status, Status::Warn);
+        assert_eq!(
+            check.detail,
+            "cycles, instructions: not supported here (No such file or directory (os error 2)); available: cpu-clock; without cycles and instructions powerapi runs in time-only mode and says so in every record (VMs often have no PMU)"
+        );
+        assert_eq!(counters_verdict(&["cycles"], &[]).status, Status::Ok);
     }
 }

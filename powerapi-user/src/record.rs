@@ -46,7 +46,65 @@ pub struct Filter {
     pub cgroups: Vec<String>,
 }
 
+/// The kernel keeps 15 bytes of a command name (`TASK_COMM_LEN` − 1).
+const COMM_LEN: usize = 15;
+
 impl Filter {
+    /// Makes filters that could never match do what the user meant, or says why they won't:
+    /// a cgroup given as its `/sys/fs/cgroup/…` path (accepted), or without its leading `/`
+    /// (fixed), a comm longer than the kernel keeps (cut to it), a cgroup or pid that does not
+    /// exist now (kept: it may appear). `mount`: the cgroup2 mount; `exists(cgroup path)` and
+    /// `alive(pid)` look at the system. Returns one warning per questionable filter. Pure.
+    pub fn normalize(
+        &mut self,
+        mount: Option<&std::path::Path>,
+        exists: impl Fn(&str) -> bool,
+        alive: impl Fn(u32) -> bool,
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for comm in &mut self.comms {
+            if comm.len() > COMM_LEN {
+                let mut cut = COMM_LEN;
+                while !comm.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                warnings.push(format!(
+                    "--comm {comm}: the kernel keeps only the first {COMM_LEN} bytes of a command name; matching {:?}",
+                    &comm[..cut]
+                ));
+                comm.truncate(cut);
+            }
+        }
+        for cgroup in &mut self.cgroups {
+            if cgroup.parse::<u64>().is_ok() {
+                continue;
+            }
+            if let Some(rest) =
+                mount.and_then(|m| std::path::Path::new(cgroup.as_str()).strip_prefix(m).ok())
+            {
+                *cgroup = format!("/{}", rest.display());
+            } else if !cgroup.starts_with('/') {
+                warnings.push(format!(
+                    "--cgroup {cgroup}: cgroup paths start at the cgroup root; matching /{cgroup}"
+                ));
+                cgroup.insert(0, '/');
+            }
+            if !exists(cgroup) {
+                warnings.push(format!(
+                    "--cgroup {cgroup}: no such cgroup now; it is reported if it appears"
+                ));
+            }
+        }
+        for &pid in &self.pids {
+            if !alive(pid) {
+                warnings.push(format!(
+                    "--pid {pid}: no such process now; it is reported if it appears"
+                ));
+            }
+        }
+        warnings
+    }
+
     pub fn matches(&self, pid: u32, comm: &str, cgroup: &CgroupInfo) -> bool {
         (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
@@ -285,6 +343,36 @@ pub fn record<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_that_could_never_match_are_fixed_or_said() {
+        let mut f = Filter {
+            pids: vec![1, 999_999],
+            comms: vec!["systemd-journald".into(), "sh".into()],
+            cgroups: vec![
+                "/sys/fs/cgroup/unified/system.slice".into(),
+                "user.slice".into(),
+                "/gone".into(),
+                "42".into(),
+            ],
+        };
+        let warnings = f.normalize(
+            Some(std::path::Path::new("/sys/fs/cgroup/unified")),
+            |path| path != "/gone",
+            |pid| pid == 1,
+        );
+        assert_eq!(f.comms, ["systemd-journal", "sh"]);
+        assert_eq!(f.cgroups, ["/system.slice", "/user.slice", "/gone", "42"]);
+        assert_eq!(
+            warnings,
+            [
+                "--comm systemd-journald: the kernel keeps only the first 15 bytes of a command name; matching \"systemd-journal\"",
+                "--cgroup user.slice: cgroup paths start at the cgroup root; matching /user.slice",
+                "--cgroup /gone: no such cgroup now; it is reported if it appears",
+                "--pid 999999: no such process now; it is reported if it appears",
+            ]
+        );
+    }
 
     #[test]
     fn filters() {

@@ -6,9 +6,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TopologyError {
-    #[error("failed to read {path}: {source}")]
+    #[error("cannot read {path}: {source}; check --sysfs-root")]
     Read { path: String, source: io::Error },
-    #[error("cannot parse CPU list {text:?} from {path}")]
+    #[error("cannot parse CPU list {text:?} from {path}; check --sysfs-root")]
     Parse { path: String, text: String },
 }
 

@@ -101,7 +101,7 @@ fn unprivileged_run_says_how_to_fix() {
 }
 
 #[test]
-fn doctor_lists_every_access_path() {
+fn doctor_lists_every_access_path_and_ends_with_a_verdict() {
     let out = Command::new(powerapi())
         .arg("doctor")
         .output()
@@ -111,6 +111,7 @@ fn doctor_lists_every_access_path() {
         "kernel",
         "privileges",
         "cgroup v2",
+        "energy source",
         "rapl powercap",
         "rapl perf pmu",
         "rapl msr",
@@ -120,10 +121,28 @@ fn doctor_lists_every_access_path() {
             "doctor misses {item}:\n{text}"
         );
     }
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("verdict: "), "{text}");
+    assert_eq!(
+        last.starts_with("verdict: powerapi cannot measure here"),
+        !out.status.success(),
+        "{text}"
+    );
+    // Each cause once: no two lines share their detail text.
+    let details: Vec<&str> = text.lines().filter_map(|l| l.get(26..)).collect();
+    for (i, d) in details.iter().enumerate() {
+        assert!(!details[..i].contains(d), "said twice: {d}");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         assert!(
-            text.contains("counter cycles") && text.contains("bpf sensor"),
+            text.contains("counters") && text.contains("bpf sensor") && text.contains("run cgroup"),
+            "{text}"
+        );
+        // This machine's energy source as auto would pick it.
+        assert!(
+            text.lines().any(|l| l.contains("energy source")
+                && (l.contains("auto picks") || l.contains("ESTIMATED"))),
             "{text}"
         );
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::{fs, os::unix::fs::MetadataExt, process::Command};
+use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command};
 
 use common::*;
 
@@ -306,6 +306,77 @@ fn pid_and_comm_filters() {
     assert!(
         of_type(&records, "machine").all(|m| u64_of(&m["idle_ns"]) > 0),
         "machine record is not filtered"
+    );
+}
+
+/// Filters that used to match nothing, silently: a command name longer than the kernel keeps,
+/// a cgroup given as its /sys/fs/cgroup path. Both now match, with a warning for the first.
+#[test]
+fn long_comm_and_sysfs_cgroup_filters_match() {
+    let Some(_lock) = bpf_test("long_comm_and_sysfs_cgroup_filters_match") else {
+        return;
+    };
+    let dir = temp_path("long-comm");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let long = dir.join("powerapi-load-long-name");
+    fs::copy(LOAD, &long).expect("copy the load generator");
+    // Our own cgroup, in its /sys/fs/cgroup/... form.
+    let own = fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    let mount = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let sysfs = format!("{mount}{}", path.trim_end_matches('/'));
+    let output = temp_path("long-comm.jsonl");
+    let _ = fs::remove_file(&output);
+    let mut child = Command::new(powerapi())
+        .args(["record", "--interval", "300ms", "--counters", "none"])
+        .args([
+            "--comm",
+            "powerapi-load-long-name",
+            "--cgroup",
+            &sysfs,
+            "-o",
+        ])
+        .arg(&output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("powerapi record");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_to_string(&output).map_or(0, |t| t.len()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no first interval");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (pid, _) = run_measured(Command::new(&long).args(["burn", "0.5"]));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--comm powerapi-load-long-name: the kernel keeps only the first 15 bytes of a command name; matching \"powerapi-load-l\""
+        ),
+        "{stderr}"
+    );
+    let records = read_records(&output);
+    let _ = fs::remove_file(&output);
+    assert!(
+        of_type(&records, "process").any(|r| r["pid"] == pid && r["comm"] == "powerapi-load-l"),
+        "{stderr}"
     );
 }
 

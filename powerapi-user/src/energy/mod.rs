@@ -153,12 +153,12 @@ pub enum EnergyError {
         "cannot read {path}: permission denied; energy_uj is root-only since Linux 5.10 (PLATYPUS): run as root, and in Docker unmask /sys/devices/virtual/powercap"
     )]
     PermissionDenied { path: String },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source}; check --energy-source and --sysfs-root")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot parse {path}: {detail}")]
+    #[error("cannot parse {path}: {detail}; whatever writes it does not write an energy counter")]
     Parse { path: String, detail: String },
     #[error("{0}")]
     Unavailable(String),

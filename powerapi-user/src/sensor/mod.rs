@@ -52,7 +52,7 @@ pub enum SensorError {
         tracepoint: &'static str,
         source: ProgramError,
     },
-    #[error("BPF map {name}: {detail}")]
+    #[error("BPF map {name}: {detail}; `powerapi doctor` checks what this kernel lacks")]
     Map { name: &'static str, detail: String },
     #[error(
         "cannot run the slice flush on CPU {cpu}: {source}; `powerapi doctor` checks what this kernel lacks"
