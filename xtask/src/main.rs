@@ -69,6 +69,11 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 fn build_release() -> Result<std::path::PathBuf> {
+    // The kernel programs are built inside powerapi-user's build script (nightly, build-std,
+    // bpf-linker): minutes the first time, with no progress of their own to show.
+    eprintln!(
+        "xtask: building powerapi and its kernel programs (the first build takes a few minutes)"
+    );
     run_checked(cargo().current_dir(workspace_root()).args([
         "build",
         "--release",
