@@ -124,6 +124,10 @@ pub struct TaskTotals {
     /// `bpf_ktime_get_ns` at the task's death (0 while it lives): a thread first seen before its
     /// leader died belongs to the same process even if it then took the leader's pid (exec).
     pub exit_ns: u64,
+    /// Real uid and gid, read with comm: a task that lived a few ms still has an owner, when
+    /// `/proc` no longer knows it.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for TaskTotals {
@@ -140,6 +144,8 @@ impl Default for TaskTotals {
             identity_gen: 0,
             comm: [0; 16],
             exit_ns: 0,
+            uid: 0,
+            gid: 0,
         }
     }
 }

@@ -34,7 +34,8 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_read_value},
     },
     macros::{map, raw_tracepoint},
@@ -275,7 +276,7 @@ fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
     }
 }
 
-/// Re-reads the current task's comm and cgroup into its totals.
+/// Re-reads the current task's comm, cgroup and owner into its totals.
 #[inline(always)]
 fn refresh_identity(totals: &mut TaskTotals) {
     // SAFETY: helper without arguments.
@@ -283,6 +284,9 @@ fn refresh_identity(totals: &mut TaskTotals) {
     if let Ok(comm) = bpf_get_current_comm() {
         totals.comm = comm;
     }
+    let uid_gid = bpf_get_current_uid_gid();
+    totals.uid = uid_gid as u32;
+    totals.gid = (uid_gid >> 32) as u32;
 }
 
 /// Resets `totals` for a task first seen at `now`.

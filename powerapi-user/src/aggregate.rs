@@ -44,6 +44,8 @@ pub struct Group {
     pub start_ns: u64,
     pub comm: String,
     pub cgroup_id: u64,
+    /// Real uid of the thread, or of the process's leader (0 for cgroups).
+    pub uid: u32,
     pub usage: Usage,
     /// Threads (for processes) or processes (for cgroups) seen in the interval.
     pub members: u32,
@@ -203,12 +205,15 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
             if let Some(leader) = mine().find(|t| t.tid == tgid && t.start_ns == *incarnation) {
                 process.comm.clone_from(&leader.comm);
                 process.cgroup_id = leader.cgroup_id;
+                process.uid = leader.uid;
             } else if let Some(leader) = live_leader.filter(|l| l.first_seen_ns == *incarnation) {
                 process.comm = comm_string(&leader.comm);
                 process.cgroup_id = leader.cgroup_id;
+                process.uid = leader.uid;
             } else if let Some(busiest) = mine().max_by_key(|t| t.usage.on_cpu_ns) {
                 process.comm.clone_from(&busiest.comm);
                 process.cgroup_id = busiest.cgroup_id;
+                process.uid = busiest.uid;
             }
         }
         start = end;
@@ -247,6 +252,7 @@ fn thread_group(task: &TaskDelta) -> Group {
         start_ns: task.first_seen_ns,
         comm: comm_string(&task.comm),
         cgroup_id: task.cgroup_id,
+        uid: task.uid,
         members: 1,
         ..Default::default()
     }
@@ -279,6 +285,7 @@ mod tests {
             exit_ns: 0,
             comm: comm(name),
             cgroup_id: cg,
+            uid: 1000 + pid,
             on_cpu_ns: ns,
             counters: [ns * 2, 0, 0, 0],
             exited: false,
@@ -383,6 +390,7 @@ mod tests {
                 first_seen_ns: 1010,
                 comm: comm("server"),
                 cgroup_id: 7,
+                uid: 42,
             },
         );
         let a = aggregate(&d, &[]);
@@ -390,6 +398,8 @@ mod tests {
             (a.processes[0].comm.as_str(), a.processes[0].cgroup_id),
             ("server", 7)
         );
+        assert_eq!(a.processes[0].uid, 42, "owned as its leader is");
+        assert_eq!(a.threads[0].uid, 1011, "a thread keeps its own owner");
         assert_eq!(
             a.threads[0].comm, "renamed",
             "the thread keeps its own name"

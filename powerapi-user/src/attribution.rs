@@ -355,6 +355,7 @@ mod tests {
             exit_ns: 0,
             comm: [0; 16],
             cgroup_id: 0,
+            uid: 0,
             on_cpu_ns,
             counters: [cycles, 0, 0, 0],
             exited: false,

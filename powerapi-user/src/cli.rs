@@ -191,6 +191,9 @@ pub struct RecordArgs {
     /// One record per process (default), per thread, or per cgroup.
     #[arg(long, value_enum, default_value_t = Granularity::Process)]
     pub granularity: Granularity,
+    /// Add each process's command line (read from /proc once per process) to its records.
+    #[arg(long)]
+    pub cmdline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +368,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Record(args) => {
             let config = RecordConfig {
                 interval: args.sensor.interval,
+                cmdline: args.cmdline,
                 duration: args.duration,
                 granularity: args.granularity,
                 filter: args.filter.filter(),

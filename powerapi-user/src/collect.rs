@@ -83,6 +83,10 @@ impl Snapshot {
             end_ns: self.deltas.end_ns,
             duration_ns: self.deltas.duration_ns(),
             time: humantime::format_rfc3339_nanos(self.wall_end).to_string(),
+            time_unix_ns: self
+                .wall_end
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             partial,
         }
     }

@@ -31,6 +31,8 @@ pub struct TaskDelta {
     /// `task->comm`, NUL-padded (kept as bytes: the drain path must not allocate per task).
     pub comm: [u8; 16],
     pub cgroup_id: u64,
+    /// Real uid of the thread (read by the kernel with comm).
+    pub uid: u32,
     pub on_cpu_ns: u64,
     /// One value per counter slot, scaled for multiplexing; slots beyond those in use stay 0.
     pub counters: Counters,
@@ -44,6 +46,7 @@ pub struct Leader {
     pub first_seen_ns: u64,
     pub comm: [u8; 16],
     pub cgroup_id: u64,
+    pub uid: u32,
 }
 
 /// All deltas of one interval.
@@ -200,6 +203,7 @@ impl Tracker {
             exit_ns: now.exit_ns,
             comm: now.comm,
             cgroup_id: now.cgroup_id,
+            uid: now.uid,
             on_cpu_ns,
             counters,
             exited,
@@ -307,6 +311,7 @@ impl Tracker {
                             first_seen_ns: entry.totals.first_seen_ns,
                             comm: entry.totals.comm,
                             cgroup_id: entry.totals.cgroup_id,
+                            uid: entry.totals.uid,
                         },
                     );
                 }

@@ -12,6 +12,7 @@ pub mod collect;
 pub mod delta;
 pub mod doctor;
 pub mod energy;
+pub mod identity;
 pub mod idle;
 pub mod privilege;
 pub mod record;

@@ -13,6 +13,7 @@ use crate::{
     aggregate::Group,
     cgroup::{CgroupResolver, parse_container, parse_systemd_unit},
     collect::{CollectError, Collector, CollectorConfig, Snapshot},
+    identity::Identities,
     report::{
         CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA,
         TaskRecord, ipc, machine_energy, named_counters, task_energy,
@@ -50,6 +51,10 @@ pub struct Filter {
 const COMM_LEN: usize = 15;
 
 impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty()
+    }
+
     /// Makes filters that could never match do what the user meant, or says why they won't:
     /// a cgroup given as its `/sys/fs/cgroup/…` path (accepted), or without its leading `/`
     /// (fixed), a comm longer than the kernel keeps (cut to it), a cgroup or pid that does not
@@ -128,6 +133,8 @@ impl Filter {
 #[derive(Clone, Debug)]
 pub struct RecordConfig {
     pub interval: Duration,
+    /// Read each process's command line from `/proc` into its records.
+    pub cmdline: bool,
     pub duration: Option<Duration>,
     pub granularity: Granularity,
     pub filter: Filter,
@@ -172,11 +179,13 @@ pub fn build_records(
     interval: &Interval,
     granularity: Granularity,
     filter: &Filter,
+    ids: &mut Identities,
 ) -> Vec<Record> {
     let agg = &snapshot.aggregate;
     let mut records = vec![Record::Machine(MachineRecord {
         schema: SCHEMA,
         interval: interval.clone(),
+        hostname: ids.hostname.clone(),
         mode: run.mode.clone(),
         mode_reason: run.mode_reason.clone(),
         counters: run.counters.clone(),
@@ -199,15 +208,20 @@ pub fn build_records(
             .as_ref()
             .map(|p| task_energy(p, joules, seconds))
     };
-    let task_record = |group: &Group, thread: bool| {
+    let mut task_record = |group: &Group, thread: bool| {
         let counters = named_counters(&run.counters, &group.usage.counters);
+        let details = ids.procs.details(group.pid, group.start_ns).clone();
         TaskRecord {
             schema: SCHEMA,
             interval: interval.clone(),
             mode: run.mode.clone(),
             pid: group.pid,
             tid: thread.then_some(group.tid),
+            ppid: details.ppid,
             comm: group.comm.clone(),
+            uid: group.uid,
+            user: ids.users.name(group.uid),
+            cmdline: details.cmdline,
             on_cpu_ns: group.usage.on_cpu_ns,
             cpu_percent: percent(group.usage.on_cpu_ns, interval.duration_ns),
             ipc: ipc(counters.as_ref()),
@@ -222,19 +236,26 @@ pub fn build_records(
         Granularity::Process | Granularity::Thread => {
             let thread = granularity == Granularity::Thread;
             let groups = if thread { &agg.threads } else { &agg.processes };
-            records.extend(
-                groups
-                    .iter()
-                    .map(|g| task_record(g, thread))
-                    .filter(|r| filter.matches(r.pid, &r.comm, &r.cgroup))
-                    .map(|r| {
-                        if thread {
-                            Record::Thread(r)
-                        } else {
-                            Record::Process(r)
-                        }
-                    }),
-            );
+            let mut seen = std::collections::HashSet::with_capacity(groups.len());
+            for group in groups {
+                if !filter.is_empty()
+                    && !filter.matches(
+                        group.pid,
+                        &group.comm,
+                        &cgroup_info(resolver, group.cgroup_id),
+                    )
+                {
+                    continue;
+                }
+                seen.insert((group.pid, group.start_ns));
+                let record = task_record(group, thread);
+                records.push(if thread {
+                    Record::Thread(record)
+                } else {
+                    Record::Process(record)
+                });
+            }
+            ids.procs.retain(&seen);
         }
         Granularity::Cgroup => {
             records.extend(agg.cgroups.iter().filter_map(|g| {
@@ -307,6 +328,7 @@ pub fn record<S: Sink>(
     let run = run_info(&collector);
     announce(&collector, &run);
     let mut sink = open_sink(stop)?;
+    let mut ids = Identities::new(config.cmdline);
     let started = Instant::now();
     let end = config.duration.map(|d| started + d);
     let mut seq = 0;
@@ -329,6 +351,7 @@ pub fn record<S: Sink>(
             &interval,
             config.granularity,
             &config.filter,
+            &mut ids,
         );
         match sink.write_interval(&records) {
             Err(SinkError::Closed { .. }) => return Ok(seq),

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Bump on any incompatible change to a record's fields.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 /// When an interval ran; repeated in every record so each line stands alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct Interval {
     pub duration_ns: u64,
     /// Wall-clock end of the interval, RFC 3339 UTC.
     pub time: String,
+    /// The same instant in nanoseconds since the Unix epoch (jq 1.6's `fromdate` rejects the
+    /// nanoseconds of `time`).
+    pub time_unix_ns: u64,
     /// Cut short by SIGINT/SIGTERM or the end of `--duration`.
     pub partial: bool,
 }
@@ -73,6 +76,9 @@ pub struct MeterCost {
 pub struct MachineRecord {
     pub schema: u32,
     pub interval: Interval,
+    /// This machine's name, to join records from a fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode_reason: Option<String>,
@@ -149,7 +155,17 @@ pub struct TaskRecord {
     pub pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<u32>,
+    /// Parent pid from `/proc` when the process was first reported (absent if it was gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
     pub comm: String,
+    /// Real uid as the kernel read it when the task ran, and its name (the uid when passwd
+    /// does not know it).
+    pub uid: u32,
+    pub user: String,
+    /// The command line from `/proc`, with `record --cmdline` (absent if the process was gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     pub on_cpu_ns: u64,
     /// Share of one CPU over the interval (200 = two CPUs fully).
     pub cpu_percent: f64,
@@ -244,6 +260,7 @@ mod tests {
             end_ns: 1_000_000_010,
             duration_ns: 1_000_000_000,
             time: "2026-11-24T15:00:00.000000000Z".into(),
+            time_unix_ns: 1_795_964_400_000_000_000,
             partial: false,
         }
     }
@@ -258,7 +275,11 @@ mod tests {
             mode: Mode::Counters,
             pid: 42,
             tid: None,
+            ppid: Some(1),
             comm: "burn".into(),
+            uid: 1000,
+            user: "alice".into(),
+            cmdline: None,
             on_cpu_ns: 500,
             cpu_percent: 0.00005,
             ipc: ipc(counters.as_ref()),
@@ -278,7 +299,7 @@ mod tests {
         });
         let line = serde_json::to_string(&record).expect("serialize");
         assert!(
-            line.starts_with(r#"{"type":"process","schema":2,"#),
+            line.starts_with(r#"{"type":"process","schema":3,"#),
             "{line}"
         );
         assert!(line.contains(r#""ipc":2.5"#));
@@ -303,7 +324,11 @@ mod tests {
             mode: Mode::TimeOnly,
             pid: 1,
             tid: Some(2),
+            ppid: None,
             comm: "x".into(),
+            uid: 0,
+            user: "root".into(),
+            cmdline: None,
             on_cpu_ns: 1,
             cpu_percent: 0.0,
             counters: None,

@@ -277,7 +277,7 @@ fn sigterm_and_sighup_write_the_partial_interval() {
                 .count()
                 >= 1
         );
-        assert!(records.iter().all(|r| r["schema"] == 2));
+        assert!(records.iter().all(|r| r["schema"] == 3));
     }
 }
 
@@ -445,4 +445,70 @@ fn a_full_task_table_is_reported_not_silent() {
         "busy + idle + lost = {accounted} ns vs capacity {capacity} ns ({:.2}%)",
         error * 100.0
     );
+}
+
+/// Records say who a process is: its owner (from the kernel, so a process that lived 5 ms has
+/// one too), parent, command line (`--cmdline`), the machine's name, and a numeric time.
+#[test]
+fn records_carry_owner_parent_cmdline_host_and_unix_time() {
+    let Some(_lock) = bpf_test("records_carry_owner_parent_cmdline_host_and_unix_time") else {
+        return;
+    };
+    let recording = Recording::start(
+        "identity-fields",
+        &["--interval", "200ms", "--counters", "none", "--cmdline"],
+    );
+    let as_nobody = |seconds: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            LOAD,
+            "burn",
+            seconds,
+        ]);
+        run_measured(&mut cmd).0
+    };
+    let long = as_nobody("0.5");
+    let short = as_nobody("0.005");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let records = recording.stop();
+    let of_pid = |pid: u32| -> Vec<&serde_json::Value> {
+        of_type(&records, "process")
+            .filter(|r| r["pid"] == pid)
+            .collect()
+    };
+    for pid in [long, short] {
+        let mine = of_pid(pid);
+        assert!(!mine.is_empty(), "pid {pid} reported");
+        assert!(
+            mine.iter()
+                .all(|r| r["uid"] == 65534 && r["user"] == "nobody"),
+            "{mine:?}"
+        );
+    }
+    let first = of_pid(long)[0];
+    assert_eq!(first["ppid"], std::process::id(), "{first}");
+    assert!(
+        first["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("powerapi-load burn 0.5")),
+        "{first}"
+    );
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let mut previous = 0;
+    for m in of_type(&records, "machine") {
+        assert_eq!(m["hostname"], hostname.trim());
+        let t = u64_of(&m["interval"]["time_unix_ns"]);
+        assert!(
+            t > previous && t <= now_ns && now_ns - t < 60_000_000_000,
+            "{m}"
+        );
+        previous = t;
+    }
 }

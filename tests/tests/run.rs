@@ -53,7 +53,7 @@ fn a_command_killed_by_a_signal_is_reported_so_and_exits_as_a_shell_would() {
     let report = json_report(&stderr);
     assert_eq!(report["signal"], "SIGKILL");
     assert_eq!(report["exit_code"], 137);
-    assert_eq!(report["schema"], 2);
+    assert_eq!(report["schema"], 3);
     assert_eq!(report["mode"], "time-only");
     let out = run(&["--", "sh", "-c", "kill -SEGV $$"]);
     let stderr = stderr_of(&out);

@@ -28,7 +28,7 @@ use crate::{
     record::{Filter, Granularity, build_records, run_info},
     sink::{JsonLinesSink, OutputSpec, Sink, SinkError},
 };
-use snapshot::{TopSnapshot, Users};
+use snapshot::TopSnapshot;
 use state::App;
 
 #[derive(Debug, Error)]
@@ -82,7 +82,7 @@ fn collect_loop(
 ) {
     let run = run_info(&collector);
     // User names come from this system's passwd, not from under --sysfs-root.
-    let mut users = Users::new(std::path::Path::new("/"));
+    let mut ids = crate::identity::Identities::new(false);
     let started = Instant::now();
     let mut seq = 0u64;
     loop {
@@ -108,6 +108,7 @@ fn collect_loop(
                 &interval,
                 Granularity::Process,
                 &config.filter,
+                &mut ids,
             );
             if let Err(e) = sink.write_interval(&records) {
                 let _ = tx.send(Err(e.to_string()));
@@ -123,7 +124,7 @@ fn collect_loop(
             &run.counters,
             run.cpus,
             collector.resolver(),
-            &mut users,
+            &ids.users,
             &config.filter,
         );
         if tx.send(Ok(Arc::new(top))).is_err() {

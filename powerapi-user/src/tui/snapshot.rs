@@ -1,7 +1,7 @@
 //! What the collector hands the UI each interval: an immutable, self-contained picture, so the
 //! UI thread never touches the sensor and rendering needs nothing else.
 
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
+use std::collections::HashMap;
 
 use crate::{
     attribution::DomainReport,
@@ -9,6 +9,7 @@ use crate::{
     collect::Snapshot,
     delta::Counters,
     energy::{Domain, headline_domains},
+    identity::UserNames,
     record::{Filter, cgroup_info},
     report::{Losses, machine_energy},
 };
@@ -54,60 +55,6 @@ pub struct TopSnapshot {
     pub rows: Vec<TaskRow>,
 }
 
-/// `/etc/passwd` text → uid → name.
-pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let uid = fields.nth(1)?.parse().ok()?;
-            Some((uid, name.to_string()))
-        })
-        .collect()
-}
-
-/// Resolves task owners; caches per pid (a pid's owner rarely changes; setuid is the exception
-/// and shows up when the pid is next seen fresh).
-pub struct Users {
-    proc_root: std::path::PathBuf,
-    names: HashMap<u32, String>,
-    by_pid: HashMap<u32, String>,
-}
-
-impl Users {
-    pub fn new(root: &Path) -> Self {
-        let names = fs::read_to_string(root.join("etc/passwd"))
-            .map(|t| parse_passwd(&t))
-            .unwrap_or_default();
-        Self {
-            proc_root: root.join("proc"),
-            names,
-            by_pid: HashMap::new(),
-        }
-    }
-
-    fn user(&mut self, pid: u32) -> String {
-        if let Some(user) = self.by_pid.get(&pid) {
-            return user.clone();
-        }
-        let user = match fs::metadata(self.proc_root.join(pid.to_string())) {
-            Ok(meta) => self
-                .names
-                .get(&meta.uid())
-                .cloned()
-                .unwrap_or_else(|| meta.uid().to_string()),
-            Err(_) => "?".to_string(), // already gone
-        };
-        self.by_pid.insert(pid, user.clone());
-        user
-    }
-
-    /// Forgets pids not seen in the latest interval.
-    fn retain(&mut self, seen: &std::collections::HashSet<u32>) {
-        self.by_pid.retain(|pid, _| seen.contains(pid));
-    }
-}
-
 /// Short label for a cgroup: the container, else the systemd unit, else the path.
 fn cgroup_label(resolver: Option<&CgroupResolver>, id: u64) -> String {
     let info = cgroup_info(resolver, id);
@@ -124,7 +71,7 @@ pub fn build(
     counters: &[String],
     cpus: u32,
     resolver: Option<&CgroupResolver>,
-    users: &mut Users,
+    users: &UserNames,
     filter: &Filter,
 ) -> TopSnapshot {
     let duration_s = snapshot.deltas.duration_ns() as f64 / 1e9;
@@ -161,7 +108,6 @@ pub fn build(
         .iter()
         .map(|p| (p.pid, p.comm.as_str()))
         .collect();
-    let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::with_capacity(snapshot.aggregate.threads.len());
     // Threads are already merged across sockets by `aggregate`, energy included.
     for thread in &snapshot.aggregate.threads {
@@ -175,13 +121,13 @@ pub fn build(
         ) {
             continue;
         }
-        seen.insert(thread.pid);
         rows.push(TaskRow {
             pid: thread.pid,
             tid: thread.tid,
             comm: thread.comm.clone(),
             process_comm,
-            user: users.user(thread.pid),
+            // The uid the kernel read when the thread ran: short-lived tasks keep an owner.
+            user: users.name(thread.uid),
             cgroup: cgroup_label(resolver, thread.cgroup_id),
             on_cpu_ns: thread.usage.on_cpu_ns,
             counters: thread.usage.counters,
@@ -191,7 +137,6 @@ pub fn build(
                 .sum(),
         });
     }
-    users.retain(&seen);
     TopSnapshot {
         seq,
         duration_s,
@@ -206,20 +151,5 @@ pub fn build(
         },
         losses: Losses::from(&snapshot.deltas.losses),
         rows,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwd() {
-        let users = parse_passwd(
-            "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n",
-        );
-        assert_eq!(users.get(&0).map(String::as_str), Some("root"));
-        assert_eq!(users.get(&65534).map(String::as_str), Some("nobody"));
-        assert_eq!(users.len(), 2);
     }
 }
