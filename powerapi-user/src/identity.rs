@@ -111,6 +111,14 @@ impl Identities {
     }
 }
 
+/// Resident memory of a process now, KiB (0 when it has ended or `/proc` will not say).
+pub fn rss_kib(pid: u32) -> u64 {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.statm())
+        .map(|m| m.resident * procfs::page_size() / 1024)
+        .unwrap_or(0)
+}
+
 /// This machine's name, for records that leave it.
 pub fn hostname() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/hostname")
@@ -146,6 +154,8 @@ mod tests {
         assert!(details.cmdline.is_some_and(|c| !c.is_empty()));
         // A pid above pid_max's maximum never exists.
         assert_eq!(cache.details(u32::MAX - 1, 1), &ProcDetails::default());
+        assert!(rss_kib(me) > 0);
+        assert_eq!(rss_kib(u32::MAX - 1), 0);
         cache.retain(&HashSet::from([(me, 1)]));
         assert_eq!(cache.known.len(), 1);
     }

@@ -215,7 +215,44 @@ fn top_under_a_pty() {
     assert!(text.lines().any(|l| l.starts_with("TID")), "{text}");
     pty.keys("?");
     pty.wait_for("help", |t| t.contains("invert the sort order"));
-    pty.keys("h");
+    // Esc closes the help, not top.
+    pty.keys("\x1b");
+    let text = pty.wait_for("help closed", |t| !t.contains("invert the sort order"));
+    // At 80×24 the key hints fit, `h help` first.
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("h help  q quit")),
+        "{text}"
+    );
+    // The tree view is per process: the burner sits under this test, its parent.
+    pty.keys("t");
+    pty.wait_for("process tree", |t| {
+        t.lines().any(|l| l.contains("└ powerapi-load"))
+    });
+    // Filtered down to the burner, its W is a real figure: the model gives it 8 W per busy CPU
+    // here (10 W − 2 W idle per CPU), so more than 1 W.
+    pty.keys("/powerapi-load\r");
+    let text = pty.wait_for("the burner alone", |t| {
+        t.contains("filter: powerapi-load") && first_row(t).contains("powerapi-load")
+    });
+    let w: f64 = first_row(&text)
+        .split_whitespace()
+        .nth(3)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0.0);
+    assert!(w > 1.0, "the burner's W: {w}\n{text}");
+    // c: the full command line of the selected row; k: asks before signalling, n declines.
+    pty.keys("c");
+    pty.wait_for("command line", |t| t.contains("powerapi-load burn 20 1"));
+    pty.keys("k");
+    pty.wait_for("signal prompt", |t| t.contains("send SIGTERM to"));
+    pty.keys("n");
+    pty.wait_for("prompt gone", |t| !t.contains("send SIGTERM to"));
+    assert!(
+        burner.try_wait().expect("burner").is_none(),
+        "declined: still running"
+    );
     pty.keys("q");
 
     let status = wait_exit(&mut child);

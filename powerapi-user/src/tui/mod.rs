@@ -82,7 +82,7 @@ fn collect_loop(
 ) {
     let run = run_info(&collector);
     // User names come from this system's passwd, not from under --sysfs-root.
-    let mut ids = crate::identity::Identities::new(false);
+    let mut ids = crate::identity::Identities::new(true);
     let started = Instant::now();
     let mut seq = 0u64;
     loop {
@@ -124,7 +124,7 @@ fn collect_loop(
             &run.counters,
             run.cpus,
             collector.resolver(),
-            &ids.users,
+            &mut ids,
             &config.filter,
         );
         if tx.send(Ok(Arc::new(top))).is_err() {
@@ -180,6 +180,17 @@ pub fn run_top(config: &TopConfig, signals: &Receiver<()>) -> Result<(), TopErro
     result
 }
 
+/// SIGTERM to `pid`, confirmed by the user; the result, for the status line.
+fn send_sigterm(pid: u32) -> String {
+    // SAFETY: kill with a pid the user chose and confirmed; errors come back in errno.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    if rc == 0 {
+        format!("sent SIGTERM to {pid}")
+    } else {
+        format!("cannot signal {pid}: {}", io::Error::last_os_error())
+    }
+}
+
 fn event_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
@@ -197,11 +208,12 @@ fn event_loop(
         if event::poll(Duration::from_millis(100))? {
             match event::read()? {
                 event::Event::Key(key) => {
-                    if let Some(action) =
-                        input::action_for(key, app.editing_filter, !app.filter.is_empty())
-                    {
+                    if let Some(action) = input::action_for(key, input::Mode::of(app)) {
                         if !app.apply(action) {
                             return Ok(());
+                        }
+                        if let Some(pid) = app.signal_request.take() {
+                            app.status = Some(send_sigterm(pid));
                         }
                         dirty = true;
                     }

@@ -83,7 +83,56 @@ fn si(v: f64) -> String {
     }
 }
 
-fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
+/// Rounding noise (−0.001 W) must not read as negative energy.
+fn shown_watts(w: f64) -> String {
+    watts(if w.abs() < 0.005 { 0.0 } else { w })
+}
+
+/// Resident memory, KiB → `812K`, `12.3M`, `1.2G`.
+fn memory(kib: u64) -> String {
+    let k = kib as f64;
+    if k >= 1024.0 * 1024.0 {
+        format!("{:.1}G", k / 1024.0 / 1024.0)
+    } else if k >= 1024.0 {
+        format!("{:.1}M", k / 1024.0)
+    } else {
+        format!("{kib}K")
+    }
+}
+
+/// Joins `parts` in order while they fit in `width` columns: what matters most goes first, and
+/// a narrow terminal loses the tail, never the middle of a word.
+fn fit(parts: &[String], width: usize) -> String {
+    let mut out = String::new();
+    for part in parts {
+        if out.chars().count() + part.chars().count() > width {
+            break;
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+/// The key hints, most useful first, as many as fit.
+fn footer_hints(width: usize, group: &str) -> String {
+    let hints = [
+        "h help".to_string(),
+        "  q quit".into(),
+        "  / search".into(),
+        "  </> sort".into(),
+        format!("  g group ({group})"),
+        "  t tree".into(),
+        "  k kill".into(),
+        "  c cmdline".into(),
+        "  p pause".into(),
+        "  r reset".into(),
+        "  P/M cpu/mem".into(),
+        "  I invert".into(),
+    ];
+    fit(&hints, width)
+}
+
+fn header_lines(app: &App, p: &Palette, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     let Some(s) = &app.shown else {
         lines.push(Line::from(Span::styled(
@@ -107,14 +156,17 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
         first.push(Span::styled(" PAUSED ", p.badge));
         first.push(Span::raw(" "));
     }
-    match &s.energy {
-        Some(e) => first.push(Span::raw(format!("{} · metric {metric}", e.source))),
-        None => first.push(Span::raw("no energy source (CPU only)")),
-    }
-    first.push(Span::raw(format!(
-        " · {} CPUs · {:.1}s · meter {:.1}% CPU",
-        s.cpus, s.duration_s, s.meter_cpu_percent
-    )));
+    let used: usize = first.iter().map(|span| span.content.chars().count()).sum();
+    let parts = [
+        match &s.energy {
+            Some(e) => format!("{} · metric {metric}", e.source),
+            None => "no energy source (CPU only)".to_string(),
+        },
+        format!(" · {} CPUs", s.cpus),
+        format!(" · {:.1}s", s.duration_s),
+        format!(" · meter {:.1}% CPU", s.meter_cpu_percent),
+    ];
+    first.push(Span::raw(fit(&parts, width.saturating_sub(used))));
     lines.push(Line::from(first));
     if let Some(e) = &s.energy {
         lines.push(Line::from(vec![
@@ -122,7 +174,7 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
             Span::raw(format!(
                 "  idle est. {} W  · {} J since start",
                 watts(e.idle_w),
-                joules(app.machine_joules)
+                joules(app.view().machine_joules)
             )),
         ]));
         let seconds = s.duration_s.max(1e-9);
@@ -140,10 +192,10 @@ fn header_lines(app: &App, p: &Palette) -> Vec<Line<'static>> {
                 "  {:<7} s{} {:>6} W  attributed {:>6}  idle {:>6} ({idle_source})  unattr. {:>5}",
                 d.key.domain.name(),
                 d.key.socket,
-                watts(d.power_w),
-                watts(d.attributed_j / seconds),
-                watts(d.idle_j / seconds),
-                watts(d.unattributed_j / seconds),
+                shown_watts(d.power_w),
+                shown_watts(d.attributed_j / seconds),
+                shown_watts(d.idle_j / seconds),
+                shown_watts(d.unattributed_j / seconds),
             )));
         }
         if e.domains.len() > shown {
@@ -184,6 +236,7 @@ fn cell(app: &App, column: Column, r: &super::state::ViewRow) -> String {
         }
         Column::Joules => joules(r.joules_total),
         Column::Cpu => format!("{:.1}", r.cpu_percent),
+        Column::Memory => memory(r.rss_kib),
         Column::CyclesPerSec => r.cycles_per_s.map_or("-".into(), si),
         Column::Ipc => r.ipc.map_or("-".into(), |v| format!("{v:.2}")),
         Column::Cgroup => r.cgroup.clone(),
@@ -198,14 +251,22 @@ fn width(column: Column) -> Constraint {
         Column::Watts => Constraint::Length(7),
         Column::Joules => Constraint::Length(8),
         Column::Cpu => Constraint::Length(6),
+        Column::Memory => Constraint::Length(7),
         Column::CyclesPerSec => Constraint::Length(8),
         Column::Ipc => Constraint::Length(5),
         Column::Cgroup => Constraint::Min(10),
     }
 }
 
-fn history_u64(values: impl Iterator<Item = f64>) -> Vec<u64> {
-    values.map(|w| (w * 100.0).max(0.0) as u64).collect()
+/// Watts as the sparkline's integers (centiwatts), and the peak the chart is scaled to.
+fn scaled(values: impl Iterator<Item = f64>) -> (Vec<u64>, f64) {
+    let data: Vec<u64> = values.map(|w| (w * 100.0).max(0.0) as u64).collect();
+    let peak = data.iter().copied().max().unwrap_or(0) as f64 / 100.0;
+    (data, peak)
+}
+
+fn history_max(peak: f64) -> u64 {
+    ((peak * 100.0) as u64).max(1)
 }
 
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -213,7 +274,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
     // Grouping and sorting cost the most: do it once per frame.
     let rows = app.rows();
-    let header = header_lines(app, &p);
+    let header = header_lines(app, &p, usize::from(area.width));
     let [top, charts, table_area, footer] = Layout::vertical([
         Constraint::Length(header.len() as u16),
         Constraint::Length(if area.height >= 20 { 4 } else { 0 }),
@@ -227,35 +288,44 @@ pub fn draw(frame: &mut Frame, app: &App) {
         let [left, right] =
             Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
                 .areas(charts);
-        let total = history_u64(app.total_history.iter().copied());
-        let title = app
+        let view = app.view();
+        let (total, peak) = scaled(view.total_history.iter().copied());
+        let title = view
             .total_history
             .back()
             .map_or("total power".to_string(), |w| {
                 format!(
-                    "total {} W, last {} s",
+                    "total {} W · scale 0–{} W · {} s",
                     watts(*w),
-                    (app.total_history.len() as f64 * app.interval_s).round()
+                    watts(peak),
+                    (view.total_history.len() as f64 * app.interval_s).round()
                 )
             });
         frame.render_widget(
             Sparkline::default()
                 .block(Block::default().borders(Borders::TOP).title(title))
-                .data(&total),
+                .data(&total)
+                .max(history_max(peak)),
             left,
         );
         let selected = rows.get(app.selected);
-        let history = selected
+        let (history, peak) = selected
             .and_then(|r| app.history(&r.key))
-            .map(|h| history_u64(h.iter().copied()))
+            .map(|h| scaled(h.iter().copied()))
             .unwrap_or_default();
         let title = selected.map_or("selected: none".to_string(), |r| {
-            format!("{} {} W", r.command, watts(r.watts))
+            format!(
+                "{} {} W · scale 0–{} W",
+                r.command.trim_start_matches(['└', ' ']),
+                watts(r.watts),
+                watts(peak)
+            )
         });
         frame.render_widget(
             Sparkline::default()
                 .block(Block::default().borders(Borders::TOP).title(title))
-                .data(&history),
+                .data(&history)
+                .max(history_max(peak)),
             right,
         );
     }
@@ -298,7 +368,14 @@ pub fn draw(frame: &mut Frame, app: &App) {
         frame.render_widget(Paragraph::new(Span::styled(message, p.dim)), inner);
     }
 
-    let footer_line = if app.editing_filter {
+    let footer_line = if let Some((pid, command)) = &app.pending_signal {
+        Line::from(vec![
+            Span::styled(format!("send SIGTERM to {pid} ({command})? "), p.warn),
+            Span::raw("y yes  n no"),
+        ])
+    } else if let Some(status) = &app.status {
+        Line::from(Span::raw(status.clone()))
+    } else if app.editing_filter {
         Line::from(vec![
             Span::styled("/ filter: ", p.title),
             Span::raw(format!("{}▏", app.filter)),
@@ -310,7 +387,14 @@ pub fn draw(frame: &mut Frame, app: &App) {
             spans.push(Span::styled(format!("filter: {} ", app.filter), p.badge));
             spans.push(Span::raw(" "));
         }
-        spans.push(Span::styled(format!("q quit  ↑↓ move  </> sort  I invert  / filter  g group ({})  p pause  r reset  h help", app.group_by.label()), p.dim));
+        let used: usize = spans.iter().map(|span| span.content.chars().count()).sum();
+        spans.push(Span::styled(
+            footer_hints(
+                usize::from(area.width).saturating_sub(used),
+                app.group_by.label(),
+            ),
+            p.dim,
+        ));
         Line::from(spans)
     };
     frame.render_widget(Paragraph::new(footer_line), footer);
@@ -321,15 +405,28 @@ pub fn draw(frame: &mut Frame, app: &App) {
 }
 
 const HELP: &[(&str, &str)] = &[
-    ("q  Esc  Ctrl-C", "quit (Esc clears an active filter first)"),
+    (
+        "q  F10  Ctrl-C",
+        "quit (Esc clears an active filter, or quits)",
+    ),
     ("↑ ↓  PgUp PgDn  Home End", "move the selection"),
     ("<  >  F6", "previous / next sort column"),
+    ("P  M", "sort by CPU / by resident memory"),
     ("I", "invert the sort order"),
-    ("/", "filter by text; Enter keeps it, Esc clears it"),
+    (
+        "/  F3  F4",
+        "search and filter by text; Enter keeps it, Esc clears it",
+    ),
     ("g", "group by: process, thread, cgroup, command, user"),
-    ("p", "pause the screen (measuring goes on)"),
+    ("t  F5", "processes as a tree (parent and children)"),
+    ("k  F9", "send SIGTERM to the selected process (asks first)"),
+    ("c", "show the selected process's full command line"),
+    (
+        "p",
+        "pause the screen, joules and charts included (measuring goes on)",
+    ),
     ("r", "reset the joules since start"),
-    ("h  ?", "this help"),
+    ("h  ?  F1", "this help (Esc, q or h closes it)"),
 ];
 
 fn draw_help(frame: &mut Frame, area: Rect, p: &Palette) {
@@ -486,8 +583,63 @@ mod tests {
             text.contains("PID") && text.contains("COMMAND") && text.contains("burn"),
             "{text}"
         );
+        // Every line fits, the key hints with `h help` first, and the header's essentials.
+        let last = text.lines().last().unwrap_or_default();
+        assert!(last.starts_with("h help  q quit  / search"), "{text}");
         assert!(
-            text.lines().last().is_some_and(|l| l.starts_with("q quit")),
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains("metric cycles")),
+            "{text}"
+        );
+        assert!(text.contains("unattr.  0.00"), "{text}");
+        // The same at 60 columns: hints and header lose their tail, not their start.
+        let narrow = screen(&app, 60, 24);
+        assert!(
+            narrow
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("h help")),
+            "{narrow}"
+        );
+        assert!(
+            narrow
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("powerapi top powercap"))
+        );
+    }
+
+    #[test]
+    fn fitting_and_units() {
+        assert_eq!(fit(&["ab".into(), "cd".into(), "ef".into()], 5), "abcd");
+        assert_eq!(footer_hints(6, "process"), "h help");
+        assert_eq!(shown_watts(-0.001), "0.00");
+        assert_eq!(shown_watts(-0.2), "-0.20");
+        assert_eq!(
+            (memory(812), memory(12_595), memory(2 * 1024 * 1024)),
+            ("812K".into(), "12.3M".into(), "2.0G".into())
+        );
+        assert_eq!(scaled([1.0, 2.5].into_iter()), (vec![100, 250], 2.5));
+    }
+
+    #[test]
+    fn help_closes_and_charts_show_their_scale() {
+        let mut app = app_with(false);
+        app.apply(Action::ToggleHelp);
+        let text = screen(&app, 100, 30);
+        assert!(
+            text.contains("k  F9") && text.contains("Esc, q or h closes it"),
+            "{text}"
+        );
+        assert!(text.contains("scale 0–30.0 W"), "{text}");
+        app.apply(Action::ToggleHelp);
+        assert!(!screen(&app, 100, 30).contains("k  F9"));
+        app.apply(Action::End);
+        app.apply(Action::AskSignal);
+        let text = screen(&app, 100, 30);
+        assert!(
+            text.contains("send SIGTERM to 300 (nginx)? y yes  n no"),
             "{text}"
         );
     }

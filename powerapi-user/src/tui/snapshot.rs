@@ -9,7 +9,7 @@ use crate::{
     collect::Snapshot,
     delta::Counters,
     energy::{Domain, headline_domains},
-    identity::UserNames,
+    identity::{Identities, rss_kib},
     record::{Filter, cgroup_info},
     report::{Losses, machine_energy},
 };
@@ -29,6 +29,10 @@ pub struct TaskRow {
     pub counters: Counters,
     /// Energy of the headline domains this interval.
     pub joules: f64,
+    /// Of the process: resident memory (KiB), parent, command line (when `/proc` still knew).
+    pub rss_kib: u64,
+    pub ppid: Option<u32>,
+    pub cmdline: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -71,7 +75,7 @@ pub fn build(
     counters: &[String],
     cpus: u32,
     resolver: Option<&CgroupResolver>,
-    users: &UserNames,
+    ids: &mut Identities,
     filter: &Filter,
 ) -> TopSnapshot {
     let duration_s = snapshot.deltas.duration_ns() as f64 / 1e9;
@@ -109,6 +113,14 @@ pub fn build(
         .map(|p| (p.pid, p.comm.as_str()))
         .collect();
     let mut rows = Vec::with_capacity(snapshot.aggregate.threads.len());
+    let starts: HashMap<u32, u64> = snapshot
+        .aggregate
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.start_ns))
+        .collect();
+    let mut rss: HashMap<u32, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     // Threads are already merged across sockets by `aggregate`, energy included.
     for thread in &snapshot.aggregate.threads {
         let process_comm = process_names
@@ -121,13 +133,20 @@ pub fn build(
         ) {
             continue;
         }
+        let start = starts.get(&thread.pid).copied().unwrap_or(thread.start_ns);
+        seen.insert((thread.pid, start));
+        let details = ids.procs.details(thread.pid, start).clone();
+        let rss_kib = *rss.entry(thread.pid).or_insert_with(|| rss_kib(thread.pid));
         rows.push(TaskRow {
             pid: thread.pid,
             tid: thread.tid,
             comm: thread.comm.clone(),
             process_comm,
             // The uid the kernel read when the thread ran: short-lived tasks keep an owner.
-            user: users.name(thread.uid),
+            user: ids.users.name(thread.uid),
+            rss_kib,
+            ppid: details.ppid,
+            cmdline: details.cmdline,
             cgroup: cgroup_label(resolver, thread.cgroup_id),
             on_cpu_ns: thread.usage.on_cpu_ns,
             counters: thread.usage.counters,
@@ -137,6 +156,7 @@ pub fn build(
                 .sum(),
         });
     }
+    ids.procs.retain(&seen);
     TopSnapshot {
         seq,
         duration_s,

@@ -53,19 +53,21 @@ pub enum Column {
     Watts,
     Joules,
     Cpu,
+    Memory,
     CyclesPerSec,
     Ipc,
     Cgroup,
 }
 
 impl Column {
-    pub const ALL: [Column; 9] = [
+    pub const ALL: [Column; 10] = [
         Column::Id,
         Column::User,
         Column::Command,
         Column::Watts,
         Column::Joules,
         Column::Cpu,
+        Column::Memory,
         Column::CyclesPerSec,
         Column::Ipc,
         Column::Cgroup,
@@ -83,6 +85,7 @@ impl Column {
             Column::Watts => "W",
             Column::Joules => "J",
             Column::Cpu => "CPU%",
+            Column::Memory => "RES",
             Column::CyclesPerSec => "CYC/s",
             Column::Ipc => "IPC",
             Column::Cgroup => "CGROUP/CONTAINER",
@@ -104,8 +107,15 @@ pub struct ViewRow {
     /// Joules since start (or since `r`).
     pub joules_total: f64,
     pub cpu_percent: f64,
+    /// Resident memory, KiB (of the processes in the row).
+    pub rss_kib: u64,
     pub cycles_per_s: Option<f64>,
     pub ipc: Option<f64>,
+    /// The process's pid and parent (process rows), for the tree and for signals.
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    /// The full command line, when known.
+    pub cmdline: Option<String>,
 }
 
 struct Grouped {
@@ -119,6 +129,10 @@ struct Grouped {
     cycles: u64,
     instructions: u64,
     members: std::collections::HashSet<u32>,
+    rss_kib: u64,
+    pid: Option<u32>,
+    ppid: Option<u32>,
+    cmdline: Option<String>,
 }
 
 /// Groups a snapshot's threads by `by`. Keyed rows, unsorted.
@@ -153,12 +167,19 @@ fn group(snapshot: &TopSnapshot, by: GroupBy) -> Vec<Grouped> {
             cycles: 0,
             instructions: 0,
             members: Default::default(),
+            rss_kib: 0,
+            pid: matches!(by, GroupBy::Process | GroupBy::Thread).then_some(row.pid),
+            ppid: row.ppid,
+            cmdline: row.cmdline.clone(),
         });
         g.on_cpu_ns += row.on_cpu_ns;
         g.joules += row.joules;
         g.cycles += cycles.map_or(0, |s| row.counters[s]);
         g.instructions += instructions.map_or(0, |s| row.counters[s]);
-        g.members.insert(row.pid);
+        // Memory is per process: count each process once, however many of its threads ran.
+        if g.members.insert(row.pid) {
+            g.rss_kib += row.rss_kib;
+        }
         if by == GroupBy::Process && row.pid == row.tid {
             g.command = row.comm.clone();
         }
@@ -178,6 +199,16 @@ fn group(snapshot: &TopSnapshot, by: GroupBy) -> Vec<Grouped> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Quit,
+    /// Sort by this column, largest first (htop's `P`, `M`).
+    SortBy(Column),
+    /// Show the processes as a tree (process view).
+    ToggleTree,
+    /// Ask to send SIGTERM to the selected process.
+    AskSignal,
+    ConfirmSignal,
+    CancelSignal,
+    /// Show the selected row's full command line.
+    ShowCommand,
     Up,
     Down,
     PageUp,
@@ -198,8 +229,24 @@ pub enum Action {
     ToggleHelp,
 }
 
+/// What accumulates across intervals: frozen with the screen while paused.
+#[derive(Clone, Debug, Default)]
+pub struct Accumulated {
+    totals: HashMap<GroupBy, HashMap<String, f64>>,
+    pub machine_joules: f64,
+    pub total_history: VecDeque<f64>,
+    row_history: HashMap<String, VecDeque<f64>>,
+}
+
 pub struct App {
     pub group_by: GroupBy,
+    pub tree: bool,
+    /// The process a confirmed signal goes to, for the run loop to send (App stays pure).
+    pub signal_request: Option<u32>,
+    /// Awaiting y/n: the pid and what it is, for the prompt.
+    pub pending_signal: Option<(u32, String)>,
+    /// One line for the footer (a command line, the result of a signal).
+    pub status: Option<String>,
     pub sort: Column,
     pub descending: bool,
     pub filter: String,
@@ -213,16 +260,19 @@ pub struct App {
     pub interval_s: f64,
     /// What is on screen (frozen while paused).
     pub shown: Option<Arc<TopSnapshot>>,
-    totals: HashMap<GroupBy, HashMap<String, f64>>,
-    pub machine_joules: f64,
-    pub total_history: VecDeque<f64>,
-    row_history: HashMap<String, VecDeque<f64>>,
+    live: Accumulated,
+    /// A copy of `live` taken at pause: what the screen shows until resumed.
+    frozen: Option<Accumulated>,
 }
 
 impl App {
     pub fn new(interval_s: f64, no_color: bool) -> Self {
         Self {
             group_by: GroupBy::Process,
+            tree: false,
+            signal_request: None,
+            pending_signal: None,
+            status: None,
             sort: Column::Watts,
             descending: true,
             filter: String::new(),
@@ -234,11 +284,14 @@ impl App {
             no_color,
             interval_s,
             shown: None,
-            totals: HashMap::new(),
-            machine_joules: 0.0,
-            total_history: VecDeque::new(),
-            row_history: HashMap::new(),
+            live: Accumulated::default(),
+            frozen: None,
         }
+    }
+
+    /// The accumulated figures on screen: the live ones, or those frozen at pause.
+    pub fn view(&self) -> &Accumulated {
+        self.frozen.as_ref().unwrap_or(&self.live)
     }
 
     pub fn has_counter(&self, name: &str) -> bool {
@@ -266,29 +319,30 @@ impl App {
     /// Takes a new interval: totals and charts always advance; the screen only when not paused.
     pub fn ingest(&mut self, snapshot: Arc<TopSnapshot>) {
         let selected_key = self.selected_key();
+        let acc = &mut self.live;
         for by in GroupBy::ALL {
-            let totals = self.totals.entry(by).or_default();
+            let totals = acc.totals.entry(by).or_default();
             for g in group(&snapshot, by) {
                 *totals.entry(g.key).or_default() += g.joules;
             }
         }
         let seconds = snapshot.duration_s.max(1e-9);
         if let Some(energy) = &snapshot.energy {
-            self.machine_joules += energy.total_w * snapshot.duration_s;
-            push(&mut self.total_history, energy.total_w);
+            acc.machine_joules += energy.total_w * snapshot.duration_s;
+            push(&mut acc.total_history, energy.total_w);
         }
         for g in group(&snapshot, self.group_by) {
             push(
-                self.row_history.entry(g.key).or_default(),
+                acc.row_history.entry(g.key).or_default(),
                 g.joules / seconds,
             );
         }
-        if self.row_history.len() > 4 * snapshot.rows.len().max(256) {
+        if acc.row_history.len() > 4 * snapshot.rows.len().max(256) {
             let live: std::collections::HashSet<String> = group(&snapshot, self.group_by)
                 .into_iter()
                 .map(|g| g.key)
                 .collect();
-            self.row_history.retain(|k, _| live.contains(k));
+            acc.row_history.retain(|k, _| live.contains(k));
         }
         if !self.paused {
             self.shown = Some(snapshot);
@@ -310,7 +364,7 @@ impl App {
             return Vec::new();
         };
         let seconds = snapshot.duration_s.max(1e-9);
-        let totals = self.totals.get(&self.group_by);
+        let totals = self.view().totals.get(&self.group_by);
         let filter = self.filter.to_lowercase();
         let has_cycles = self.has_counter("cycles");
         let has_ipc = has_cycles && self.has_counter("instructions");
@@ -320,6 +374,10 @@ impl App {
                 joules_total: totals.and_then(|t| t.get(&g.key)).copied().unwrap_or(0.0),
                 watts: g.joules / seconds,
                 cpu_percent: g.on_cpu_ns as f64 / 1e9 / seconds * 100.0,
+                rss_kib: g.rss_kib,
+                pid: g.pid,
+                ppid: g.ppid,
+                cmdline: g.cmdline,
                 cycles_per_s: has_cycles.then(|| g.cycles as f64 / seconds),
                 ipc: (has_ipc && g.cycles > 0).then(|| g.instructions as f64 / g.cycles as f64),
                 key: g.key,
@@ -352,6 +410,7 @@ impl App {
                     .then(a.cpu_percent.total_cmp(&b.cpu_percent)),
                 Column::Joules => a.joules_total.total_cmp(&b.joules_total),
                 Column::Cpu => a.cpu_percent.total_cmp(&b.cpu_percent),
+                Column::Memory => a.rss_kib.cmp(&b.rss_kib),
                 Column::CyclesPerSec => a
                     .cycles_per_s
                     .unwrap_or(0.0)
@@ -361,6 +420,9 @@ impl App {
             let ord = if self.descending { ord.reverse() } else { ord };
             ord.then_with(|| a.key.cmp(&b.key))
         });
+        if self.tree && self.group_by == GroupBy::Process {
+            rows = as_tree(rows);
+        }
         rows
     }
 
@@ -370,7 +432,7 @@ impl App {
 
     /// Power history (watts per interval) of the row `key`, when charted.
     pub fn history(&self, key: &str) -> Option<&VecDeque<f64>> {
-        self.row_history.get(key)
+        self.view().row_history.get(key)
     }
 
     /// Applies an action; returns false when the app should quit.
@@ -378,8 +440,47 @@ impl App {
         let count = self.rows().len();
         let last = count.saturating_sub(1);
         let page = self.page_rows.max(1);
+        if !matches!(action, Action::ShowCommand) {
+            self.status = None;
+        }
         match action {
             Action::Quit => return false,
+            Action::SortBy(column) => {
+                self.sort = column;
+                self.descending = true;
+            }
+            Action::ToggleTree => {
+                if self.group_by != GroupBy::Process {
+                    self.group_by = GroupBy::Process;
+                    self.live.row_history.clear();
+                }
+                self.tree = !self.tree;
+            }
+            Action::AskSignal => {
+                let rows = self.rows();
+                match rows.get(self.selected).and_then(|r| r.pid.map(|p| (p, r))) {
+                    Some((pid, row)) => {
+                        let name = row.command.trim_start_matches([' ', '└']).to_string();
+                        self.pending_signal = Some((pid, name))
+                    }
+                    None => {
+                        self.status =
+                            Some("select a process or thread row to send it a signal".into())
+                    }
+                }
+            }
+            Action::ConfirmSignal => {
+                self.signal_request = self.pending_signal.take().map(|(pid, _)| pid);
+            }
+            Action::CancelSignal => self.pending_signal = None,
+            Action::ShowCommand => {
+                let rows = self.rows();
+                self.status = rows.get(self.selected).map(|r| {
+                    r.cmdline.clone().unwrap_or_else(|| {
+                        format!("{} (command line unknown: it has ended)", r.command.trim())
+                    })
+                });
+            }
             Action::Up => self.selected = self.selected.saturating_sub(1),
             Action::Down => self.selected = (self.selected + 1).min(last),
             Action::PageUp => self.selected = self.selected.saturating_sub(page),
@@ -417,21 +518,68 @@ impl App {
             Action::FinishFilter => self.editing_filter = false,
             Action::CycleGroup => {
                 self.group_by = self.group_by.next();
-                self.row_history.clear();
+                self.live.row_history.clear();
                 self.selected = 0;
             }
             Action::TogglePause => {
                 self.paused = !self.paused;
+                self.frozen = self.paused.then(|| self.live.clone());
             }
             Action::ResetTotals => {
-                self.totals.clear();
-                self.machine_joules = 0.0;
+                self.live.totals.clear();
+                self.live.machine_joules = 0.0;
+                if let Some(frozen) = self.frozen.as_mut() {
+                    frozen.totals.clear();
+                    frozen.machine_joules = 0.0;
+                }
             }
             Action::ToggleHelp => self.help = !self.help,
         }
         self.selected = self.selected.min(self.rows().len().saturating_sub(1));
         true
     }
+}
+
+/// Orders process rows as a tree: each under its parent (when the parent is in the table), in
+/// the current sort order among siblings, the command indented by depth.
+fn as_tree(rows: Vec<ViewRow>) -> Vec<ViewRow> {
+    let present: std::collections::HashSet<u32> = rows.iter().filter_map(|r| r.pid).collect();
+    let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match row
+            .ppid
+            .filter(|p| present.contains(p) && Some(*p) != row.pid)
+        {
+            Some(parent) => children.entry(parent).or_default().push(i),
+            None => roots.push(i),
+        }
+    }
+    let mut order = Vec::with_capacity(rows.len());
+    let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|i| (i, 0)).collect();
+    let mut placed = vec![false; rows.len()];
+    while let Some((i, depth)) = stack.pop() {
+        if std::mem::replace(&mut placed[i], true) {
+            continue; // a cycle in bad /proc data: each row once
+        }
+        order.push((i, depth));
+        if let Some(kids) = rows[i].pid.and_then(|p| children.get(&p)) {
+            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+        }
+    }
+    // Rows only reachable through a cycle.
+    order.extend((0..rows.len()).filter(|&i| !placed[i]).map(|i| (i, 0)));
+    let mut rows: Vec<Option<ViewRow>> = rows.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(i, depth)| {
+            let mut row = rows[i].take()?;
+            if depth > 0 {
+                row.command = format!("{}└ {}", "  ".repeat(depth - 1), row.command);
+            }
+            Some(row)
+        })
+        .collect()
 }
 
 fn push(history: &mut VecDeque<f64>, value: f64) {
@@ -465,6 +613,10 @@ pub(crate) mod tests {
             on_cpu_ns: cpu_ms * 1_000_000,
             counters: [cpu_ms * 3_000_000, cpu_ms * 6_000_000, 0, 0],
             joules,
+            rss_kib: u64::from(pid) * 10,
+            // nginx 300 is a child of nginx 200; the others of init.
+            ppid: Some(if pid == 300 { 200 } else { 1 }),
+            cmdline: Some(format!("/usr/bin/{comm} --pid {pid}")),
         }
     }
 
@@ -539,10 +691,10 @@ pub(crate) mod tests {
         app.ingest(Arc::new(snapshot(false)));
         app.ingest(Arc::new(snapshot(false)));
         assert_eq!(app.rows()[0].joules_total, 30.0);
-        assert_eq!(app.machine_joules, 60.0);
+        assert_eq!(app.view().machine_joules, 60.0);
         app.apply(Action::ResetTotals);
         assert_eq!(app.rows()[0].joules_total, 0.0);
-        assert_eq!(app.total_history.len(), 2);
+        assert_eq!(app.view().total_history.len(), 2);
     }
 
     #[test]
@@ -551,7 +703,7 @@ pub(crate) mod tests {
         app.ingest(Arc::new(snapshot(false)));
         assert_eq!(
             app.columns().len(),
-            7,
+            8,
             "no counter columns without counters"
         );
         app.apply(Action::SortNext); // Watts → Joules
@@ -585,6 +737,12 @@ pub(crate) mod tests {
                 .expect("burn row")
         };
         assert_eq!(burn(&app).watts, 15.0, "paused screen is frozen");
+        assert_eq!(
+            burn(&app).joules_total,
+            15.0,
+            "joules on screen are frozen too"
+        );
+        assert_eq!(app.view().machine_joules, 30.0);
         app.apply(Action::TogglePause);
         app.ingest(Arc::new(snapshot(false)));
         assert_eq!(
@@ -593,5 +751,53 @@ pub(crate) mod tests {
             "totals kept counting while paused"
         );
         assert!(!app.apply(Action::Quit));
+    }
+
+    #[test]
+    fn htop_keys_memory_tree_signal_and_command_line() {
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(snapshot(false)));
+        app.apply(Action::SortBy(Column::Memory));
+        let ids: Vec<String> = app.rows().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["300", "200", "100"], "RES, largest first");
+        assert_eq!(
+            app.rows()[1].rss_kib,
+            2000,
+            "a process counted once, not per thread"
+        );
+        app.apply(Action::SortBy(Column::Watts));
+        app.apply(Action::ToggleTree);
+        let tree: Vec<(String, String)> =
+            app.rows().into_iter().map(|r| (r.id, r.command)).collect();
+        assert_eq!(
+            tree,
+            [
+                ("100".to_string(), "burn".to_string()),
+                ("200".to_string(), "nginx".to_string()),
+                ("300".to_string(), "└ nginx".to_string()),
+            ]
+        );
+        // Signal: asked, then confirmed; the run loop sends it.
+        app.apply(Action::End);
+        app.apply(Action::AskSignal);
+        assert_eq!(app.pending_signal, Some((300, "nginx".to_string())));
+        app.apply(Action::CancelSignal);
+        assert_eq!(
+            (app.pending_signal.clone(), app.signal_request),
+            (None, None)
+        );
+        app.apply(Action::AskSignal);
+        app.apply(Action::ConfirmSignal);
+        assert_eq!(app.signal_request, Some(300));
+        app.apply(Action::ShowCommand);
+        assert_eq!(app.status.as_deref(), Some("/usr/bin/nginx --pid 300"));
+        app.apply(Action::Up);
+        assert_eq!(app.status, None, "the next key clears the status line");
+        // Cgroup rows are no process: nothing to signal.
+        app.apply(Action::CycleGroup);
+        app.apply(Action::CycleGroup);
+        app.apply(Action::AskSignal);
+        assert_eq!(app.pending_signal, None);
+        assert!(app.status.is_some());
     }
 }
