@@ -247,20 +247,34 @@ pub struct EnergyMeter {
 }
 
 impl EnergyMeter {
-    pub fn new(mut source: Box<dyn CounterSource>, timeout: Duration) -> Result<Self, EnergyError> {
-        let now = Instant::now();
-        let previous = first_error(source.read())?
-            .into_iter()
-            .map(|c| (c.key, (c.raw, now)))
-            .collect();
-        Ok(Self {
+    /// A counter that cannot be read at start (a host rewriting `energy_uj` just then) is not
+    /// fatal: it starts with the next good reading. Missing permissions are: they will not fix
+    /// themselves.
+    pub fn new(source: Box<dyn CounterSource>, timeout: Duration) -> Result<Self, EnergyError> {
+        let mut meter = Self {
             source,
-            previous,
+            previous: HashMap::new(),
             implausible: 0,
             unreadable: 0,
             failing_since: None,
             timeout,
-        })
+        };
+        let now = Instant::now();
+        let mut any = false;
+        for reading in meter.read_with_retries() {
+            match reading {
+                Ok(c) => {
+                    any = true;
+                    meter.previous.insert(c.key, (c.raw, now));
+                }
+                Err((_, e @ EnergyError::PermissionDenied { .. })) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if !any {
+            meter.failing_since = Some(now);
+        }
+        Ok(meter)
     }
 
     /// Reads every counter, retrying the ones that fail a few times.
@@ -666,6 +680,13 @@ mod tests {
         let s = m.sample().expect("sample");
         assert_eq!(s.domains.len(), 1, "{s:?}");
         assert_eq!(s.unreadable_readings, 0);
+        // Also at start: one empty read, then a good one.
+        let mut m = meter(
+            vec![vec![None], vec![Some(0)], vec![Some(1_000_000)]],
+            None,
+            None,
+        );
+        assert_eq!(m.sample().expect("sample").domains.len(), 1);
 
         let mut m = meter(
             vec![

@@ -155,7 +155,12 @@ impl Powercap {
             )));
         }
         let mut source = Self { name, zones };
-        super::first_error(source.read())?; // fail now on permissions, not mid-run
+        // Fail now on permissions, not mid-run; other read errors may pass (see EnergyMeter).
+        for reading in source.read() {
+            if let Err((_, e @ EnergyError::PermissionDenied { .. })) = reading {
+                return Err(e);
+            }
+        }
         Ok(source)
     }
 
