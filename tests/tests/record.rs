@@ -512,3 +512,130 @@ fn records_carry_owner_parent_cmdline_host_and_unix_time() {
         previous = t;
     }
 }
+
+/// `--duration` ends the recording on time with its last interval cut short and marked, and
+/// intervals tile time: each starts where the previous ended (seq 1, 2, 3 …).
+#[test]
+fn duration_ends_with_a_partial_interval_and_intervals_are_contiguous() {
+    let Some(_lock) = bpf_test("duration_ends_with_a_partial_interval") else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let out = Command::new(powerapi())
+        .args(["record", "--counters", "none", "--interval", "200ms"])
+        .args(["--duration", "0.5s"])
+        .output()
+        .expect("powerapi record");
+    let elapsed = started.elapsed();
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let machines: Vec<&serde_json::Value> = of_type(&records, "machine").collect();
+    let partial: Vec<bool> = machines
+        .iter()
+        .map(|m| m["interval"]["partial"] == true)
+        .collect();
+    assert_eq!(partial, [false, false, true], "200 + 200 + 100 ms");
+    for (i, pair) in machines.windows(2).enumerate() {
+        assert_eq!(u64_of(&pair[1]["interval"]["seq"]), i as u64 + 2);
+        assert_eq!(
+            pair[1]["interval"]["start_ns"], pair[0]["interval"]["end_ns"],
+            "contiguous"
+        );
+    }
+    let last_ms = u64_of(&machines[2]["interval"]["duration_ns"]) as f64 / 1e6;
+    // Measured here: 100.1–100.4 ms; the sleep's wake-up jitter is the error.
+    assert!((last_ms - 100.0).abs() < 15.0, "last interval {last_ms} ms");
+    assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+}
+
+/// comm follows exec: a shell that execs the load generator is reported under its new name.
+#[test]
+fn comm_follows_exec() {
+    let Some(_lock) = bpf_test("comm_follows_exec") else {
+        return;
+    };
+    let recording = Recording::start("exec-comm", &["--interval", "200ms", "--counters", "none"]);
+    let (pid, _) = run_measured(Command::new("sh").args(["-c", &format!("exec {LOAD} burn 0.4")]));
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let records = recording.stop();
+    let mine: Vec<&serde_json::Value> = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .collect();
+    let busiest = mine
+        .iter()
+        .max_by_key(|r| u64_of(&r["on_cpu_ns"]))
+        .expect("the exec'd process is reported");
+    assert_eq!(busiest["comm"], "powerapi-load", "{mine:?}");
+}
+
+/// A counter named on the command line that this CPU lacks stops `record` with one line (on a
+/// machine with a PMU, `cycles` exists: then the check is that it is counted, not refused).
+#[test]
+fn a_named_counter_the_cpu_lacks_stops_record() {
+    let Some(_lock) = bpf_test("a_named_counter_the_cpu_lacks_stops_record") else {
+        return;
+    };
+    let out = Command::new(powerapi())
+        .args(["record", "--counters", "cycles", "--duration", "0.3s"])
+        .output()
+        .expect("powerapi record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pmu = std::path::Path::new("/sys/bus/event_source/devices/cpu/events/cpu-cycles").exists()
+        || std::path::Path::new("/sys/bus/event_source/devices/cpu_core").exists();
+    if pmu {
+        assert!(out.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"cycles\""));
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("counter cycles is not available on CPU")
+                && stderr.contains("use --counters none"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Without RAPL, `auto` falls back to the model and says so on stderr, and every figure is
+/// marked estimated.
+#[test]
+fn the_auto_fallback_is_said_and_marked() {
+    let Some(_lock) = bpf_test("the_auto_fallback_is_said_and_marked") else {
+        return;
+    };
+    let rapl = std::path::Path::new("/sys/class/powercap/intel-rapl:0").exists()
+        || std::path::Path::new("/sys/bus/event_source/devices/power").exists();
+    if rapl {
+        skip(
+            "the_auto_fallback_is_said_and_marked",
+            "this machine has RAPL: auto does not fall back",
+        );
+        return;
+    }
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--counters",
+            "none",
+            "--duration",
+            "0.3s",
+            "--interval",
+            "100ms",
+        ])
+        .output()
+        .expect("powerapi record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no usable RAPL energy source")
+            && stderr.contains("energy is ESTIMATED from CPU utilisation (--energy-source model)"),
+        "{stderr}"
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        assert_eq!(r["energy"]["estimated"], true, "{line}");
+    }
+}

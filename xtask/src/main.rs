@@ -4,6 +4,7 @@
 //! programs (nightly rust-src, LLVM 22, bpf-linker); every other command runs it first.
 
 mod bench;
+mod mutants;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -33,6 +34,15 @@ enum Cmd {
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Mutation testing of the pure modules (installs cargo-mutants if missing). Unit tests only.
+    Mutants {
+        /// Source files to mutate (default: the pure modules listed in TESTING.md).
+        #[arg(long = "file")]
+        files: Vec<String>,
+        /// Extra arguments for cargo-mutants (after `--`), e.g. `-- --jobs 2`.
+        #[arg(last = true)]
+        extra: Vec<String>,
     },
     /// Benchmarks; results are ratios against baselines measured in the same invocation.
     Bench {
@@ -211,6 +221,7 @@ fn real_main() -> Result<ExitCode> {
             let binary = build_release()?;
             bench::run(which, &binary)?;
         }
+        Cmd::Mutants { files, extra } => mutants::run(&files, &extra)?,
         Cmd::SpawnThreads { count } => bench::spawn_threads(count),
         Cmd::SpawnProcesses { count } => bench::spawn_processes(count),
     }
