@@ -64,11 +64,65 @@ fn bpf_unavailable_reason() -> Option<String> {
         .clone()
 }
 
-/// `Some(lock)` when BPF tests can run; otherwise prints why and returns `None` — unless
+/// CPU time stolen by the hypervisor and all CPU time, in clock ticks, from `/proc/stat`.
+fn steal_and_total() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
+/// Above this share of stolen CPU time, a failed accuracy bound is the machine's doing.
+const NOISY_STEAL: f64 = 0.02;
+
+/// Held for the whole of a BPF test: serialises the tests, and when one fails, says whether the
+/// hypervisor stole enough CPU time meanwhile to explain it — tolerances are not widened for
+/// noise; a noisy machine is named as the cause instead.
+pub struct BpfGuard {
+    _lock: MutexGuard<'static, ()>,
+    name: String,
+    start: (u64, u64),
+}
+
+impl Drop for BpfGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (steal, total) = steal_and_total();
+        let (steal, total) = (steal - self.start.0, total.saturating_sub(self.start.1));
+        let share = steal as f64 / total.max(1) as f64;
+        if share > NOISY_STEAL {
+            eprintln!(
+                "{}: machine too noisy: {:.1} % of CPU time was stolen by the hypervisor during the test; rerun it on a quieter machine before suspecting the code",
+                self.name,
+                share * 100.0
+            );
+        } else {
+            eprintln!(
+                "{}: the machine was quiet ({:.2} % steal): the failure is not noise",
+                self.name,
+                share * 100.0
+            );
+        }
+    }
+}
+
+/// `Some(guard)` when BPF tests can run; otherwise prints why and returns `None` — unless
 /// `POWERAPI_REQUIRE_BPF=1`, which turns the skip into a failure (CI sets it).
-pub fn bpf_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+pub fn bpf_test(name: &str) -> Option<BpfGuard> {
     match bpf_unavailable_reason() {
-        None => Some(exclusive()),
+        None => Some(BpfGuard {
+            _lock: exclusive(),
+            name: name.to_string(),
+            start: steal_and_total(),
+        }),
         Some(reason) if std::env::var("POWERAPI_REQUIRE_BPF").as_deref() == Ok("1") => {
             panic!("{name}: BPF required (POWERAPI_REQUIRE_BPF=1) but unavailable: {reason}")
         }
