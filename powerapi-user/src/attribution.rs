@@ -223,12 +223,6 @@ impl Attribution {
                 .map(|(_, n)| n)
                 .sum();
             let busy_ns: u64 = members.iter().map(|&i| deltas.tasks[i].on_cpu_ns).sum();
-            let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
-            let busy = if capacity > 0.0 {
-                (busy_ns as f64 / capacity).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
             let power_w = if seconds > 0.0 {
                 measured_j / seconds
             } else {
@@ -257,6 +251,9 @@ impl Attribution {
                 };
             if seconds > 0.0 {
                 let history = self.history.entry(key).or_default();
+                // Busy share of the socket's CPUs: what tells a quiet interval from a busy one.
+                let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
+                let busy = (busy_ns as f64 / capacity).clamp(0.0, 1.0);
                 history.push_back((power_w, busy));
                 if history.len() > HISTORY {
                     history.pop_front();
@@ -283,8 +280,8 @@ impl Attribution {
                 .copied()
                 .filter(|&i| deltas.tasks[i].on_cpu_ns > 0)
                 .collect();
+            // `IdlePolicy::None`, and the other policies when nobody ran: idle stays idle.
             let shared = match self.config.idle_policy {
-                IdlePolicy::None => false,
                 IdlePolicy::CpuTime if busy_ns > 0 => {
                     for &i in &ran {
                         let share = idle_j * deltas.tasks[i].on_cpu_ns as f64 / busy_ns as f64;
@@ -510,6 +507,19 @@ mod tests {
         assert!(
             (r.task_joules[0][0] - 9.5).abs() < 1e-9 && (r.task_joules[1][0] - 4.5).abs() < 1e-9
         );
+        // "Equal" shares among the tasks that ran: one that ran 0 ns (an exit with nothing
+        // left) gets none; with none that ran, idle stays idle.
+        let with_exit = deltas(vec![task(1, 0, 500_000_000, 0), task(2, 0, 0, 0)]);
+        let r = a.attribute(&with_exit, &[], &[(0, 1)], &s);
+        assert_eq!(r.task_joules[0][0], 14.0);
+        assert_eq!(r.task_joules[1][0], 0.0);
+        let nobody = deltas(vec![]);
+        let r = a.attribute(&nobody, &[], &[(0, 1)], &s);
+        let d = &r.domains[0];
+        assert_eq!(
+            (d.idle_j, d.attributed_j, d.unattributed_j),
+            (4.0, 0.0, 10.0)
+        );
     }
 
     #[test]
@@ -540,6 +550,11 @@ mod tests {
         assert!((r.task_joules[0][Domain::Dram.index()] - 9.0).abs() < 1e-9);
         assert_eq!(r.domains[1].metric, "cpu-time");
         assert!((r.task_joules[1][Domain::Psys.index()] - 30.0).abs() < 1e-9);
+        // Without llc-misses, DRAM follows the package metric: cycles 10 : 30.
+        let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::None, None));
+        let r = a.attribute(&d, &names[..1], &[(0, 1)], &sample(vec![(dram, 10.0)]));
+        assert_eq!(r.domains[0].metric, "cycles");
+        assert!((r.task_joules[0][Domain::Dram.index()] - 2.5).abs() < 1e-9);
     }
 
     #[test]
@@ -571,6 +586,145 @@ mod tests {
             (IdleSource::Baseline, 7.0)
         );
         assert_eq!(r.task_joules[0][0], 23.0);
+    }
+
+    #[test]
+    fn the_idle_estimate_is_the_10th_percentile_of_intervals_at_most_20_percent_busy() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        // A socket of 2 CPUs. 21 quiet intervals (15 % busy, and one at exactly 20 %) at
+        // 10…30 W, out of order, and a busy one (21 % busy) at 2 W that must not count.
+        let mut powers: Vec<f64> = (10..=30).map(f64::from).collect();
+        powers.swap(0, 17);
+        powers.swap(3, 11);
+        for (i, w) in powers.iter().enumerate() {
+            let busy_ns = if i == 5 { 400_000_000 } else { 300_000_000 };
+            a.attribute(
+                &deltas(vec![task(1, 0, busy_ns, 0)]),
+                &[],
+                &[(0, 2)],
+                &sample(vec![(pkg(0), *w)]),
+            );
+        }
+        a.attribute(
+            &deltas(vec![task(1, 0, 420_000_000, 0)]),
+            &[],
+            &[(0, 2)],
+            &sample(vec![(pkg(0), 2.0)]),
+        );
+        // p10 of 21 sorted values is the 3rd (index round(20 × 0.1) = 2): 12 W.
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 12.0)]);
+        let r = a.attribute(
+            &deltas(vec![task(1, 0, 1_000_000_000, 0)]),
+            &[],
+            &[(0, 2)],
+            &sample(vec![(pkg(0), 40.0)]),
+        );
+        assert_eq!((r.domains[0].idle_w, r.domains[0].idle_j), (12.0, 12.0));
+        assert_eq!(r.domains[0].attributed_j, 28.0);
+    }
+
+    #[test]
+    fn interval_length_zero_length_and_tasks_with_nothing_to_share() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, Some(4.0)));
+        // Half a second: 10 J is 20 W, and 4 W of idle is 2 J.
+        let mut half = deltas(vec![task(1, 0, 250_000_000, 0)]);
+        half.end_ns = 500_000_000;
+        let r = a.attribute(&half, &[], &[(0, 1)], &sample(vec![(pkg(0), 10.0)]));
+        let d = &r.domains[0];
+        assert_eq!((d.power_w, d.idle_j, d.attributed_j), (20.0, 2.0, 8.0));
+        // A zero-length interval: no power, nothing shared, no NaN anywhere.
+        let mut empty = deltas(vec![task(1, 0, 0, 0)]);
+        empty.end_ns = 0;
+        let r = a.attribute(&empty, &[], &[(0, 1)], &sample(vec![(pkg(0), 0.0)]));
+        let d = &r.domains[0];
+        assert_eq!(
+            (d.power_w, d.idle_j, d.attributed_j, d.unattributed_j),
+            (0.0, 0.0, 0.0, 0.0)
+        );
+        // A task in the interval that ran 0 ns (an exit with nothing left): the active energy has
+        // no taker, so it is unattributed, not NaN.
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, Some(0.0)));
+        let r = a.attribute(
+            &deltas(vec![task(1, 0, 0, 0)]),
+            &[],
+            &[(0, 1)],
+            &sample(vec![(pkg(0), 5.0)]),
+        );
+        assert_eq!(
+            (r.domains[0].attributed_j, r.domains[0].unattributed_j),
+            (0.0, 5.0)
+        );
+        assert_eq!(r.task_joules[0][Domain::Package.index()], 0.0);
+    }
+
+    #[test]
+    fn a_zero_length_interval_is_not_a_quiet_one() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        let mut empty = deltas(vec![]);
+        empty.end_ns = 0;
+        a.attribute(&empty, &[], &[(0, 1)], &sample(vec![(pkg(0), 0.0)]));
+        assert!(a.online_idle_estimates().is_empty());
+    }
+
+    #[test]
+    fn the_idle_history_keeps_the_last_300_intervals() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
+        // 31 intervals at 1 W, then 269 at 10 W: the 31st smallest of 300 is p10 (index 30).
+        for w in std::iter::repeat_n(1.0, 31).chain(std::iter::repeat_n(10.0, 269)) {
+            a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), w)]));
+        }
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 1.0)]);
+        // One more: the oldest 1 W interval leaves the window, and p10 is now 10 W.
+        a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 10.0)]));
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 10.0)]);
+    }
+
+    #[test]
+    fn the_models_own_idle_power_per_socket() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        let mut s = sample(vec![(pkg(0), 10.0), (pkg(1), 10.0)]);
+        s.known_idle_w = vec![(pkg(0), 3.0), (pkg(1), 5.0)];
+        let d = deltas(vec![task(1, 0, 100, 0), task(2, 1, 100, 0)]);
+        let r = a.attribute(&d, &[], &[(0, 1), (1, 1)], &s);
+        let idle: Vec<(f64, IdleSource)> = r
+            .domains
+            .iter()
+            .map(|d| (d.idle_w, d.idle_source))
+            .collect();
+        assert_eq!(idle, [(3.0, IdleSource::Model), (5.0, IdleSource::Model)]);
+    }
+
+    #[test]
+    fn idle_watts_are_shared_by_the_package_sockets_only() {
+        // --idle-watts 10 on two sockets: 5 W of idle each; DRAM is no package socket.
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, Some(10.0)));
+        let dram = DomainKey {
+            domain: Domain::Dram,
+            socket: 0,
+        };
+        let d = deltas(vec![task(1, 0, 500_000_000, 0), task(2, 1, 500_000_000, 0)]);
+        let r = a.attribute(
+            &d,
+            &[],
+            &[(0, 1), (1, 1)],
+            &sample(vec![(pkg(0), 20.0), (pkg(1), 20.0), (dram, 4.0)]),
+        );
+        let idle: Vec<(Domain, u32, f64)> = r
+            .domains
+            .iter()
+            .map(|d| (d.key.domain, d.key.socket, d.idle_w))
+            .collect();
+        assert_eq!(
+            idle,
+            [
+                (Domain::Package, 0, 5.0),
+                (Domain::Package, 1, 5.0),
+                (Domain::Dram, 0, 0.0)
+            ]
+        );
+        assert_eq!(r.task_joules[0][Domain::Package.index()], 15.0);
+        assert_eq!(r.task_joules[1][Domain::Package.index()], 15.0);
     }
 
     #[test]
