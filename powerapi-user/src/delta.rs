@@ -439,6 +439,10 @@ mod tests {
         let last = entry(2, key(3, 3), totals(1, 25, 0));
         let d = tracker.advance(&reading(10, vec![last], vec![last]));
         assert_eq!(summary(&d), vec![(3, 15, 0, true)]);
+        assert!(
+            d.live_tgids.is_empty() && d.leaders.is_empty(),
+            "its only thread exited: the process is not live"
+        );
         let d = tracker.advance(&reading(20, vec![], vec![]));
         assert!(d.tasks.is_empty());
     }
@@ -539,6 +543,54 @@ mod tests {
             vec![(5, 60, 0, false)],
             "against the last totals seen"
         );
+    }
+
+    #[test]
+    fn an_incarnation_unseen_for_longer_than_the_grace_is_forgotten() {
+        let mut tracker = Tracker::new(
+            0,
+            &reading(0, vec![entry(0, key(5, 5), totals(1, 100, 0))], vec![]),
+            0,
+        );
+        // Seen at reading 1, then missing for KEEP_UNSEEN + 1 readings: its totals are
+        // dropped (memory stays bounded), so a reappearance counts from zero.
+        let d = tracker.advance(&reading(
+            10,
+            vec![entry(0, key(5, 5), totals(1, 120, 0))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(5, 20, 0, false)]);
+        for t in 0..=KEEP_UNSEEN {
+            assert!(
+                tracker
+                    .advance(&reading(20 + t, vec![], vec![]))
+                    .tasks
+                    .is_empty()
+            );
+        }
+        assert!(tracker.previous.is_empty(), "forgotten");
+        let d = tracker.advance(&reading(
+            40,
+            vec![entry(0, key(5, 5), totals(1, 130, 0))],
+            vec![],
+        ));
+        assert_eq!(summary(&d), vec![(5, 130, 0, false)]);
+    }
+
+    #[test]
+    fn a_thread_that_ran_on_another_socket_this_interval_is_booked_there() {
+        // 1000 ns on lane 0 before, 50 ns on lane 1 now: the delta is lane 1's, although the
+        // thread's history is mostly lane 0.
+        let mut before = totals(1, 1000, 0);
+        before.lane_ns = [1000, 0, 0, 0, 0, 0, 0, 0];
+        let mut tracker =
+            Tracker::new(0, &reading(0, vec![entry(0, key(6, 6), before)], vec![]), 0);
+        let mut now = totals(1, 1050, 0);
+        now.lane_ns = [1000, 50, 0, 0, 0, 0, 0, 0];
+        let mut r = reading(10, vec![entry(0, key(6, 6), now)], vec![]);
+        r.lane_sockets = vec![0, 1];
+        let d = tracker.advance(&r);
+        assert_eq!((d.tasks[0].socket, d.tasks[0].on_cpu_ns), (1, 50));
     }
 
     #[test]

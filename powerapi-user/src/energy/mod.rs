@@ -549,6 +549,7 @@ mod tests {
     #[test]
     fn wraparound() {
         assert_eq!(counter_delta(100, 150, Some(1000)), 50);
+        assert_eq!(counter_delta(100, 100, Some(1000)), 0, "equal is no wrap");
         assert_eq!(counter_delta(900, 50, Some(1000)), 150);
         assert_eq!(counter_delta(u32::MAX as u64 - 9, 10, Some(1 << 32)), 20);
         assert_eq!(counter_delta(u64::MAX - 4, 5, None), 10);
@@ -653,6 +654,114 @@ mod tests {
         assert!(s.domains.is_empty() && s.unmeasured[0].reason == UnmeasuredReason::Implausible);
     }
 
+    /// A source that declares no bound of its own.
+    struct Plain(std::collections::VecDeque<u64>);
+
+    impl CounterSource for Plain {
+        fn name(&self) -> &str {
+            "plain"
+        }
+        fn read(&mut self) -> Vec<Reading> {
+            vec![Ok(CounterValue {
+                key: key(0),
+                raw: self.0.pop_front().unwrap_or(0),
+                range: None,
+                joules_per_unit: 1.0,
+            })]
+        }
+    }
+
+    #[test]
+    fn without_a_declared_bound_the_domain_default_applies_over_the_real_interval() {
+        // 3000 J in 2 s: 1500 W, under the 2000 W package default (3000 × 2 would not be).
+        let mut m = EnergyMeter::new(
+            Box::new(Plain([0, 3000, 9000].into())),
+            Duration::from_secs(3),
+        )
+        .expect("start");
+        m.previous
+            .values_mut()
+            .for_each(|(_, t)| *t -= Duration::from_secs(2));
+        let readings = m.source.read();
+        let s = m.sample_from(readings, Instant::now()).expect("sample");
+        assert_eq!(s.source, "plain");
+        assert_eq!(s.domains, vec![(key(0), 3000.0)]);
+        // Exactly at the bound is still believed: 4000 J in 2 s.
+        let mut at = EnergyMeter::new(Box::new(Plain([0, 4000].into())), Duration::from_secs(3))
+            .expect("start");
+        let then = at.previous[&key(0)].1;
+        let readings = at.source.read();
+        let s = at
+            .sample_from(readings, then + Duration::from_secs(2))
+            .expect("sample");
+        assert_eq!(s.domains, vec![(key(0), 4000.0)]);
+        // 6000 J in 2 s: 3000 W, rejected.
+        let readings = m.source.read();
+        let later = Instant::now() + Duration::from_secs(2);
+        let s = m.sample_from(readings, later).expect("sample");
+        assert!(s.domains.is_empty() && s.implausible_readings == 1, "{s:?}");
+    }
+
+    #[test]
+    fn open_picks_what_was_asked_and_labels_it() {
+        let cpus = [crate::topology::Cpu { id: 0, socket: 0 }];
+        let options = EnergyOptions {
+            idle_watts: None,
+            max_watts: None,
+            timeout: Duration::from_secs(1),
+        };
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/powercap/client");
+        let (source, note) = EnergySource::open(
+            &SourceSpec::PowercapDir(fixture),
+            Path::new("/"),
+            &cpus,
+            &options,
+        )
+        .expect("fixture opens");
+        let mut source = source.expect("a source");
+        assert_eq!(
+            (source.name(), source.estimated(), note),
+            ("powercap-dir", false, None)
+        );
+        let s = source.sample(1_000_000_000, &[]).expect("sample");
+        assert_eq!(s.source, "powercap-dir");
+        assert!(
+            !s.domains.is_empty(),
+            "the fixture's zones, read twice: zero deltas"
+        );
+        let (model, _) = EnergySource::open(&SourceSpec::Model, Path::new("/"), &cpus, &options)
+            .expect("the model");
+        let mut model = model.expect("a source");
+        assert_eq!((model.name(), model.estimated()), ("model", true));
+        let s = model
+            .sample(1_000_000_000, &[(0, 1_000_000_000)])
+            .expect("sample");
+        assert_eq!(
+            s.domains,
+            vec![(key(0), 10.0)],
+            "2 W idle + 8 W at full load, 1 CPU"
+        );
+        let (none, note) =
+            EnergySource::open(&SourceSpec::None, Path::new("/"), &cpus, &options).expect("none");
+        assert!(none.is_none() && note.is_none());
+        // perf and powercap under a root without them: unavailable, said so.
+        for spec in [SourceSpec::Perf, SourceSpec::Powercap] {
+            let err = EnergySource::open(&spec, Path::new("/nonexistent-root"), &cpus, &options)
+                .err()
+                .expect("absent");
+            assert!(
+                matches!(err, EnergyError::Unavailable(_) | EnergyError::Read { .. }),
+                "{spec:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_errors_say_what_failed() {
+        let err = read_text(Path::new("/nonexistent/energy_uj")).expect_err("missing");
+        assert!(matches!(err, EnergyError::Read { .. }), "{err}");
+    }
+
     #[test]
     fn the_sources_own_limit_sets_the_bound() {
         // 150 J in 1 s: under the 2000 W default, over a declared 100 W bound.
@@ -706,6 +815,7 @@ mod tests {
         let s = step(&mut m, t0, 1).expect("one counter failing: the other is measured");
         assert_eq!(s.domains, vec![(key(1), 1.0)]);
         assert_eq!(s.unmeasured[0].reason, UnmeasuredReason::Unreadable);
+        assert_eq!(s.unreadable_readings, 1);
         // The first good reading after a failure has no honest delta: still unmeasured.
         let s = step(&mut m, t0, 2).expect("sample");
         assert_eq!(s.domains, vec![(key(1), 1.0)]);
@@ -729,7 +839,16 @@ mod tests {
 
     #[test]
     fn source_specs() {
-        assert_eq!("model".parse(), Ok(SourceSpec::Model));
+        for (text, spec) in [
+            ("auto", SourceSpec::Auto),
+            ("perf", SourceSpec::Perf),
+            ("powercap", SourceSpec::Powercap),
+            ("msr", SourceSpec::Msr),
+            ("model", SourceSpec::Model),
+            ("none", SourceSpec::None),
+        ] {
+            assert_eq!(text.parse(), Ok(spec), "{text}");
+        }
         assert_eq!(
             "powercap-dir:/x/y".parse(),
             Ok(SourceSpec::PowercapDir("/x/y".into()))
