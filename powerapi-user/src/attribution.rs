@@ -673,6 +673,17 @@ mod tests {
             a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), w)]));
         }
         assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 1.0)]);
+        // A zero-length interval takes no place in the window.
+        let mut empty = deltas(vec![]);
+        empty.end_ns = 0;
+        a.attribute(&empty, &[], &[(0, 1)], &sample(vec![(pkg(0), 0.0)]));
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 1.0)]);
+        // And the rank on a short history: of 5 values, p10 is the smallest (index 0.4 → 0).
+        let mut short = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        for w in [3.0, 1.0, 5.0, 2.0, 4.0] {
+            short.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), w)]));
+        }
+        assert_eq!(short.online_idle_estimates(), vec![(pkg(0), 1.0)]);
         // One more: the oldest 1 W interval leaves the window, and p10 is now 10 W.
         a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 10.0)]));
         assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 10.0)]);

@@ -36,6 +36,8 @@ pub enum Command {
     Top(TopArgs),
     /// Run a command and report its energy, CPU time and counters, like `perf stat` for energy.
     Run(RunArgs),
+    /// Export power per node, process, container, cgroup and command to Prometheus.
+    Serve(ServeArgs),
     /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
     Doctor {
         /// Where /sys is found (for containers that mount the host's elsewhere).
@@ -207,6 +209,22 @@ pub struct TopArgs {
     pub record: Option<PathBuf>,
     #[command(flatten)]
     pub existing: ExistingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub sensor: SensorArgs,
+    /// Address to listen on. Binding beyond loopback (0.0.0.0:9185) exposes what runs on this
+    /// machine to the network: a deliberate choice.
+    #[arg(long, default_value = "127.0.0.1:9185")]
+    pub listen: std::net::SocketAddr,
+    /// Processes exported as their own series (by energy); the rest are summed as pid="other".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub top: u32,
+    /// The kubelet's pod log directory (its entries name pods: `<namespace>_<name>_<uid>`).
+    #[arg(long, default_value = "/var/log/pods", hide = true)]
+    pub pods_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +458,18 @@ pub fn execute(cli: Cli) -> Result<i32> {
             } else {
                 report.exit_code
             })
+        }
+        Command::Serve(args) => {
+            let config = crate::serve::ServeConfig {
+                collector: args.sensor.collector_config()?,
+                interval: args.sensor.interval,
+                listen: args.listen,
+                top: args.top as usize,
+                pods_dir: args.pods_dir.clone(),
+            };
+            let stop = stop_signal()?;
+            crate::serve::serve(&config, stop)?;
+            Ok(0)
         }
         Command::Doctor { root } => {
             let checks = doctor::run_checks(&root);

@@ -1,0 +1,804 @@
+//! Prometheus metrics from the same snapshots `record` writes: cumulative joules that never go
+//! backwards, power gauges, and the meter's own cost, rendered once per interval in the
+//! OpenMetrics text format by `prometheus-client` (a scrape only copies the last rendering, so
+//! it never waits on the sensor). Pure: no sockets, no clock.
+//!
+//! Cardinality is bounded: `top` processes by energy get their own series (and keep them while
+//! they live), the rest is summed into one `pid="other"` series per zone. An exited process's
+//! final values stay for one more scrape, then its series goes; a new incarnation of its pid is
+//! a new series.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::AtomicU64,
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    aggregate::Group,
+    cgroup::{CgroupResolver, Container},
+    collect::Snapshot,
+    energy::{Domain, headline_domains},
+    record::cgroup_info,
+};
+
+type Labels = Vec<(String, String)>;
+type CounterF = Counter<f64, AtomicU64>;
+type GaugeF = Gauge<f64, AtomicU64>;
+
+/// Joules per zone (domain name), cumulative.
+type Zones = BTreeMap<Domain, f64>;
+
+/// Label values come from task names and cgroup paths: anything a process may call itself.
+/// Control characters go; the length is capped so one name cannot blow up a scrape.
+pub fn sanitise(value: &str) -> String {
+    const MAX: usize = 128;
+    let clean: String = value
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if clean.len() <= MAX {
+        return clean;
+    }
+    let mut cut = MAX;
+    while !clean.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    clean[..cut].to_string()
+}
+
+#[derive(Clone, Debug, Default)]
+struct Process {
+    pid: u32,
+    comm: String,
+    joules: Zones,
+    watts: Zones,
+    cpu_s: f64,
+    /// Has a series of its own (was once among the `top`).
+    shown: bool,
+    /// Scrapes counted when it exited: dropped once a later scrape has seen its final values.
+    exited_at_scrape: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeZone {
+    measured: f64,
+    idle: f64,
+    attributed: f64,
+    unattributed: f64,
+    power_w: f64,
+    idle_w: f64,
+}
+
+/// Pod namespace and name by pod UID, from the kubelet's `/var/log/pods/<ns>_<name>_<uid>`.
+pub fn pod_names(dir: &std::path::Path) -> HashMap<String, (String, String)> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '_');
+        if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+            // cgroup paths spell the UID with `_` where the API has `-`.
+            out.insert(uid.replace('-', "_"), (ns.to_string(), pod.to_string()));
+        }
+    }
+    out
+}
+
+/// Everything `serve` exports, accumulated across intervals.
+#[derive(Debug, Default)]
+pub struct Exporter {
+    top: usize,
+    estimated: bool,
+    node: BTreeMap<(Domain, u32), NodeZone>,
+    busy_s: f64,
+    idle_s: f64,
+    processes: HashMap<(u32, u64), Process>,
+    other: Zones,
+    other_watts: Zones,
+    other_cpu_s: f64,
+    containers: HashMap<Labels, Zones>,
+    container_watts: HashMap<Labels, Zones>,
+    cgroups: HashMap<String, Zones>,
+    commands: HashMap<String, Zones>,
+    meter_cpu_s: f64,
+    meter_drain_s: f64,
+    meter_rss_bytes: f64,
+    losses: BTreeMap<&'static str, f64>,
+    implausible: f64,
+    unreadable: f64,
+}
+
+impl Exporter {
+    pub fn new(top: usize) -> Self {
+        Self {
+            top,
+            ..Default::default()
+        }
+    }
+
+    /// Adds one interval. `scrapes`: how many scrapes have been served so far. `pods`: pod
+    /// namespace/name by UID.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        resolver: Option<&CgroupResolver>,
+        pods: &HashMap<String, (String, String)>,
+        scrapes: u64,
+    ) {
+        self.processes
+            .retain(|_, p| p.exited_at_scrape.is_none_or(|at| scrapes <= at));
+        let agg = &snapshot.aggregate;
+        let seconds = snapshot.deltas.duration_ns() as f64 / 1e9;
+        self.busy_s += agg.busy.on_cpu_ns as f64 / 1e9;
+        self.idle_s += agg.idle.on_cpu_ns as f64 / 1e9;
+        self.meter_cpu_s += snapshot.meter.cpu_ns as f64 / 1e9;
+        self.meter_drain_s += snapshot.meter.drain_us as f64 / 1e6;
+        self.meter_rss_bytes = snapshot.meter.peak_rss_kib as f64 * 1024.0;
+        let l = &snapshot.deltas.losses;
+        for (name, value) in [
+            ("lost_slices", l.lost_slices as f64),
+            ("lost_seconds", l.lost_ns as f64 / 1e9),
+            ("exit_overflow", l.exit_overflow as f64),
+            ("stale_slices", l.stale_slices as f64),
+            ("counter_read_errors", l.counter_read_errors as f64),
+        ] {
+            *self.losses.entry(name).or_default() += value;
+        }
+        let Some(power) = &snapshot.power else {
+            self.update_cpu_only(agg, seconds);
+            return;
+        };
+        self.estimated = power.estimated;
+        self.implausible = power.implausible_readings as f64;
+        self.unreadable = power.unreadable_readings as f64;
+        for zone in self.node.values_mut() {
+            zone.power_w = 0.0; // an unmeasured interval shows no power, not the last one
+        }
+        for d in &power.domains {
+            let z = self.node.entry((d.key.domain, d.key.socket)).or_default();
+            // Counters only grow: a part that float sums left at −1e-15 J adds nothing.
+            z.measured += d.measured_j.max(0.0);
+            z.idle += d.idle_j.max(0.0);
+            z.attributed += d.attributed_j.max(0.0);
+            z.unattributed += d.unattributed_j.max(0.0);
+            z.power_w = d.power_w;
+            z.idle_w = d.idle_w;
+        }
+        let domains: Vec<Domain> = {
+            let mut v: Vec<Domain> = power.domains.iter().map(|d| d.key.domain).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let headline = headline_domains(&domains);
+        let energy_of =
+            |g: &Group| -> f64 { headline.iter().map(|d| g.usage.joules[d.index()]).sum() };
+
+        // This interval's top processes by energy become (and stay) series of their own.
+        let mut ranked: Vec<&Group> = agg.processes.iter().collect();
+        ranked.sort_by(|a, b| energy_of(b).total_cmp(&energy_of(a)));
+        for g in ranked.iter().take(self.top) {
+            let p = self.processes.entry((g.pid, g.start_ns)).or_default();
+            p.shown = true;
+        }
+        self.other_watts.clear();
+        // Processes that did not run this interval show 0 W, not their last figure.
+        for p in self.processes.values_mut() {
+            p.watts.clear();
+        }
+        for g in &agg.processes {
+            let cpu_s = g.usage.on_cpu_ns as f64 / 1e9;
+            let key = (g.pid, g.start_ns);
+            match self.processes.get_mut(&key).filter(|p| p.shown) {
+                Some(p) => {
+                    p.pid = g.pid;
+                    p.comm = sanitise(&g.comm);
+                    p.cpu_s += cpu_s;
+                    for &d in &domains {
+                        let j = g.usage.joules[d.index()];
+                        *p.joules.entry(d).or_default() += j;
+                        p.watts
+                            .insert(d, if seconds > 0.0 { j / seconds } else { 0.0 });
+                    }
+                    if g.exited {
+                        p.exited_at_scrape = Some(scrapes);
+                    }
+                }
+                None => {
+                    self.other_cpu_s += cpu_s;
+                    for &d in &domains {
+                        let j = g.usage.joules[d.index()];
+                        *self.other.entry(d).or_default() += j;
+                        *self.other_watts.entry(d).or_default() +=
+                            if seconds > 0.0 { j / seconds } else { 0.0 };
+                    }
+                }
+            }
+            let info = cgroup_info(resolver, g.cgroup_id);
+            let path = info
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("#{}", g.cgroup_id));
+            let add = |zones: &mut Zones| {
+                for &d in &domains {
+                    *zones.entry(d).or_default() += g.usage.joules[d.index()];
+                }
+            };
+            add(self.cgroups.entry(sanitise(&path)).or_default());
+            add(self.commands.entry(sanitise(&g.comm)).or_default());
+            if let Some(c) = &info.container {
+                let labels = container_labels(c, pods);
+                add(self.containers.entry(labels.clone()).or_default());
+                let watts = self.container_watts.entry(labels).or_default();
+                for &d in &domains {
+                    *watts.entry(d).or_default() += if seconds > 0.0 {
+                        g.usage.joules[d.index()] / seconds
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
+    /// Without an energy source: CPU time per process still has its series.
+    fn update_cpu_only(&mut self, agg: &crate::aggregate::Aggregate, _seconds: f64) {
+        let mut ranked: Vec<&Group> = agg.processes.iter().collect();
+        ranked.sort_by_key(|g| std::cmp::Reverse(g.usage.on_cpu_ns));
+        for g in ranked.iter().take(self.top) {
+            self.processes.entry((g.pid, g.start_ns)).or_default().shown = true;
+        }
+        for g in &agg.processes {
+            let cpu_s = g.usage.on_cpu_ns as f64 / 1e9;
+            match self
+                .processes
+                .get_mut(&(g.pid, g.start_ns))
+                .filter(|p| p.shown)
+            {
+                Some(p) => {
+                    p.pid = g.pid;
+                    p.comm = sanitise(&g.comm);
+                    p.cpu_s += cpu_s;
+                }
+                None => self.other_cpu_s += cpu_s,
+            }
+        }
+    }
+
+    /// The processes with a series of their own, highest power first: (pid, comm, watts).
+    pub fn top_processes(&self) -> Vec<(u32, String, f64)> {
+        let mut out: Vec<(u32, String, f64)> = self
+            .processes
+            .values()
+            .filter(|p| p.shown)
+            .map(|p| (p.pid, p.comm.clone(), p.watts.values().sum()))
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// The OpenMetrics text of everything accumulated so far.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        let estimated = if self.estimated { "true" } else { "false" };
+        let zone_labels = |d: Domain| {
+            vec![
+                ("zone".to_string(), d.name().to_string()),
+                ("estimated".to_string(), estimated.to_string()),
+            ]
+        };
+
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels, CounterF>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels, GaugeF>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+
+        // Node.
+        let node = [
+            (
+                "powerapi_node_energy_joules",
+                "Energy measured per zone and socket (RAPL, or the model when estimated=\"true\")",
+            ),
+            (
+                "powerapi_node_idle_energy_joules",
+                "Part of the node energy that is idle power",
+            ),
+            (
+                "powerapi_node_attributed_energy_joules",
+                "Part of the node energy given to tasks",
+            ),
+            (
+                "powerapi_node_unattributed_energy_joules",
+                "Active energy no task could take",
+            ),
+        ];
+        let families: Vec<Family<Labels, CounterF>> = node
+            .iter()
+            .map(|(n, h)| counter(&mut registry, n, h))
+            .collect();
+        let power = gauge(
+            &mut registry,
+            "powerapi_node_power_watts",
+            "Node power per zone and socket over the last interval",
+        );
+        let idle_power = gauge(
+            &mut registry,
+            "powerapi_node_idle_power_watts",
+            "Idle power per zone and socket in use",
+        );
+        for ((d, socket), z) in &self.node {
+            let mut labels = zone_labels(*d);
+            labels.push(("socket".into(), socket.to_string()));
+            for (family, value) in
+                families
+                    .iter()
+                    .zip([z.measured, z.idle, z.attributed, z.unattributed])
+            {
+                family.get_or_create(&labels).inc_by(value);
+            }
+            power.get_or_create(&labels).set(z.power_w);
+            idle_power.get_or_create(&labels).set(z.idle_w);
+        }
+        let cpu = counter(
+            &mut registry,
+            "powerapi_node_cpu_seconds",
+            "CPU time of all tasks (busy) and of the idle tasks (idle)",
+        );
+        cpu.get_or_create(&vec![("mode".into(), "busy".into())])
+            .inc_by(self.busy_s);
+        cpu.get_or_create(&vec![("mode".into(), "idle".into())])
+            .inc_by(self.idle_s);
+
+        // Processes: the top ones and `other`.
+        let p_energy = counter(
+            &mut registry,
+            "powerapi_process_energy_joules",
+            "Energy per process (the top ones; pid=\"other\" for the rest) and zone",
+        );
+        let p_power = gauge(
+            &mut registry,
+            "powerapi_process_power_watts",
+            "Power per process and zone over the last interval",
+        );
+        let p_cpu = counter(
+            &mut registry,
+            "powerapi_process_cpu_seconds",
+            "On-CPU time per process",
+        );
+        let mut shown: Vec<&Process> = self.processes.values().filter(|p| p.shown).collect();
+        shown.sort_by_key(|p| p.pid);
+        for p in shown {
+            let base = vec![
+                ("pid".to_string(), p.pid.to_string()),
+                ("comm".to_string(), p.comm.clone()),
+            ];
+            p_cpu.get_or_create(&base).inc_by(p.cpu_s);
+            for (d, j) in &p.joules {
+                let mut labels = base.clone();
+                labels.extend(zone_labels(*d));
+                p_energy.get_or_create(&labels).inc_by(*j);
+                p_power
+                    .get_or_create(&labels)
+                    .set(p.watts.get(d).copied().unwrap_or(0.0));
+            }
+        }
+        let other = vec![
+            ("pid".to_string(), "other".to_string()),
+            ("comm".to_string(), "other".to_string()),
+        ];
+        p_cpu.get_or_create(&other).inc_by(self.other_cpu_s);
+        for (d, j) in &self.other {
+            let mut labels = other.clone();
+            labels.extend(zone_labels(*d));
+            p_energy.get_or_create(&labels).inc_by(*j);
+            p_power
+                .get_or_create(&labels)
+                .set(self.other_watts.get(d).copied().unwrap_or(0.0));
+        }
+
+        // Containers, cgroups, commands.
+        let c_energy = counter(
+            &mut registry,
+            "powerapi_container_energy_joules",
+            "Energy per container (Docker, containerd, CRI-O, Podman, Kubernetes pods) and zone",
+        );
+        let c_power = gauge(
+            &mut registry,
+            "powerapi_container_power_watts",
+            "Power per container and zone over the last interval",
+        );
+        for (labels, zones) in &self.containers {
+            for (d, j) in zones {
+                let mut l = labels.clone();
+                l.extend(zone_labels(*d));
+                c_energy.get_or_create(&l).inc_by(*j);
+                let w = self
+                    .container_watts
+                    .get(labels)
+                    .and_then(|z| z.get(d))
+                    .copied();
+                c_power.get_or_create(&l).set(w.unwrap_or(0.0));
+            }
+        }
+        for (name, help, label, map) in [
+            (
+                "powerapi_cgroup_energy_joules",
+                "Energy per cgroup v2 path and zone",
+                "cgroup",
+                &self.cgroups,
+            ),
+            (
+                "powerapi_command_energy_joules",
+                "Energy per command name and zone",
+                "comm",
+                &self.commands,
+            ),
+        ] {
+            let f = counter(&mut registry, name, help);
+            for (key, zones) in map {
+                for (d, j) in zones {
+                    let mut l = vec![(label.to_string(), key.clone())];
+                    l.extend(zone_labels(*d));
+                    f.get_or_create(&l).inc_by(*j);
+                }
+            }
+        }
+
+        // The meter itself.
+        let one = |registry: &mut Registry, name: &str, help: &str, value: f64| {
+            let c: CounterF = Counter::default();
+            c.inc_by(value);
+            registry.register(name, help, c);
+        };
+        one(
+            &mut registry,
+            "powerapi_meter_cpu_seconds",
+            "CPU time powerapi itself used",
+            self.meter_cpu_s,
+        );
+        one(
+            &mut registry,
+            "powerapi_meter_drain_seconds",
+            "Time spent draining the kernel maps",
+            self.meter_drain_s,
+        );
+        let rss: GaugeF = Gauge::default();
+        rss.set(self.meter_rss_bytes);
+        registry.register(
+            "powerapi_meter_peak_rss_bytes",
+            "Peak resident memory of powerapi",
+            rss,
+        );
+        let losses = counter(
+            &mut registry,
+            "powerapi_sensor_losses",
+            "What the sensor could not count, by kind (lost_slices, lost_seconds, exit_overflow, stale_slices, counter_read_errors)",
+        );
+        for (kind, value) in &self.losses {
+            losses
+                .get_or_create(&vec![("kind".into(), kind.to_string())])
+                .inc_by(*value);
+        }
+        let rejected = counter(
+            &mut registry,
+            "powerapi_energy_rejected_readings",
+            "Energy readings not used, by reason (implausible, unreadable)",
+        );
+        rejected
+            .get_or_create(&vec![("reason".into(), "implausible".into())])
+            .inc_by(self.implausible);
+        rejected
+            .get_or_create(&vec![("reason".into(), "unreadable".into())])
+            .inc_by(self.unreadable);
+
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+}
+
+fn container_labels(c: &Container, pods: &HashMap<String, (String, String)>) -> Labels {
+    let mut labels = vec![
+        ("container_id".to_string(), sanitise(&c.id)),
+        ("runtime".to_string(), sanitise(&c.runtime)),
+    ];
+    if let Some(uid) = &c.pod {
+        labels.push(("pod_uid".into(), sanitise(uid)));
+        if let Some((ns, name)) = pods.get(&uid.replace('-', "_")) {
+            labels.push(("pod_namespace".into(), sanitise(ns)));
+            labels.push(("pod_name".into(), sanitise(name)));
+        }
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::{Aggregate, Usage},
+        attribution::{DomainReport, IdleSource, PowerReport},
+        delta::IntervalDeltas,
+        energy::DomainKey,
+        report::MeterCost,
+    };
+
+    fn process(pid: u32, start_ns: u64, comm: &str, joules: f64, exited: bool) -> Group {
+        let mut usage = Usage {
+            on_cpu_ns: (joules * 1e8) as u64,
+            ..Default::default()
+        };
+        usage.joules[Domain::Package.index()] = joules;
+        Group {
+            pid,
+            tid: pid,
+            start_ns,
+            comm: comm.into(),
+            usage,
+            members: 1,
+            exited,
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(processes: Vec<Group>, measured: f64) -> Snapshot {
+        let attributed: f64 = processes.iter().map(|p| p.usage.joules[0]).sum();
+        Snapshot {
+            deltas: IntervalDeltas {
+                start_ns: 0,
+                end_ns: 1_000_000_000,
+                ..Default::default()
+            },
+            aggregate: Aggregate {
+                processes,
+                ..Default::default()
+            },
+            power: Some(PowerReport {
+                source: "powercap".into(),
+                estimated: false,
+                idle_policy: Default::default(),
+                domains: vec![DomainReport {
+                    key: DomainKey {
+                        domain: Domain::Package,
+                        socket: 0,
+                    },
+                    measured_j: measured,
+                    attributed_j: attributed,
+                    idle_j: measured - attributed,
+                    unattributed_j: 0.0,
+                    power_w: measured,
+                    idle_w: measured - attributed,
+                    idle_source: IdleSource::Flag,
+                    metric: "cpu-time".into(),
+                }],
+                task_joules: vec![],
+                unmeasured: vec![],
+                implausible_readings: 0,
+                unreadable_readings: 0,
+            }),
+            wall_end: std::time::UNIX_EPOCH,
+            meter: MeterCost {
+                cpu_ns: 5_000_000,
+                drain_us: 300,
+                peak_rss_kib: 1024,
+            },
+        }
+    }
+
+    /// The value of the sample whose name and labels contain every part of `wanted`.
+    fn value(text: &str, name: &str, wanted: &[&str]) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .find(|l| wanted.iter().all(|w| l.contains(w)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn top_processes_have_series_and_the_rest_is_other() {
+        let mut e = Exporter::new(2);
+        let none = HashMap::new();
+        e.update(
+            &snapshot(
+                vec![
+                    process(10, 1, "burn", 6.0, false),
+                    process(20, 2, "web", 3.0, false),
+                    process(30, 3, "tiny", 1.0, false),
+                ],
+                14.0,
+            ),
+            None,
+            &none,
+            0,
+        );
+        let text = e.render();
+        let pkg = "zone=\"package\"";
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"10\"", "comm=\"burn\"", pkg]
+            ),
+            Some(6.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"other\"", pkg]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "powerapi_process_power_watts", &["pid=\"20\"", pkg]),
+            Some(3.0)
+        );
+        assert!(!text.contains("pid=\"30\""), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_node_energy_joules_total",
+                &[pkg, "socket=\"0\"", "estimated=\"false\""]
+            ),
+            Some(14.0)
+        );
+        assert_eq!(
+            value(&text, "powerapi_node_idle_energy_joules_total", &[pkg]),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_node_attributed_energy_joules_total",
+                &[pkg]
+            ),
+            Some(10.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_command_energy_joules_total",
+                &["comm=\"tiny\"", pkg]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "powerapi_meter_drain_seconds_total", &[]),
+            Some(0.0003)
+        );
+        assert!(text.ends_with("# EOF\n"));
+
+        // Next interval: web keeps its series (counters never go back) although tiny is bigger
+        // now; tiny, newly in the top, gets one and starts from its own first shown interval.
+        e.update(
+            &snapshot(
+                vec![
+                    process(10, 1, "burn", 6.0, false),
+                    process(20, 2, "web", 0.5, false),
+                    process(30, 3, "tiny", 2.0, false),
+                ],
+                12.5,
+            ),
+            None,
+            &none,
+            1,
+        );
+        let text = e.render();
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"20\"", pkg]
+            ),
+            Some(3.5)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"30\"", pkg]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"other\"", pkg]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "powerapi_node_energy_joules_total", &[pkg]),
+            Some(26.5)
+        );
+        // Σ process series = Σ attributed, across both intervals.
+        let sum: f64 = ["10", "20", "30", "other"]
+            .iter()
+            .filter_map(|pid| {
+                value(
+                    &text,
+                    "powerapi_process_energy_joules_total",
+                    &[&format!("pid=\"{pid}\""), pkg],
+                )
+            })
+            .sum();
+        assert_eq!(sum, 18.5);
+        assert_eq!(e.top_processes()[0], (10, "burn".to_string(), 6.0));
+    }
+
+    #[test]
+    fn an_exited_process_stays_for_one_scrape_and_a_reused_pid_is_a_new_series() {
+        let mut e = Exporter::new(5);
+        let none = HashMap::new();
+        e.update(
+            &snapshot(vec![process(10, 1, "job", 2.0, true)], 2.0),
+            None,
+            &none,
+            7,
+        );
+        assert!(e.render().contains("pid=\"10\""));
+        // No scrape in between: still there.
+        e.update(&snapshot(vec![], 1.0), None, &none, 7);
+        assert!(e.render().contains("pid=\"10\""));
+        // Scraped since: gone; the pid, reused, starts a new series from 0.
+        e.update(
+            &snapshot(vec![process(10, 99, "job", 0.5, false)], 1.0),
+            None,
+            &none,
+            8,
+        );
+        let text = e.render();
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_energy_joules_total",
+                &["pid=\"10\"", "zone=\"package\""]
+            ),
+            Some(0.5)
+        );
+    }
+
+    #[test]
+    fn labels_are_sanitised_and_pods_resolved() {
+        assert_eq!(sanitise("a\nb\u{1b}c"), "a?b?c");
+        assert_eq!(sanitise(&"é".repeat(100)).len(), 128);
+        let dir = std::env::temp_dir().join(format!("powerapi-pods-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("shop_cart-7d9f_0b6e2a1c-1111-2222-3333-444455556666"))
+            .expect("mkdir");
+        std::fs::create_dir_all(dir.join("not-a-pod")).expect("mkdir");
+        let pods = pod_names(&dir);
+        assert_eq!(
+            pods.get("0b6e2a1c_1111_2222_3333_444455556666"),
+            Some(&("shop".to_string(), "cart-7d9f".to_string()))
+        );
+        assert_eq!(pods.len(), 1);
+        let labels = container_labels(
+            &Container {
+                runtime: "containerd".into(),
+                id: "abc".into(),
+                pod: Some("0b6e2a1c_1111_2222_3333_444455556666".into()),
+            },
+            &pods,
+        );
+        assert!(labels.contains(&("pod_name".into(), "cart-7d9f".into())));
+        assert!(labels.contains(&("pod_namespace".into(), "shop".into())));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
