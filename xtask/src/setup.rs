@@ -92,6 +92,38 @@ pub fn setup() -> Result<()> {
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
     }
+
+    // 4. The servers the end-to-end tests talk to (Prometheus for `serve`), from Debian.
+    install_test_servers()?;
+    Ok(())
+}
+
+/// Debian packages of the servers the tests run for real. Only where apt-get exists and we are
+/// root; elsewhere those tests say why they skip.
+fn install_test_servers() -> Result<()> {
+    let missing: Vec<&str> = [("prometheus", "/usr/bin/prometheus")]
+        .into_iter()
+        .filter(|(_, bin)| !Path::new(bin).exists())
+        .map(|(package, _)| package)
+        .collect();
+    if missing.is_empty() || !Path::new("/usr/bin/apt-get").exists() || !is_root() {
+        return Ok(());
+    }
+    println!("xtask setup: apt-get install -y {}", missing.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        run_checked(Command::new("apt-get").arg("update"))?;
+        if !install() {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
     Ok(())
 }
 
