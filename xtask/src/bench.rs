@@ -37,6 +37,16 @@ pub enum Which {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Scrape latency of `powerapi serve --top 100` and its CPU cost over `record`, with many
+    /// processes and one scrape every 15 s.
+    Serve {
+        #[arg(long, default_value_t = 1_000)]
+        processes: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
+    },
 }
 
 pub fn run(which: Which, binary: &Path) -> Result<()> {
@@ -50,6 +60,11 @@ pub fn run(which: Which, binary: &Path) -> Result<()> {
         } => overhead(binary, round_trips, repeats),
         Which::Drain { threads } => drain(binary, threads),
         Which::Top { processes, seconds } => top(binary, processes, seconds),
+        Which::Serve {
+            processes,
+            seconds,
+            scrapes,
+        } => serve(binary, processes, seconds, scrapes),
     }
 }
 
@@ -473,6 +488,92 @@ fn top(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
     println!(
         "top's cost on top of the sensor: {:.2}% of one CPU (target ≤ 2%)",
         percent(top_cpu - record_cpu)
+    );
+    Ok(())
+}
+
+/// One GET /metrics on loopback: the time to the last byte.
+fn scrape(port: u16) -> Result<Duration> {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body)?;
+    if !body.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "scrape failed: {}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+    }
+    Ok(started.elapsed())
+}
+
+fn serve(binary: &Path, processes: usize, seconds: u64, scrapes: usize) -> Result<()> {
+    let xtask = std::env::current_exe()?;
+    let mut load_cmd = Command::new(&xtask);
+    load_cmd.args(["spawn-processes", &processes.to_string()]);
+    let load = start_tracer(load_cmd, "spawned")?;
+    let mut record = Command::new(binary);
+    record
+        .args(["record", "--interval", "1s", "-o", "/dev/null"])
+        .stderr(Stdio::null());
+    let record_cpu = measure_cpu(record, seconds)?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(binary)
+        .args(["serve", "--interval", "1s", "--top", "100"])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(port).is_err() {
+        if Instant::now() > deadline {
+            stop(child);
+            bail!("powerapi serve never answered");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // CPU at one scrape per 15 s, as Prometheus's default.
+    let start = cpu_seconds(child.id())?;
+    let measured = Instant::now();
+    let mut next_scrape = Instant::now();
+    while measured.elapsed() < Duration::from_secs(seconds) {
+        if Instant::now() >= next_scrape {
+            scrape(port)?;
+            next_scrape += Duration::from_secs(15);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let serve_cpu = cpu_seconds(child.id())? - start;
+    // Then latency: back-to-back scrapes.
+    let mut latencies: Vec<f64> = (0..scrapes)
+        .map(|_| scrape(port).map(|d| d.as_secs_f64() * 1e3))
+        .collect::<Result<_>>()?;
+    stop(child);
+    stop(load);
+    latencies.sort_by(f64::total_cmp);
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let percent = |cpu: f64| cpu / seconds as f64 * 100.0;
+    println!("{processes} processes, --top 100, 1 s interval, {seconds} s measured:");
+    println!("  powerapi record: {:.2}% of one CPU", percent(record_cpu));
+    println!(
+        "  powerapi serve (one scrape per 15 s): {:.2}% of one CPU",
+        percent(serve_cpu)
+    );
+    println!(
+        "serve's cost over record: {:.2}% of one CPU (target ≤ 0.5%)",
+        percent(serve_cpu - record_cpu)
+    );
+    println!(
+        "scrape latency over {scrapes} scrapes: p50 {:.2} ms, p99 {:.2} ms (target p99 ≤ 5 ms)",
+        p(0.5),
+        p(0.99)
     );
     Ok(())
 }
