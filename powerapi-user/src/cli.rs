@@ -225,6 +225,9 @@ pub struct ServeArgs {
     /// The kubelet's pod log directory (its entries name pods: `<namespace>_<name>_<uid>`).
     #[arg(long, default_value = "/var/log/pods", hide = true)]
     pub pods_dir: PathBuf,
+    /// Docker's container state directory (for container names).
+    #[arg(long, default_value = "/var/lib/docker/containers", hide = true)]
+    pub docker_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -466,6 +469,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 listen: args.listen,
                 top: args.top as usize,
                 pods_dir: args.pods_dir.clone(),
+                docker_dir: args.docker_dir.clone(),
             };
             let stop = stop_signal()?;
             crate::serve::serve(&config, stop)?;

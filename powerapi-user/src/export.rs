@@ -92,6 +92,67 @@ pub fn pod_names(dir: &std::path::Path) -> HashMap<String, (String, String)> {
     out
 }
 
+/// A Docker container's name from its state file (`<dir>/<id>/config.v2.json`, `"Name":"/web"`),
+/// when readable. Untrusted input: anything unexpected gives `None`.
+pub fn docker_name(dir: &std::path::Path, id: &str) -> Option<String> {
+    if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None; // never let a label value walk the filesystem
+    }
+    let text = std::fs::read_to_string(dir.join(id).join("config.v2.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let name = value.get("Name")?.as_str()?.trim_start_matches('/');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Where container and pod names come from, and what was found there.
+#[derive(Debug, Default)]
+pub struct ContainerNames {
+    pub pods_dir: std::path::PathBuf,
+    pub docker_dir: std::path::PathBuf,
+    pods: HashMap<String, (String, String)>,
+    docker: HashMap<String, Option<String>>,
+}
+
+impl ContainerNames {
+    pub fn new(pods_dir: std::path::PathBuf, docker_dir: std::path::PathBuf) -> Self {
+        Self {
+            pods_dir,
+            docker_dir,
+            ..Default::default()
+        }
+    }
+
+    /// Pods come and go: their directory is re-read every interval (it is small).
+    pub fn refresh(&mut self) {
+        self.pods = pod_names(&self.pods_dir);
+    }
+
+    fn labels(&mut self, c: &Container) -> Labels {
+        let mut labels = vec![
+            ("container_id".to_string(), sanitise(&c.id)),
+            ("runtime".to_string(), sanitise(&c.runtime)),
+        ];
+        if c.runtime == "docker" {
+            let dir = &self.docker_dir;
+            let name = self
+                .docker
+                .entry(c.id.clone())
+                .or_insert_with(|| docker_name(dir, &c.id));
+            if let Some(name) = name {
+                labels.push(("container_name".into(), sanitise(name)));
+            }
+        }
+        if let Some(uid) = &c.pod {
+            labels.push(("pod_uid".into(), sanitise(uid)));
+            if let Some((ns, name)) = self.pods.get(&uid.replace('-', "_")) {
+                labels.push(("pod_namespace".into(), sanitise(ns)));
+                labels.push(("pod_name".into(), sanitise(name)));
+            }
+        }
+        labels
+    }
+}
+
 /// Everything `serve` exports, accumulated across intervals.
 #[derive(Debug, Default)]
 pub struct Exporter {
@@ -124,13 +185,12 @@ impl Exporter {
         }
     }
 
-    /// Adds one interval. `scrapes`: how many scrapes have been served so far. `pods`: pod
-    /// namespace/name by UID.
+    /// Adds one interval. `scrapes`: how many scrapes have been served so far.
     pub fn update(
         &mut self,
         snapshot: &Snapshot,
         resolver: Option<&CgroupResolver>,
-        pods: &HashMap<String, (String, String)>,
+        names: &mut ContainerNames,
         scrapes: u64,
     ) {
         self.processes
@@ -235,7 +295,7 @@ impl Exporter {
             add(self.cgroups.entry(sanitise(&path)).or_default());
             add(self.commands.entry(sanitise(&g.comm)).or_default());
             if let Some(c) = &info.container {
-                let labels = container_labels(c, pods);
+                let labels = names.labels(c);
                 add(self.containers.entry(labels.clone()).or_default());
                 let watts = self.container_watts.entry(labels).or_default();
                 for &d in &domains {
@@ -512,21 +572,6 @@ impl Exporter {
     }
 }
 
-fn container_labels(c: &Container, pods: &HashMap<String, (String, String)>) -> Labels {
-    let mut labels = vec![
-        ("container_id".to_string(), sanitise(&c.id)),
-        ("runtime".to_string(), sanitise(&c.runtime)),
-    ];
-    if let Some(uid) = &c.pod {
-        labels.push(("pod_uid".into(), sanitise(uid)));
-        if let Some((ns, name)) = pods.get(&uid.replace('-', "_")) {
-            labels.push(("pod_namespace".into(), sanitise(ns)));
-            labels.push(("pod_name".into(), sanitise(name)));
-        }
-    }
-    labels
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,7 +657,7 @@ mod tests {
     #[test]
     fn top_processes_have_series_and_the_rest_is_other() {
         let mut e = Exporter::new(2);
-        let none = HashMap::new();
+        let mut none = ContainerNames::default();
         e.update(
             &snapshot(
                 vec![
@@ -623,7 +668,7 @@ mod tests {
                 14.0,
             ),
             None,
-            &none,
+            &mut none,
             0,
         );
         let text = e.render();
@@ -695,7 +740,7 @@ mod tests {
                 12.5,
             ),
             None,
-            &none,
+            &mut none,
             1,
         );
         let text = e.render();
@@ -745,22 +790,22 @@ mod tests {
     #[test]
     fn an_exited_process_stays_for_one_scrape_and_a_reused_pid_is_a_new_series() {
         let mut e = Exporter::new(5);
-        let none = HashMap::new();
+        let mut none = ContainerNames::default();
         e.update(
             &snapshot(vec![process(10, 1, "job", 2.0, true)], 2.0),
             None,
-            &none,
+            &mut none,
             7,
         );
         assert!(e.render().contains("pid=\"10\""));
         // No scrape in between: still there.
-        e.update(&snapshot(vec![], 1.0), None, &none, 7);
+        e.update(&snapshot(vec![], 1.0), None, &mut none, 7);
         assert!(e.render().contains("pid=\"10\""));
         // Scraped since: gone; the pid, reused, starts a new series from 0.
         e.update(
             &snapshot(vec![process(10, 99, "job", 0.5, false)], 1.0),
             None,
-            &none,
+            &mut none,
             8,
         );
         let text = e.render();
@@ -789,16 +834,39 @@ mod tests {
             Some(&("shop".to_string(), "cart-7d9f".to_string()))
         );
         assert_eq!(pods.len(), 1);
-        let labels = container_labels(
-            &Container {
-                runtime: "containerd".into(),
-                id: "abc".into(),
-                pod: Some("0b6e2a1c_1111_2222_3333_444455556666".into()),
-            },
-            &pods,
-        );
+        // A Docker state tree: one container with a name, one with a garbage state file.
+        let docker = dir.join("docker");
+        let id = "ab".repeat(32);
+        std::fs::create_dir_all(docker.join(&id)).expect("mkdir");
+        std::fs::write(
+            docker.join(&id).join("config.v2.json"),
+            r#"{"Name":"/web-1","Id":"x"}"#,
+        )
+        .expect("write");
+        let bad = "cd".repeat(32);
+        std::fs::create_dir_all(docker.join(&bad)).expect("mkdir");
+        std::fs::write(docker.join(&bad).join("config.v2.json"), "{not json").expect("write");
+        assert_eq!(docker_name(&docker, &id).as_deref(), Some("web-1"));
+        assert_eq!(docker_name(&docker, &bad), None);
+        assert_eq!(docker_name(&docker, "../../etc"), None);
+        let mut names = ContainerNames::new(dir.clone(), docker.clone());
+        names.refresh();
+        let labels = names.labels(&Container {
+            runtime: "containerd".into(),
+            id: "abc".into(),
+            pod: Some("0b6e2a1c-1111-2222-3333-444455556666".into()),
+        });
         assert!(labels.contains(&("pod_name".into(), "cart-7d9f".into())));
         assert!(labels.contains(&("pod_namespace".into(), "shop".into())));
+        let labels = names.labels(&Container {
+            runtime: "docker".into(),
+            id: id.clone(),
+            pod: None,
+        });
+        assert!(
+            labels.contains(&("container_name".into(), "web-1".into())),
+            "{labels:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     collect::{CollectError, Collector, CollectorConfig},
-    export::{Exporter, pod_names},
+    export::{ContainerNames, Exporter},
     record::{announce, run_info},
 };
 
@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub top: usize,
     /// The kubelet's pod log directory, whose entries name pods (`<ns>_<name>_<uid>`).
     pub pods_dir: PathBuf,
+    /// Docker's container state directory (`<id>/config.v2.json` holds the name).
+    pub docker_dir: PathBuf,
 }
 
 /// What the handlers serve: replaced whole once per interval.
@@ -158,6 +160,7 @@ fn collect_loop(
     stop: &Receiver<()>,
 ) {
     let mut exporter = Exporter::new(config.top);
+    let mut names = ContainerNames::new(config.pods_dir.clone(), config.docker_dir.clone());
     let started = Instant::now();
     let mut seq = 0u32;
     loop {
@@ -178,12 +181,11 @@ fn collect_loop(
                 return;
             }
         };
-        // Pod names change as pods come and go; the directory is small.
-        let pods = pod_names(&config.pods_dir);
+        names.refresh();
         exporter.update(
             &snapshot,
             collector.resolver(),
-            &pods,
+            &mut names,
             shared.scrapes.load(Ordering::SeqCst),
         );
         let page = Page {
