@@ -116,7 +116,6 @@ fn process_incarnations(
             let first = recorded.iter().map(|(g, _)| *g).min().unwrap_or(0);
             vec![first; threads.len()]
         }
-        [only] => vec![*only; threads.len()],
         _ => threads
             .iter()
             .zip(recorded)
@@ -253,7 +252,6 @@ fn thread_group(task: &TaskDelta) -> Group {
         comm: comm_string(&task.comm),
         cgroup_id: task.cgroup_id,
         uid: task.uid,
-        members: 1,
         ..Default::default()
     }
 }
@@ -423,6 +421,53 @@ mod tests {
             .map(|p| (p.start_ns, p.usage.on_cpu_ns, p.exited))
             .collect();
         assert_eq!(got, vec![(100, 50, false)], "one process, still running");
+    }
+
+    #[test]
+    fn energy_adds_up_from_threads_to_processes_and_cgroups() {
+        let attributed = [
+            [1.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [2.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ];
+        let d = deltas(
+            vec![task(10, 10, 0, 20, 1, "web"), task(10, 11, 0, 5, 1, "web")],
+            &[10],
+        );
+        let a = aggregate(&d, &attributed);
+        assert_eq!(a.processes[0].usage.joules[0], 4.0);
+        assert_eq!(a.cgroups[0].usage.joules[0], 4.0);
+        assert_eq!(a.busy.joules[0], 4.0);
+    }
+
+    #[test]
+    fn a_leader_first_seen_when_the_last_one_died_is_a_new_process() {
+        // Strictly before the leader's death is an exec'ing thread; at the same instant or
+        // after, a new process that reused the pid.
+        let mut old = task(60, 60, 0, 10, 1, "old");
+        old.first_seen_ns = 100;
+        old.group_first_seen_ns = 100;
+        old.exit_ns = 300;
+        old.exited = true;
+        let mut new = task(60, 60, 0, 10, 1, "new");
+        new.first_seen_ns = 300;
+        new.group_first_seen_ns = 300;
+        let a = aggregate(&deltas(vec![old, new], &[60]), &[]);
+        assert_eq!(a.processes.len(), 2);
+    }
+
+    #[test]
+    fn threads_without_a_known_leader_are_one_process() {
+        // Neither the leader ran nor lives: the threads' records of it (which may differ, one
+        // taken before a late update) make one process, the earliest.
+        let mut a1 = task(70, 71, 0, 10, 1, "w");
+        a1.first_seen_ns = 500;
+        a1.group_first_seen_ns = 400;
+        let mut a2 = task(70, 72, 0, 10, 1, "w");
+        a2.first_seen_ns = 600;
+        a2.group_first_seen_ns = 450;
+        let a = aggregate(&deltas(vec![a1, a2], &[70]), &[]);
+        assert_eq!(a.processes.len(), 1);
+        assert_eq!((a.processes[0].start_ns, a.processes[0].members), (400, 2));
     }
 
     #[test]
