@@ -250,6 +250,7 @@ impl Exporter {
             p.shown = true;
         }
         self.other_watts.clear();
+        self.container_watts.clear();
         // Processes that did not run this interval show 0 W, not their last figure.
         for p in self.processes.values_mut() {
             p.watts.clear();
@@ -578,6 +579,7 @@ mod tests {
     use crate::{
         aggregate::{Aggregate, Usage},
         attribution::{DomainReport, IdleSource, PowerReport},
+        cgroup::CgroupResolver,
         delta::IntervalDeltas,
         energy::DomainKey,
         report::MeterCost,
@@ -788,6 +790,140 @@ mod tests {
     }
 
     #[test]
+    fn every_figure_accumulates_over_half_second_intervals() {
+        use std::os::unix::fs::MetadataExt;
+        // A cgroup tree with one Docker container, whose directory inode is its cgroup id.
+        let root = std::env::temp_dir().join(format!("powerapi-export-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let id = "ab".repeat(32);
+        let scope = root.join("system.slice").join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("mkdir");
+        let cgroup_id = std::fs::metadata(&scope).expect("meta").ino();
+        let resolver = CgroupResolver::new(root.clone());
+
+        let mut burn = process(10, 1, "burn", 4.0, false);
+        burn.usage.on_cpu_ns = 200_000_000;
+        burn.cgroup_id = cgroup_id;
+        let mut tiny = process(20, 2, "tiny", 1.0, false);
+        tiny.usage.on_cpu_ns = 100_000_000;
+        let mut s = snapshot(vec![burn, tiny], 10.0);
+        s.deltas.end_ns = 500_000_000;
+        s.aggregate.busy.on_cpu_ns = 300_000_000;
+        s.aggregate.idle.on_cpu_ns = 700_000_000;
+        s.deltas.losses.lost_slices = 2;
+        s.deltas.losses.lost_ns = 1_000_000;
+        s.deltas.losses.exit_overflow = 1;
+        s.deltas.losses.stale_slices = 3;
+        s.deltas.losses.counter_read_errors = 4;
+        if let Some(p) = s.power.as_mut() {
+            p.domains[0].power_w = 20.0;
+            p.implausible_readings = 5;
+            p.unreadable_readings = 6;
+        }
+        let mut e = Exporter::new(1);
+        let mut names = ContainerNames::default();
+        e.update(&s, Some(&resolver), &mut names, 0);
+        e.update(&s, Some(&resolver), &mut names, 0);
+        let text = e.render();
+        let _ = std::fs::remove_dir_all(&root);
+        let pkg = "zone=\"package\"";
+        let check = |name: &str, labels: &[&str], want: f64| {
+            let got = value(&text, name, labels).unwrap_or(f64::NAN);
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{name}{labels:?}: {got} ≠ {want}\n{text}"
+            );
+        };
+        check("powerapi_node_cpu_seconds_total", &["mode=\"busy\""], 0.6);
+        check("powerapi_node_cpu_seconds_total", &["mode=\"idle\""], 1.4);
+        check("powerapi_node_power_watts", &[pkg], 20.0);
+        check("powerapi_meter_cpu_seconds_total", &[], 0.01);
+        check("powerapi_meter_drain_seconds_total", &[], 0.0006);
+        check("powerapi_meter_peak_rss_bytes", &[], 1_048_576.0);
+        for (kind, want) in [
+            ("lost_slices", 4.0),
+            ("lost_seconds", 0.002),
+            ("exit_overflow", 2.0),
+            ("stale_slices", 6.0),
+            ("counter_read_errors", 8.0),
+        ] {
+            check(
+                "powerapi_sensor_losses_total",
+                &[&format!("kind=\"{kind}\"")],
+                want,
+            );
+        }
+        check(
+            "powerapi_energy_rejected_readings_total",
+            &["implausible"],
+            5.0,
+        );
+        check(
+            "powerapi_energy_rejected_readings_total",
+            &["unreadable"],
+            6.0,
+        );
+        // 4 J per half second: 8 J over two intervals, 8 W.
+        check(
+            "powerapi_process_energy_joules_total",
+            &["pid=\"10\"", pkg],
+            8.0,
+        );
+        check("powerapi_process_power_watts", &["pid=\"10\"", pkg], 8.0);
+        check("powerapi_process_cpu_seconds_total", &["pid=\"10\""], 0.4);
+        check(
+            "powerapi_process_energy_joules_total",
+            &["pid=\"other\"", pkg],
+            2.0,
+        );
+        check("powerapi_process_power_watts", &["pid=\"other\"", pkg], 2.0);
+        check(
+            "powerapi_process_cpu_seconds_total",
+            &["pid=\"other\""],
+            0.2,
+        );
+        let container = format!("container_id=\"{id}\"");
+        check(
+            "powerapi_container_energy_joules_total",
+            &[&container, "runtime=\"docker\"", pkg],
+            8.0,
+        );
+        check("powerapi_container_power_watts", &[&container, pkg], 8.0);
+        check(
+            "powerapi_cgroup_energy_joules_total",
+            &[&format!("cgroup=\"/system.slice/docker-{id}.scope\""), pkg],
+            8.0,
+        );
+
+        // Without an energy source: CPU time per process still, the top one its own series.
+        let mut cpu_only = snapshot(
+            vec![
+                process(30, 3, "a", 3.0, false),
+                process(40, 4, "b", 1.0, false),
+            ],
+            0.0,
+        );
+        cpu_only.power = None;
+        let mut e = Exporter::new(1);
+        e.update(&cpu_only, None, &mut names, 0);
+        e.update(&cpu_only, None, &mut names, 0);
+        let text = e.render();
+        assert_eq!(
+            value(&text, "powerapi_process_cpu_seconds_total", &["pid=\"30\""]),
+            Some(0.6)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_process_cpu_seconds_total",
+                &["pid=\"other\""]
+            ),
+            Some(0.2)
+        );
+        assert!(!text.contains("pid=\"40\""));
+    }
+
+    #[test]
     fn an_exited_process_stays_for_one_scrape_and_a_reused_pid_is_a_new_series() {
         let mut e = Exporter::new(5);
         let mut none = ContainerNames::default();
@@ -823,6 +959,8 @@ mod tests {
     fn labels_are_sanitised_and_pods_resolved() {
         assert_eq!(sanitise("a\nb\u{1b}c"), "a?b?c");
         assert_eq!(sanitise(&"é".repeat(100)).len(), 128);
+        // 3-byte characters: cut at the last whole one before 128 bytes.
+        assert_eq!(sanitise(&"€".repeat(60)), "€".repeat(42));
         let dir = std::env::temp_dir().join(format!("powerapi-pods-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("shop_cart-7d9f_0b6e2a1c-1111-2222-3333-444455556666"))
