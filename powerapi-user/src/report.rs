@@ -316,6 +316,69 @@ mod tests {
     }
 
     #[test]
+    fn task_watts_over_the_interval_and_ipc_without_cycles() {
+        use crate::{
+            attribution::{DomainReport, IdleSource, PowerReport},
+            energy::DomainKey,
+        };
+        let power = PowerReport {
+            source: "test".into(),
+            estimated: true,
+            idle_policy: Default::default(),
+            domains: vec![DomainReport {
+                key: DomainKey {
+                    domain: Domain::Package,
+                    socket: 0,
+                },
+                measured_j: 0.0,
+                attributed_j: 0.0,
+                idle_j: 0.0,
+                unattributed_j: 0.0,
+                power_w: 0.0,
+                idle_w: 0.0,
+                idle_source: IdleSource::None,
+                metric: "cpu-time".into(),
+            }],
+            task_joules: vec![],
+            unmeasured: vec![],
+            implausible_readings: 0,
+            unreadable_readings: 0,
+        };
+        let mut joules = [0.0; Domain::ALL.len()];
+        joules[Domain::Package.index()] = 3.0;
+        let e = task_energy(&power, &joules, 0.5);
+        assert_eq!(e.watts[&Domain::Package], 6.0);
+        assert!(e.estimated);
+        assert_eq!(
+            task_energy(&power, &joules, 0.0).watts[&Domain::Package],
+            0.0
+        );
+        let names = vec!["cycles".to_string(), "instructions".to_string()];
+        assert_eq!(ipc(named_counters(&names, &[0, 100]).as_ref()), None);
+    }
+
+    #[test]
+    fn losses_keep_every_kernel_count() {
+        let stats = powerapi_common::SensorStats {
+            lost_slices: 1,
+            lost_ns: 2,
+            exit_overflow: 3,
+            stale_slices: 4,
+            counter_read_errors: 5,
+        };
+        assert_eq!(
+            Losses::from(&stats),
+            Losses {
+                lost_slices: 1,
+                lost_ns: 2,
+                exit_overflow: 3,
+                stale_slices: 4,
+                counter_read_errors: 5,
+            }
+        );
+    }
+
+    #[test]
     fn time_only_has_no_counter_fields() {
         assert_eq!(named_counters(&[], &[]), None);
         let record = Record::Thread(TaskRecord {

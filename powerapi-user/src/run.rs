@@ -925,6 +925,29 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes_as_a_shell_gives_them() {
+        let spawn = |kind| RunError::Spawn {
+            command: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(
+            spawn(std::io::ErrorKind::NotFound).shell_exit_code(),
+            Some(127)
+        );
+        assert_eq!(
+            spawn(std::io::ErrorKind::PermissionDenied).shell_exit_code(),
+            Some(126)
+        );
+        assert_eq!(RunError::Interrupted.shell_exit_code(), None);
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(99), "signal 99");
+        assert_eq!(
+            quoted(&["sh".into(), "-c".into(), "echo a b".into()]),
+            "sh -c 'echo a b'"
+        );
+    }
+
+    #[test]
     fn mean_and_stddev() {
         let s = Stat::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
         assert_eq!(s.mean, 5.0);
