@@ -163,7 +163,8 @@ pub fn background_corrected(samples: &[IntervalSample], baseline: &Baseline) -> 
         let used_idle: f64 = of.iter().map(|s| s.idle_w * s.seconds).sum();
         let fallback = || (attributed, used_idle);
         let (cmd, idle_j) = match baseline.watts.get(&domain) {
-            Some(&base_w) if seconds > 0.0 => {
+            // No time (seconds = 0) gives a NaN slope below, which falls back like a flat line.
+            Some(&base_w) => {
                 let power = of.iter().map(|s| s.measured_j).sum::<f64>() / seconds;
                 let busy = of.iter().map(|s| s.busy * s.seconds).sum::<f64>() / seconds;
                 let slope = (power - base_w) / (busy - baseline.busy);
@@ -922,6 +923,83 @@ mod tests {
         // Without a baseline the attributed figures pass through.
         let fit = background_corrected(&[sample(0.55, 21.0)], &Baseline::default());
         assert!((fit.command[&Domain::Package] - 10.0 * 0.5 / 0.55).abs() < 1e-9);
+    }
+
+    #[test]
+    fn background_correction_over_half_seconds_and_when_it_cannot_fit() {
+        // Machine: P = 10 W + 20 W × busy. Half-second samples at 55 % busy, of which CMD is
+        // 50 %: CMD caused 20 × 0.5 × 0.5 = 5 J per sample, idle is 5 J per sample.
+        let half = |busy: f64, watts: f64, idle_w: f64, command_j: f64| IntervalSample {
+            domain: Domain::Package,
+            command_j,
+            measured_j: watts * 0.5,
+            idle_w,
+            seconds: 0.5,
+            busy,
+        };
+        let key = |socket| DomainKey {
+            domain: Domain::Package,
+            socket,
+        };
+        let baseline = Baseline {
+            watts: [(Domain::Package, 11.0)].into_iter().collect(),
+            per_key: vec![(key(0), 11.0)],
+            busy: 0.05,
+        };
+        let attributed = (10.5 - 5.5) * 0.5 / 0.55;
+        let fit = background_corrected(
+            &[
+                half(0.55, 21.0, 11.0, attributed),
+                half(0.55, 21.0, 11.0, attributed),
+            ],
+            &baseline,
+        );
+        assert!(
+            (fit.command[&Domain::Package] - 10.0).abs() < 1e-9,
+            "{fit:?}"
+        );
+        assert!((fit.idle[&Domain::Package] - 10.0).abs() < 1e-9, "{fit:?}");
+        assert!((fit.fitted_idle_w[&Domain::Package] - 10.0).abs() < 1e-9);
+        // Less power while busier: no line to fit; the figures stay as attributed, idle as used.
+        let flat = background_corrected(&[half(0.55, 10.0, 8.0, 1.0)], &baseline);
+        assert_eq!(
+            (flat.command[&Domain::Package], flat.idle[&Domain::Package]),
+            (1.0, 4.0)
+        );
+        assert!(flat.fitted_idle_w.is_empty());
+        // Exactly 2 % more busy than the baseline is enough to fit (from an idle baseline).
+        let idle_baseline = Baseline {
+            watts: [(Domain::Package, 10.0)].into_iter().collect(),
+            per_key: vec![(key(0), 10.0)],
+            busy: 0.0,
+        };
+        let fit = background_corrected(&[half(0.02, 10.4, 10.2, 0.0)], &idle_baseline);
+        assert_eq!(fit.fitted_idle_w.get(&Domain::Package), Some(&10.0));
+        assert!((fit.idle[&Domain::Package] - 5.0).abs() < 1e-9);
+        // A sample with nothing above the idle used keeps CMD's figure (no 0/0).
+        let fit = background_corrected(
+            &[
+                half(0.55, 21.0, 11.0, attributed),
+                half(0.55, 22.0, 22.0, 0.0),
+            ],
+            &baseline,
+        );
+        assert!(fit.command[&Domain::Package].is_finite(), "{fit:?}");
+        // No time at all: nothing to fit.
+        let mut none = half(0.55, 21.0, 11.0, 1.0);
+        none.seconds = 0.0;
+        let fit = background_corrected(&[none], &baseline);
+        assert_eq!(fit.command[&Domain::Package], 1.0);
+        // A domain whose baseline was 0 W is not scaled (no division by zero).
+        let zero = Baseline {
+            watts: [(Domain::Package, 0.0)].into_iter().collect(),
+            per_key: vec![(key(0), 0.0)],
+            busy: 0.0,
+        };
+        assert!(
+            zero.fitted_per_key(&[(Domain::Package, 5.0)].into_iter().collect())
+                .is_empty()
+        );
     }
 
     #[test]
