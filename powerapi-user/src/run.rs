@@ -1003,6 +1003,20 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_no_time_and_no_machine_energy_has_no_power_or_share() {
+        let report = summarise(
+            &["true".to_string()],
+            vec![measurement(0.0, 0.0, 0.0)],
+            None,
+            false,
+            &Mode::TimeOnly,
+            None,
+        );
+        assert_eq!(report.watts[&Domain::Package].mean, 0.0);
+        assert_eq!(report.share[&Domain::Package], 0.0);
+    }
+
+    #[test]
     fn exit_codes_as_a_shell_gives_them() {
         let spawn = |kind| RunError::Spawn {
             command: "x".into(),
