@@ -1067,6 +1067,52 @@ mod tests {
         assert!(text.contains("energy package"), "{text}");
         assert!(text.contains("± 1.414"), "{text}");
         assert!(text.contains("measured by RAPL (powercap)"));
+        // The whole report, with counters, IPC and a run killed by a signal, word for word.
+        let mut runs = vec![measurement(10.0, 40.0, 2.0), measurement(12.0, 40.0, 2.0)];
+        for (run, cycles) in runs.iter_mut().zip([1000u64, 3000]) {
+            run.counters.insert("cycles".into(), cycles);
+            run.counters.insert("instructions".into(), cycles * 2);
+        }
+        runs[1].exit_code = 137;
+        runs[1].signal = Some("SIGKILL".into());
+        let mut report = summarise(
+            &["sh".into(), "-c".into(), "make -j2".into()],
+            runs,
+            Some("perf".into()),
+            false,
+            &Mode::Counters,
+            Some("baseline measured before CMD".into()),
+        );
+        report.interrupted = true;
+        assert_eq!(
+            render(&report),
+            "\n powerapi run sh -c 'make -j2' (2 runs) — interrupted:\n\n\
+             \x20  duration                 2.000 s  ± 0.000 (0.0%)\n\
+             \x20  cpu time                 2.000 s  ± 0.000 (0.0%)\n\
+             \x20  cycles                    2000    ± 1414 (70.7%)\n\
+             \x20  instructions              4000    ± 2828 (70.7%)\n\
+             \x20  IPC                       2.00\n\
+             \x20  energy package          11.000 J  ± 1.414 (12.9%)   5.50 W  ± 0.71 (12.9%)    27.5% of machine\n\
+             \x20    + idle package         1.000 J  ± 0.000 (0.0%)\n\
+             \x20    = total package       12.000 J  ± 1.414 (11.8%)\n\
+             \n   energy is CMD's share above idle; idle power: baseline measured before CMD\n\
+             \n   energy measured by RAPL (perf); counters: cycles,instructions\n\
+             \x20  command killed by SIGKILL\n"
+        );
+        let one = summarise(
+            &cmd,
+            vec![measurement(1.0, 2.0, 1.0)],
+            None,
+            false,
+            &Mode::TimeOnly,
+            None,
+        );
+        let mut failed = one.clone();
+        failed.exit_code = 3;
+        assert!(render(&failed).ends_with("   command exited with 3\n"));
+        assert!(!render(&one).contains("command exited"));
+        assert!(render(&one).contains("counters: none (time-only)"));
+        assert!(render(&one).contains("no energy source (--energy-source none)"));
         let estimated = render(&summarise(
             &cmd,
             vec![measurement(1.0, 2.0, 1.0)],
