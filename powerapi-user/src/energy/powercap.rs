@@ -244,6 +244,32 @@ mod tests {
     }
 
     #[test]
+    fn the_declared_maximum_power_sets_the_bound() {
+        // Package 0 declares 100 W (long term) and 0 and garbage elsewhere; package 1 nothing.
+        let dir = std::env::temp_dir().join(format!("powerapi-bound-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for (zone, name) in [("intel-rapl:0", "package-0"), ("intel-rapl:1", "package-1")] {
+            fs::create_dir_all(dir.join(zone)).expect("mkdir");
+            fs::write(dir.join(zone).join("name"), format!("{name}\n")).expect("name");
+            fs::write(dir.join(zone).join("energy_uj"), "1000\n").expect("energy");
+        }
+        let z0 = dir.join("intel-rapl:0");
+        fs::write(z0.join("constraint_0_max_power_uw"), "100000000\n").expect("c0");
+        fs::write(z0.join("constraint_1_max_power_uw"), "0\n").expect("c1");
+        fs::write(z0.join("constraint_2_max_power_uw"), "lots\n").expect("c2");
+        fs::write(z0.join("constraint_3_max_power_uw"), "60000000\n").expect("c3");
+        let source = Powercap::open(&dir, "powercap-dir").expect("open");
+        let pkg = |socket| DomainKey {
+            domain: Domain::Package,
+            socket,
+        };
+        assert_eq!(source.zones()[0].max_power_uw, Some(100_000_000));
+        assert_eq!(source.bound_watts(pkg(0)), Some(500.0), "5 × 100 W");
+        assert_eq!(source.bound_watts(pkg(1)), None, "the default applies");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn two_socket_server() {
         let zones = discover(&fixture("two-socket")).expect("fixture");
         let keys: Vec<_> = zones.iter().map(|z| (z.key.domain, z.key.socket)).collect();
