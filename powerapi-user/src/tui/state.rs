@@ -754,6 +754,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn figures_over_half_a_second_histories_and_the_selection_follows_its_row() {
+        let mut half = snapshot(true);
+        half.duration_s = 0.5;
+        let mut app = App::new(0.5, true);
+        app.ingest(Arc::new(half.clone()));
+        let rows = app.rows();
+        // burn: 15 J in 0.5 s = 30 W; 900 ms of CPU in 0.5 s = 180 %; 2.7e9 cycles / 0.5 s.
+        assert_eq!(rows[0].watts, 30.0);
+        assert_eq!(rows[0].cpu_percent, 180.0);
+        assert_eq!(rows[0].cycles_per_s, Some(5.4e9));
+        assert_eq!(rows[0].ipc, Some(2.0));
+        assert_eq!(app.view().machine_joules, 15.0, "30 W × 0.5 s");
+        assert_eq!(
+            app.history("100").map(|h| h.back().copied()),
+            Some(Some(30.0))
+        );
+        // The selection stays on its row when the order changes.
+        app.apply(Action::Down); // nginx (200)
+        let mut swapped = half.clone();
+        swapped.rows[0].joules = 0.1; // burn drops below nginx
+        app.ingest(Arc::new(swapped));
+        assert_eq!(app.selected_key().as_deref(), Some("200"));
+        assert_eq!(app.rows()[0].id, "200");
+        // Thread grouping keeps threads apart, and each thread's own name.
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.rows().len(), 4);
+        assert_eq!(GroupBy::Thread.label(), "thread");
+        // Without instructions there is no IPC column (cycles alone give cycles/s).
+        let mut cycles_only = snapshot(true);
+        cycles_only.counters = vec!["cycles".into()];
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(cycles_only));
+        assert!(app.columns().contains(&Column::CyclesPerSec));
+        assert!(!app.columns().contains(&Column::Ipc));
+        assert_eq!(app.rows()[0].ipc, None);
+    }
+
+    #[test]
+    fn the_chart_window_holds_the_last_120_intervals() {
+        let mut app = App::new(1.0, true);
+        for _ in 0..HISTORY + 5 {
+            app.ingest(Arc::new(snapshot(false)));
+        }
+        assert_eq!(app.view().total_history.len(), HISTORY);
+        assert_eq!(app.history("100").map(VecDeque::len), Some(HISTORY));
+    }
+
+    #[test]
     fn htop_keys_memory_tree_signal_and_command_line() {
         let mut app = App::new(1.0, true);
         app.ingest(Arc::new(snapshot(false)));
