@@ -672,3 +672,78 @@ fn two_burners_get_energy_in_proportion_to_their_cpu() {
     }
     assert_energy_conserved(&records);
 }
+
+/// `--idle-policy cpu-time` hands the idle energy to the tasks that ran (the machine record's
+/// idle part is then 0 and the burner's share grows by its CPU share of idle), and
+/// `--metric cpu-time` is said in the record.
+#[test]
+fn idle_policy_and_metric_end_to_end() {
+    let Some(_lock) = bpf_test("idle_policy_and_metric_end_to_end") else {
+        return;
+    };
+    let injector = Injector::start("idle-policy");
+    let source = format!("powercap-dir:{}", injector.dir.display());
+    let recording = Recording::start(
+        "idle-policy",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            &source,
+            "--idle-watts",
+            "10",
+            "--idle-policy",
+            "cpu-time",
+            "--metric",
+            "cpu-time",
+        ],
+    );
+    let (pid, cpu_ns) = run_measured(
+        Command::new(LOAD)
+            .args(["burn", "1.5", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let records = recording.stop();
+    drop(injector);
+    assert_energy_conserved(&records);
+    for m in of_type(&records, "machine") {
+        for d in m["energy"]["domains"].as_array().expect("domains") {
+            assert_eq!(d["metric"], "cpu-time", "{d}");
+            if u64_of(&m["busy_ns"]) > 0 {
+                assert_eq!(f64_of(&d["idle_j"]), 0.0, "idle handed to tasks: {d}");
+            }
+        }
+        assert_eq!(m["energy"]["idle_policy"], "cpu-time");
+    }
+    // The burner's joules = the active energy the injector charged for its CPU time, plus its
+    // CPU-time share of each interval's idle energy (10 W × the interval, split by on-CPU time
+    // among the tasks that ran, from the records' own times).
+    let got: f64 = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| f64_of(&r["energy"]["joules"]["package"]))
+        .sum();
+    let idle_share: f64 = of_type(&records, "machine")
+        .map(|m| {
+            let seq = &m["interval"]["seq"];
+            let burner_ns: u64 = of_type(&records, "process")
+                .filter(|r| r["pid"] == pid && &r["interval"]["seq"] == seq)
+                .map(|r| u64_of(&r["on_cpu_ns"]))
+                .sum();
+            let busy = u64_of(&m["busy_ns"]).max(1) as f64;
+            IDLE_W * u64_of(&m["interval"]["duration_ns"]) as f64 / 1e9 * burner_ns as f64 / busy
+        })
+        .sum();
+    let active = ACTIVE_W * (cpu_ns as f64 / 1e9) / proc_stat_idle().1;
+    let expected = active + idle_share;
+    eprintln!(
+        "idle policy: {got:.3} J vs {expected:.3} J ({active:.3} active + {idle_share:.3} idle)"
+    );
+    // Measured here: within 1 % (the active part's error, as in the other injector tests).
+    assert!(
+        (got - expected).abs() <= expected * 0.03,
+        "{got:.3} J, expected {expected:.3} J ({active:.3} active + {idle_share:.3} idle)"
+    );
+}

@@ -380,6 +380,38 @@ fn long_comm_and_sysfs_cgroup_filters_match() {
     );
 }
 
+/// `--pid` reports that process only (the machine record stays whole).
+#[test]
+fn pid_filter_reports_only_that_process() {
+    let Some(_lock) = bpf_test("pid_filter_reports_only_that_process") else {
+        return;
+    };
+    let mut child = Command::new(LOAD)
+        .args(["burn", "1.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("burner");
+    let pid = child.id();
+    let recording = Recording::start(
+        "pid-filter",
+        &[
+            "--interval",
+            "300ms",
+            "--counters",
+            "none",
+            "--pid",
+            &pid.to_string(),
+        ],
+    );
+    let _ = child.wait();
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    let records = recording.stop();
+    let processes: Vec<_> = of_type(&records, "process").collect();
+    assert!(!processes.is_empty());
+    assert!(processes.iter().all(|r| r["pid"] == pid), "{processes:?}");
+    assert!(of_type(&records, "machine").all(|m| u64_of(&m["processes"]) >= 1));
+}
+
 #[test]
 fn exits_beyond_the_ring_buffer_are_still_counted_once() {
     let Some(_lock) = bpf_test("exits_beyond_the_ring_buffer") else {

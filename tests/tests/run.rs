@@ -163,3 +163,35 @@ fn a_daemon_left_behind_does_not_keep_the_cgroup() {
     );
     assert!(!stderr.contains("cannot remove"), "{stderr}");
 }
+
+/// `--repeat` exits with the first failing run's code.
+#[test]
+fn repeat_exits_with_the_first_failure() {
+    let Some(_lock) = bpf_test("repeat_exits_with_the_first_failure") else {
+        return;
+    };
+    // Fails on the second run only (the marker file exists from the first).
+    let marker = temp_path("repeat-marker");
+    let _ = fs::remove_file(&marker);
+    let script = format!(
+        "if [ -e {m} ]; then exit 5; else touch {m}; fi",
+        m = marker.display()
+    );
+    let out = run(&[
+        "--baseline",
+        "0",
+        "--repeat",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let _ = fs::remove_file(&marker);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("(3 runs)") && stderr.contains("command exited with 5"),
+        "{stderr}"
+    );
+}
