@@ -6,8 +6,6 @@ mod common;
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -104,26 +102,6 @@ fn the_kubernetes_manifests_parse_and_need_no_privileged_container() {
     assert!(args.contains(&"--sysfs-root=/host"), "{args:?}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.1 200").then_some(text)
-}
-
 #[test]
 fn every_metric_the_dashboard_queries_is_exported() {
     let Some(_lock) = bpf_test("every_metric_the_dashboard_queries_is_exported") else {
@@ -166,7 +144,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
         .expect("serve");
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        if let Some(t) = scrape(port) {
+        if let Some((200, t)) = get(port, "/metrics") {
             break t;
         }
         if Instant::now() > deadline {

@@ -269,16 +269,6 @@ fn model_estimates_are_labelled_and_follow_load() {
     assert_energy_conserved(&records);
 }
 
-/// `run --json`'s report: the JSON object that follows powerapi's notes on stderr.
-fn json_report(stderr: &str) -> Value {
-    let start = if stderr.starts_with('{') {
-        0
-    } else {
-        stderr.find("\n{").expect("a JSON report on stderr") + 1
-    };
-    serde_json::from_str(&stderr[start..]).expect("JSON report")
-}
-
 fn run_powerapi(args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(powerapi())
         .arg("run")

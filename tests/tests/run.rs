@@ -10,7 +10,6 @@ use std::{
 };
 
 use common::*;
-use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {
     Command::new(powerapi())
@@ -22,15 +21,6 @@ fn run(args: &[&str]) -> Output {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json_report(stderr: &str) -> Value {
-    let start = if stderr.starts_with('{') {
-        0
-    } else {
-        stderr.find("\n{").expect("a JSON report on stderr") + 1
-    };
-    serde_json::from_str(&stderr[start..]).expect("JSON report")
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::{
     fs,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,32 +14,6 @@ use std::{
 
 use common::*;
 use serde_json::Value;
-
-/// A free loopback port (bound then released: good enough for a test).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// GET over plain HTTP/1.1: (status, body). A hand-written client keeps the test crate free of
-/// an HTTP stack; it only ever talks to servers this test started.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    // Chunked bodies (Prometheus) keep their chunk sizes; the JSON parse below skips them.
-    Some((status, body))
-}
 
 fn encode(query: &str) -> String {
     query

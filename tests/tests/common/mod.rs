@@ -3,6 +3,8 @@
 
 use std::{
     fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard, OnceLock},
@@ -281,4 +283,40 @@ pub fn run_measured(cmd: &mut Command) -> (u32, u64) {
     std::mem::forget(child);
     let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
     (pid, ns(usage.ru_utime) + ns(usage.ru_stime))
+}
+
+/// A free loopback port (bound then released: good enough for a test).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET over plain HTTP/1.1: (status, body). A hand-written client keeps the test crate free of
+/// an HTTP stack; it only ever talks to servers this test started.
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    // Chunked bodies (Prometheus) keep their chunk sizes; the JSON parse below skips them.
+    Some((status, body))
+}
+
+/// `run --json`'s report: the JSON object that follows powerapi's notes on stderr.
+pub fn json_report(stderr: &str) -> Value {
+    let start = if stderr.starts_with('{') {
+        0
+    } else {
+        stderr.find("\n{").expect("a JSON report on stderr") + 1
+    };
+    serde_json::from_str(&stderr[start..]).expect("JSON report")
 }
