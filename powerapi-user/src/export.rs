@@ -349,26 +349,25 @@ impl Exporter {
     /// The OpenMetrics text of everything accumulated so far.
     pub fn render(&self) -> String {
         let mut registry = Registry::default();
+        self.render_node(&mut registry);
+        self.render_processes(&mut registry);
+        self.render_groups(&mut registry);
+        self.render_meter(&mut registry);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+
+    fn zone_labels(&self, d: Domain) -> Labels {
         let estimated = if self.estimated { "true" } else { "false" };
-        let zone_labels = |d: Domain| {
-            vec![
-                ("zone".to_string(), d.name().to_string()),
-                ("estimated".to_string(), estimated.to_string()),
-            ]
-        };
+        vec![
+            ("zone".to_string(), d.name().to_string()),
+            ("estimated".to_string(), estimated.to_string()),
+        ]
+    }
 
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<Labels, CounterF>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<Labels, GaugeF>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-
-        // Node.
+    fn render_node(&self, registry: &mut Registry) {
         let node = [
             (
                 "powerapi_node_energy_joules",
@@ -387,22 +386,20 @@ impl Exporter {
                 "Active energy no task could take",
             ),
         ];
-        let families: Vec<Family<Labels, CounterF>> = node
-            .iter()
-            .map(|(n, h)| counter(&mut registry, n, h))
-            .collect();
+        let families: Vec<Family<Labels, CounterF>> =
+            node.iter().map(|(n, h)| counter(registry, n, h)).collect();
         let power = gauge(
-            &mut registry,
+            registry,
             "powerapi_node_power_watts",
             "Node power per zone and socket over the last interval",
         );
         let idle_power = gauge(
-            &mut registry,
+            registry,
             "powerapi_node_idle_power_watts",
             "Idle power per zone and socket in use",
         );
         for ((d, socket), z) in &self.node {
-            let mut labels = zone_labels(*d);
+            let mut labels = self.zone_labels(*d);
             labels.push(("socket".into(), socket.to_string()));
             for (family, value) in
                 families
@@ -415,7 +412,7 @@ impl Exporter {
             idle_power.get_or_create(&labels).set(z.idle_w);
         }
         let cpu = counter(
-            &mut registry,
+            registry,
             "powerapi_node_cpu_seconds",
             "CPU time of all tasks (busy) and of the idle tasks (idle)",
         );
@@ -423,20 +420,22 @@ impl Exporter {
             .inc_by(self.busy_s);
         cpu.get_or_create(&vec![("mode".into(), "idle".into())])
             .inc_by(self.idle_s);
+    }
 
-        // Processes: the top ones and `other`.
+    /// The top processes and `other`.
+    fn render_processes(&self, registry: &mut Registry) {
         let p_energy = counter(
-            &mut registry,
+            registry,
             "powerapi_process_energy_joules",
             "Energy per process (the top ones; pid=\"other\" for the rest) and zone",
         );
         let p_power = gauge(
-            &mut registry,
+            registry,
             "powerapi_process_power_watts",
             "Power per process and zone over the last interval",
         );
         let p_cpu = counter(
-            &mut registry,
+            registry,
             "powerapi_process_cpu_seconds",
             "On-CPU time per process",
         );
@@ -450,7 +449,7 @@ impl Exporter {
             p_cpu.get_or_create(&base).inc_by(p.cpu_s);
             for (d, j) in &p.joules {
                 let mut labels = base.clone();
-                labels.extend(zone_labels(*d));
+                labels.extend(self.zone_labels(*d));
                 p_energy.get_or_create(&labels).inc_by(*j);
                 p_power
                     .get_or_create(&labels)
@@ -464,28 +463,30 @@ impl Exporter {
         p_cpu.get_or_create(&other).inc_by(self.other_cpu_s);
         for (d, j) in &self.other {
             let mut labels = other.clone();
-            labels.extend(zone_labels(*d));
+            labels.extend(self.zone_labels(*d));
             p_energy.get_or_create(&labels).inc_by(*j);
             p_power
                 .get_or_create(&labels)
                 .set(self.other_watts.get(d).copied().unwrap_or(0.0));
         }
+    }
 
-        // Containers, cgroups, commands.
+    /// Containers, cgroups, commands.
+    fn render_groups(&self, registry: &mut Registry) {
         let c_energy = counter(
-            &mut registry,
+            registry,
             "powerapi_container_energy_joules",
             "Energy per container (Docker, containerd, CRI-O, Podman, Kubernetes pods) and zone",
         );
         let c_power = gauge(
-            &mut registry,
+            registry,
             "powerapi_container_power_watts",
             "Power per container and zone over the last interval",
         );
         for (labels, zones) in &self.containers {
             for (d, j) in zones {
                 let mut l = labels.clone();
-                l.extend(zone_labels(*d));
+                l.extend(self.zone_labels(*d));
                 c_energy.get_or_create(&l).inc_by(*j);
                 let w = self
                     .container_watts
@@ -509,30 +510,32 @@ impl Exporter {
                 &self.commands,
             ),
         ] {
-            let f = counter(&mut registry, name, help);
+            let f = counter(registry, name, help);
             for (key, zones) in map {
                 for (d, j) in zones {
                     let mut l = vec![(label.to_string(), key.clone())];
-                    l.extend(zone_labels(*d));
+                    l.extend(self.zone_labels(*d));
                     f.get_or_create(&l).inc_by(*j);
                 }
             }
         }
+    }
 
-        // The meter itself.
+    /// The meter itself: its cost and what it could not count.
+    fn render_meter(&self, registry: &mut Registry) {
         let one = |registry: &mut Registry, name: &str, help: &str, value: f64| {
             let c: CounterF = Counter::default();
             c.inc_by(value);
             registry.register(name, help, c);
         };
         one(
-            &mut registry,
+            registry,
             "powerapi_meter_cpu_seconds",
             "CPU time powerapi itself used",
             self.meter_cpu_s,
         );
         one(
-            &mut registry,
+            registry,
             "powerapi_meter_drain_seconds",
             "Time spent draining the kernel maps",
             self.meter_drain_s,
@@ -545,7 +548,7 @@ impl Exporter {
             rss,
         );
         let losses = counter(
-            &mut registry,
+            registry,
             "powerapi_sensor_losses",
             "What the sensor could not count, by kind (lost_slices, lost_seconds, exit_overflow, stale_slices, counter_read_errors)",
         );
@@ -555,7 +558,7 @@ impl Exporter {
                 .inc_by(*value);
         }
         let rejected = counter(
-            &mut registry,
+            registry,
             "powerapi_energy_rejected_readings",
             "Energy readings not used, by reason (implausible, unreadable)",
         );
@@ -565,12 +568,21 @@ impl Exporter {
         rejected
             .get_or_create(&vec![("reason".into(), "unreadable".into())])
             .inc_by(self.unreadable);
-
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut text, &registry);
-        text
     }
+}
+
+/// A labelled counter family, registered.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, CounterF> {
+    let f = Family::<Labels, CounterF>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// A labelled gauge family, registered.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, GaugeF> {
+    let f = Family::<Labels, GaugeF>::default();
+    registry.register(name, help, f.clone());
+    f
 }
 
 #[cfg(test)]
