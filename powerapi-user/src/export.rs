@@ -59,6 +59,8 @@ struct Process {
     joules: Zones,
     watts: Zones,
     cpu_s: f64,
+    /// Cycles and instructions, when counted.
+    counts: BTreeMap<&'static str, f64>,
     /// Has a series of its own (was once among the `top`).
     shown: bool,
     /// Scrapes counted when it exited: dropped once a later scrape has seen its final values.
@@ -165,6 +167,9 @@ pub struct Exporter {
     other: Zones,
     other_watts: Zones,
     other_cpu_s: f64,
+    other_counts: BTreeMap<&'static str, f64>,
+    /// Counter slots exported per process (cycles, instructions), when the sensor reads them.
+    counters: Vec<(usize, &'static str)>,
     containers: HashMap<Labels, Zones>,
     container_watts: HashMap<Labels, Zones>,
     cgroups: HashMap<String, Zones>,
@@ -178,11 +183,30 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(top: usize) -> Self {
+    /// `counter_names`: what the sensor reads, slot by slot; cycles and instructions are
+    /// exported per process (the others would multiply the series for little use).
+    pub fn new(top: usize, counter_names: &[String]) -> Self {
+        let counters = ["cycles", "instructions"]
+            .into_iter()
+            .filter_map(|name| {
+                counter_names
+                    .iter()
+                    .position(|n| n == name)
+                    .map(|slot| (slot, name))
+            })
+            .collect();
         Self {
             top,
+            counters,
             ..Default::default()
         }
+    }
+
+    fn counts_of(&self, g: &Group) -> Vec<(&'static str, f64)> {
+        self.counters
+            .iter()
+            .map(|&(slot, name)| (name, g.usage.counters[slot] as f64))
+            .collect()
     }
 
     /// Adds one interval. `scrapes`: how many scrapes have been served so far.
@@ -257,12 +281,14 @@ impl Exporter {
         }
         for g in &agg.processes {
             let cpu_s = g.usage.on_cpu_ns as f64 / 1e9;
+            let counts = self.counts_of(g);
             let key = (g.pid, g.start_ns);
             match self.processes.get_mut(&key).filter(|p| p.shown) {
                 Some(p) => {
                     p.pid = g.pid;
                     p.comm = sanitise(&g.comm);
                     p.cpu_s += cpu_s;
+                    add_counts(&mut p.counts, &counts);
                     for &d in &domains {
                         let j = g.usage.joules[d.index()];
                         *p.joules.entry(d).or_default() += j;
@@ -275,6 +301,7 @@ impl Exporter {
                 }
                 None => {
                     self.other_cpu_s += cpu_s;
+                    add_counts(&mut self.other_counts, &counts);
                     for &d in &domains {
                         let j = g.usage.joules[d.index()];
                         *self.other.entry(d).or_default() += j;
@@ -319,6 +346,7 @@ impl Exporter {
         }
         for g in &agg.processes {
             let cpu_s = g.usage.on_cpu_ns as f64 / 1e9;
+            let counts = self.counts_of(g);
             match self
                 .processes
                 .get_mut(&(g.pid, g.start_ns))
@@ -328,8 +356,12 @@ impl Exporter {
                     p.pid = g.pid;
                     p.comm = sanitise(&g.comm);
                     p.cpu_s += cpu_s;
+                    add_counts(&mut p.counts, &counts);
                 }
-                None => self.other_cpu_s += cpu_s,
+                None => {
+                    self.other_cpu_s += cpu_s;
+                    add_counts(&mut self.other_counts, &counts);
+                }
             }
         }
     }
@@ -439,6 +471,25 @@ impl Exporter {
             "powerapi_process_cpu_seconds",
             "On-CPU time per process",
         );
+        let count_families: Vec<(&'static str, Family<Labels, CounterF>)> = self
+            .counters
+            .iter()
+            .map(|&(_, name)| {
+                let family = counter(
+                    registry,
+                    &format!("powerapi_process_{name}"),
+                    &format!("Hardware {name} counted per process (when the CPU has a PMU)"),
+                );
+                (name, family)
+            })
+            .collect();
+        let add_counts_to = |labels: &Labels, counts: &BTreeMap<&'static str, f64>| {
+            for (name, family) in &count_families {
+                family
+                    .get_or_create(labels)
+                    .inc_by(counts.get(name).copied().unwrap_or(0.0));
+            }
+        };
         let mut shown: Vec<&Process> = self.processes.values().filter(|p| p.shown).collect();
         shown.sort_by_key(|p| p.pid);
         for p in shown {
@@ -447,6 +498,7 @@ impl Exporter {
                 ("comm".to_string(), p.comm.clone()),
             ];
             p_cpu.get_or_create(&base).inc_by(p.cpu_s);
+            add_counts_to(&base, &p.counts);
             for (d, j) in &p.joules {
                 let mut labels = base.clone();
                 labels.extend(self.zone_labels(*d));
@@ -461,6 +513,7 @@ impl Exporter {
             ("comm".to_string(), "other".to_string()),
         ];
         p_cpu.get_or_create(&other).inc_by(self.other_cpu_s);
+        add_counts_to(&other, &self.other_counts);
         for (d, j) in &self.other {
             let mut labels = other.clone();
             labels.extend(self.zone_labels(*d));
@@ -571,6 +624,12 @@ impl Exporter {
     }
 }
 
+fn add_counts(into: &mut BTreeMap<&'static str, f64>, counts: &[(&'static str, f64)]) {
+    for &(name, value) in counts {
+        *into.entry(name).or_default() += value;
+    }
+}
+
 /// A labelled counter family, registered.
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, CounterF> {
     let f = Family::<Labels, CounterF>::default();
@@ -670,7 +729,7 @@ mod tests {
 
     #[test]
     fn top_processes_have_series_and_the_rest_is_other() {
-        let mut e = Exporter::new(2);
+        let mut e = Exporter::new(2, &[]);
         let mut none = ContainerNames::default();
         e.update(
             &snapshot(
@@ -816,8 +875,10 @@ mod tests {
         let mut burn = process(10, 1, "burn", 4.0, false);
         burn.usage.on_cpu_ns = 200_000_000;
         burn.cgroup_id = cgroup_id;
+        burn.usage.counters[1] = 1000; // slot 1 is cycles here, slot 0 cpu-clock
         let mut tiny = process(20, 2, "tiny", 1.0, false);
         tiny.usage.on_cpu_ns = 100_000_000;
+        tiny.usage.counters[1] = 500;
         let mut s = snapshot(vec![burn, tiny], 10.0);
         s.deltas.end_ns = 500_000_000;
         s.aggregate.busy.on_cpu_ns = 300_000_000;
@@ -832,7 +893,7 @@ mod tests {
             p.implausible_readings = 5;
             p.unreadable_readings = 6;
         }
-        let mut e = Exporter::new(1);
+        let mut e = Exporter::new(1, &["cpu-clock".into(), "cycles".into()]);
         let mut names = ContainerNames::default();
         e.update(&s, Some(&resolver), &mut names, 0);
         e.update(&s, Some(&resolver), &mut names, 0);
@@ -894,6 +955,12 @@ mod tests {
             &["pid=\"other\""],
             0.2,
         );
+        check("powerapi_process_cycles_total", &["pid=\"10\""], 2000.0);
+        check("powerapi_process_cycles_total", &["pid=\"other\""], 1000.0);
+        assert!(
+            !text.contains("powerapi_process_instructions"),
+            "not read: not exported"
+        );
         let container = format!("container_id=\"{id}\"");
         check(
             "powerapi_container_energy_joules_total",
@@ -916,7 +983,7 @@ mod tests {
             0.0,
         );
         cpu_only.power = None;
-        let mut e = Exporter::new(1);
+        let mut e = Exporter::new(1, &[]);
         e.update(&cpu_only, None, &mut names, 0);
         e.update(&cpu_only, None, &mut names, 0);
         let text = e.render();
@@ -937,7 +1004,7 @@ mod tests {
 
     #[test]
     fn an_exited_process_stays_for_one_scrape_and_a_reused_pid_is_a_new_series() {
-        let mut e = Exporter::new(5);
+        let mut e = Exporter::new(5, &[]);
         let mut none = ContainerNames::default();
         e.update(
             &snapshot(vec![process(10, 1, "job", 2.0, true)], 2.0),

@@ -159,7 +159,7 @@ fn collect_loop(
     shared: &Shared,
     stop: &Receiver<()>,
 ) {
-    let mut exporter = Exporter::new(config.top);
+    let mut exporter = Exporter::new(config.top, &collector.sensor().counter_names());
     let mut names = ContainerNames::new(config.pods_dir.clone(), config.docker_dir.clone());
     let started = Instant::now();
     let mut seq = 0u32;
