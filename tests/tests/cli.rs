@@ -6,17 +6,6 @@ use std::process::Command;
 
 use common::*;
 
-fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(powerapi())
-        .args(args)
-        .output()
-        .expect("powerapi runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_flag_values_are_rejected() {
     for args in [
@@ -26,7 +15,7 @@ fn bad_flag_values_are_rejected() {
         &["record", "--granularity", "socket"],
         &["record", "--bogus"],
     ] {
-        let (code, stderr) = run(args);
+        let (code, stderr) = powerapi_stderr(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"));
@@ -35,7 +24,7 @@ fn bad_flag_values_are_rejected() {
 
 #[test]
 fn unknown_counter_is_one_line() {
-    let (code, stderr) = run(&[
+    let (code, stderr) = powerapi_stderr(&[
         "record",
         "--counters",
         "cycles,warp-drive",
@@ -54,7 +43,7 @@ fn unknown_counter_is_one_line() {
 
 #[test]
 fn unwritable_output_is_one_line() {
-    let (code, stderr) = run(&[
+    let (code, stderr) = powerapi_stderr(&[
         "record",
         "--duration",
         "1s",
@@ -73,7 +62,7 @@ fn unwritable_output_is_one_line() {
 fn unprivileged_run_says_how_to_fix() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        let (code, stderr) = run(&["record", "--duration", "1s", "-o", "/dev/null"]);
+        let (code, stderr) = powerapi_stderr(&["record", "--duration", "1s", "-o", "/dev/null"]);
         assert_eq!(code, 1);
         assert!(stderr.contains("sudo"), "{stderr}");
         return;
@@ -177,7 +166,7 @@ fn contradictory_options_are_refused_not_silently_degraded() {
     ] {
         let mut argv = vec!["record", "--duration", "1s", "-o", "/dev/null"];
         argv.extend_from_slice(args);
-        let (code, stderr) = run(&argv);
+        let (code, stderr) = powerapi_stderr(&argv);
         assert_eq!(code, 1, "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(wanted), "{args:?}: {stderr}");

@@ -14,17 +14,6 @@ use common::*;
 
 const YESTERDAY: &str = "{\"type\":\"machine\",\"yesterday\":true}\n";
 
-fn powerapi_output(args: &[&str]) -> (i32, String) {
-    let out = Command::new(powerapi())
-        .args(args)
-        .output()
-        .expect("powerapi runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Without --append or --force an existing trace is refused before anything runs (no privilege
 /// needed to see it); with --force a start that fails leaves it as it was.
 #[test]
@@ -32,7 +21,7 @@ fn an_existing_trace_survives_a_refused_or_failed_start() {
     let path = temp_path("yesterday.jsonl");
     fs::write(&path, YESTERDAY).expect("write");
     let p = path.to_str().expect("utf-8 path");
-    let (code, stderr) = powerapi_output(&["record", "--duration", "1s", "-o", p]);
+    let (code, stderr) = powerapi_stderr(&["record", "--duration", "1s", "-o", p]);
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(
         stderr,
@@ -43,7 +32,7 @@ fn an_existing_trace_survives_a_refused_or_failed_start() {
     assert_eq!(fs::read_to_string(&path).expect("read"), YESTERDAY);
     // A start that fails (here: an energy tree that does not exist; without root, privileges).
     for existing in ["--force", "--append"] {
-        let (code, stderr) = powerapi_output(&[
+        let (code, stderr) = powerapi_stderr(&[
             "record",
             existing,
             "--energy-source",
@@ -73,7 +62,7 @@ fn append_adds_whole_intervals_after_the_existing_lines() {
     // A line cut by a crash is dropped, not continued.
     fs::write(&path, format!("{YESTERDAY}{{\"cut\":")).expect("write");
     let p = path.to_str().expect("utf-8 path");
-    let (code, stderr) = powerapi_output(&[
+    let (code, stderr) = powerapi_stderr(&[
         "record",
         "--append",
         "--counters",
@@ -154,7 +143,7 @@ fn a_second_recording_onto_the_same_file_is_refused() {
     let first = Recording::start("locked", &["--interval", "100ms", "--counters", "none"]);
     let p = first.output.to_str().expect("utf-8 path").to_string();
     for existing in ["--append", "--force"] {
-        let (code, stderr) = powerapi_output(&[
+        let (code, stderr) = powerapi_stderr(&[
             "record",
             existing,
             "--counters",
@@ -176,6 +165,19 @@ fn a_second_recording_onto_the_same_file_is_refused() {
     assert!(of_type(&records, "machine").count() >= 2);
 }
 
+/// Reads stderr lines until one contains `needle` (or the stream ends); returns what was read.
+fn read_until(stderr: &mut impl BufRead, needle: &str) -> String {
+    let mut said = String::new();
+    while !said.contains(needle) {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("stderr") == 0 {
+            break;
+        }
+        said.push_str(&line);
+    }
+    said
+}
+
 #[test]
 fn a_fifo_without_a_reader_says_what_it_waits_for() {
     let Some(_lock) = bpf_test("a_fifo_without_a_reader_says_what_it_waits_for") else {
@@ -193,14 +195,7 @@ fn a_fifo_without_a_reader_says_what_it_waits_for() {
         .spawn()
         .expect("powerapi runs");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("waiting for a reader") {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).expect("stderr") == 0 {
-            break;
-        }
-        said.push_str(&line);
-    }
+    let said = read_until(&mut stderr, "waiting for a reader");
     assert!(
         said.contains(&format!(
             "waiting for a reader on the FIFO {}",
@@ -239,14 +234,7 @@ fn a_fifo_without_a_reader_says_what_it_waits_for() {
         .spawn()
         .expect("powerapi runs");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("waiting for a reader") {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).expect("stderr") == 0 {
-            break;
-        }
-        said.push_str(&line);
-    }
+    assert!(read_until(&mut stderr, "waiting for a reader").contains("waiting for a reader"));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = String::new();

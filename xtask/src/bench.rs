@@ -421,17 +421,23 @@ fn measure_cpu(mut cmd: Command, seconds: u64) -> Result<f64> {
     Ok(end - start)
 }
 
-fn top(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
+/// Starts `processes` sleeping processes and measures `record`'s CPU among them: the baseline
+/// `top` and `serve` are compared with. Returns the load (to stop) and that CPU time.
+fn processes_and_record_cpu(binary: &Path, processes: usize, seconds: u64) -> Result<(Child, f64)> {
     let xtask = std::env::current_exe()?;
     let mut load_cmd = Command::new(&xtask);
     load_cmd.args(["spawn-processes", &processes.to_string()]);
     let load = start_tracer(load_cmd, "spawned")?;
-
     let mut record = Command::new(binary);
     record
         .args(["record", "--interval", "1s", "-o", "/dev/null"])
         .stderr(Stdio::null());
     let record_cpu = measure_cpu(record, seconds)?;
+    Ok((load, record_cpu))
+}
+
+fn top(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
+    let (load, record_cpu) = processes_and_record_cpu(binary, processes, seconds)?;
 
     // top needs a terminal: a pseudo-terminal whose output a thread drains.
     let (mut master, mut slave) = (0, 0);
@@ -513,15 +519,7 @@ fn scrape(port: u16) -> Result<Duration> {
 }
 
 fn serve(binary: &Path, processes: usize, seconds: u64, scrapes: usize) -> Result<()> {
-    let xtask = std::env::current_exe()?;
-    let mut load_cmd = Command::new(&xtask);
-    load_cmd.args(["spawn-processes", &processes.to_string()]);
-    let load = start_tracer(load_cmd, "spawned")?;
-    let mut record = Command::new(binary);
-    record
-        .args(["record", "--interval", "1s", "-o", "/dev/null"])
-        .stderr(Stdio::null());
-    let record_cpu = measure_cpu(record, seconds)?;
+    let (load, record_cpu) = processes_and_record_cpu(binary, processes, seconds)?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -320,3 +320,15 @@ pub fn json_report(stderr: &str) -> Value {
     };
     serde_json::from_str(&stderr[start..]).expect("JSON report")
 }
+
+/// Runs powerapi with `args`: its exit code and stderr.
+pub fn powerapi_stderr(args: &[&str]) -> (i32, String) {
+    let out = Command::new(powerapi())
+        .args(args)
+        .output()
+        .expect("powerapi runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
