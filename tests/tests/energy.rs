@@ -102,6 +102,23 @@ impl Injector {
     }
 }
 
+impl Injector {
+    /// `record` at 500 ms intervals, time-only, reading this injector's tree, plus `extra`.
+    fn record(&self, name: &str, extra: &[&str]) -> Recording {
+        let source = format!("powercap-dir:{}", self.dir.display());
+        let mut args = vec![
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+        ];
+        args.push(&source);
+        args.extend_from_slice(extra);
+        Recording::start(name, &args)
+    }
+}
+
 impl Drop for Injector {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -147,20 +164,7 @@ fn powercap_dir_attribution_matches_injected_model() {
         return;
     };
     let injector = Injector::start("powercap");
-    let source = format!("powercap-dir:{}", injector.dir.display());
-    let recording = Recording::start(
-        "energy",
-        &[
-            "--interval",
-            "500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            &source,
-            "--idle-watts",
-            "10",
-        ],
-    );
+    let recording = injector.record("energy", &["--idle-watts", "10"]);
     let wraps_before = injector.wraps.load(Ordering::Relaxed);
     let (pid, cpu_ns) = run_measured(
         Command::new(LOAD)
@@ -609,20 +613,7 @@ fn two_burners_get_energy_in_proportion_to_their_cpu() {
         return;
     };
     let injector = Injector::start("two-burners");
-    let source = format!("powercap-dir:{}", injector.dir.display());
-    let recording = Recording::start(
-        "two-burners",
-        &[
-            "--interval",
-            "500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            &source,
-            "--idle-watts",
-            "10",
-        ],
-    );
+    let recording = injector.record("two-burners", &["--idle-watts", "10"]);
     let pulse = std::thread::spawn(|| {
         run_measured(
             Command::new(LOAD)
@@ -672,16 +663,9 @@ fn idle_policy_and_metric_end_to_end() {
         return;
     };
     let injector = Injector::start("idle-policy");
-    let source = format!("powercap-dir:{}", injector.dir.display());
-    let recording = Recording::start(
+    let recording = injector.record(
         "idle-policy",
         &[
-            "--interval",
-            "500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            &source,
             "--idle-watts",
             "10",
             "--idle-policy",
