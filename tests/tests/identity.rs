@@ -318,9 +318,12 @@ fn two_processes_that_reuse_a_pid_in_one_interval_are_two_records() {
     assert!(rows.iter().all(|r| r["exited"] == true));
     let want = [u64_of(&truth["first_ns"]), u64_of(&truth["second_ns"])];
     for (measured, truth) in got.iter().zip(want) {
-        // rusage of a 60 ms child is exact to the µs here; allow 2 ms of fork/exit overhead.
+        // Measured here over eight runs: 0.01–0.14 ms apart. One clean CI run (quiet machine,
+        // no steal) gave +3.5 ms on the 120 ms child: time on the CPU around its exit that
+        // rusage, taken when the parent reaps it, does not include (noted in issue 7). 5 ms
+        // still tells the two incarnations apart (60 ms against 120 ms) and catches a merge.
         assert!(
-            measured.abs_diff(truth) <= 2_000_000,
+            measured.abs_diff(truth) <= 5_000_000,
             "{measured} ns vs rusage {truth} ns"
         );
     }
