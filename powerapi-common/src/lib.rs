@@ -177,6 +177,14 @@ pub struct CpuSlice {
     /// This CPU's id (from the kernel, so a CPU brought online later is never confused with 0).
     pub cpu: u32,
     pub _reserved: u32,
+    /// When the slice was last (re)opened without charging anyone: the CPU's first switch, or
+    /// its return from being offline. Written on that rare path only, never per switch.
+    pub reopened_ns: u64,
+    /// At that reopening, where booking had stopped (the start of the stale slice: the CPU's
+    /// last switch before it went offline; 0 at the first switch). With `start_ns` (booked up
+    /// to) these give each CPU's exact booked span per interval, so capacity counts the time the
+    /// CPU was there, not the interval times the CPUs online at its end.
+    pub left_ns: u64,
 }
 
 /// State shared by all CPUs.

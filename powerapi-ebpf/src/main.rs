@@ -395,7 +395,9 @@ fn open_slice(slice: &mut CpuSlice, now: u64) {
         slice.lane = *lane;
     }
     roll_counters(slice, None);
+    slice.left_ns = slice.start_ns;
     slice.start_ns = now;
+    slice.reopened_ns = now;
 }
 
 /// `flush`: also re-read the task's identity and the CPU's lane. Done at creation, at exec, on
@@ -421,11 +423,15 @@ fn close_slice(dead: bool, flush: bool) {
             read_volatile(&(*globals).stale_before_ns),
         )
     };
-    if slice.start_ns == 0 || now <= slice.start_ns || slice.start_ns < stale_before {
-        if slice.start_ns != 0 && slice.start_ns < stale_before {
+    if slice.start_ns == 0 || slice.start_ns < stale_before {
+        if slice.start_ns != 0 {
             count(|s| s.stale_slices += 1);
         }
         open_slice(slice, now);
+        return;
+    }
+    if now <= slice.start_ns {
+        // Nothing elapsed: nothing to book, and the slice stays as it is.
         return;
     }
     if flush {

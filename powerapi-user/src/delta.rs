@@ -11,7 +11,7 @@ use powerapi_common::{
     CounterReading, MAX_COUNTERS, MAX_SOCKETS, SensorStats, TaskKey, TaskTotals,
 };
 
-use crate::sensor::{SensorReading, TaskEntry};
+use crate::sensor::{CpuMark, SensorReading, TaskEntry};
 
 /// Counter values by slot. A fixed array, not a Vec: the drain path must not allocate per task.
 pub type Counters = [u64; MAX_COUNTERS];
@@ -65,9 +65,13 @@ pub struct IntervalDeltas {
     pub leaders: HashMap<u32, Leader>,
     /// CPUs online at the end of the interval.
     pub cpus: u32,
-    /// CPUs went offline or online during the interval: busy + idle is then below
-    /// `cpus × duration` by the time the changed CPUs were away.
+    /// CPUs went offline or online during the interval.
     pub cpus_changed: bool,
+    /// CPU time the CPUs booked in this interval, each from its own flush (or offline) instant
+    /// to the next: what busy + idle + lost must add up to. It differs from
+    /// `cpus × duration` by the time changed CPUs were away and by how late each CPU's flush
+    /// ran after the round began.
+    pub capacity_ns: u64,
 }
 
 impl IntervalDeltas {
@@ -130,7 +134,23 @@ pub struct Tracker {
     previous: HashMap<Incarnation, (TaskTotals, u64)>,
     previous_stats: SensorStats,
     previous_ns: u64,
+    /// Each CPU's `booked_to_ns` at the previous reading, by CPU id.
+    previous_marks: HashMap<u32, u64>,
     readings: u64,
+}
+
+/// The time one CPU booked between its previous mark (`before`: where booking stood then, `None`
+/// for a CPU never seen) and `mark`. A CPU that left and came back in between booked up to where
+/// it left, then again from its return; the time it was away is no one's. (A CPU that left and
+/// came back twice within one interval loses the middle span from this figure: hotplug takes
+/// far longer than that in practice.)
+pub fn booked_span_ns(before: Option<u64>, mark: &CpuMark) -> u64 {
+    let since_return = mark.booked_to_ns.saturating_sub(mark.reopened_ns);
+    match before {
+        Some(b) if mark.reopened_ns <= b => mark.booked_to_ns.saturating_sub(b),
+        Some(b) => mark.left_ns.saturating_sub(b) + since_return,
+        None => since_return,
+    }
 }
 
 /// `now − before` for a cumulative figure of one incarnation (never negative).
@@ -150,6 +170,7 @@ impl Tracker {
             ),
             previous_stats: SensorStats::default(),
             previous_ns: 0,
+            previous_marks: HashMap::default(),
             readings: 0,
         };
         // Touch the table's memory now rather than in the first interval (page faults are slow
@@ -318,6 +339,12 @@ impl Tracker {
             }
         }
 
+        let mut capacity_ns = 0;
+        for mark in &reading.cpu_marks {
+            capacity_ns += booked_span_ns(self.previous_marks.get(&mark.cpu).copied(), mark);
+            self.previous_marks.insert(mark.cpu, mark.booked_to_ns);
+        }
+
         let deltas = IntervalDeltas {
             start_ns: self.previous_ns,
             end_ns: reading.taken_at_ns,
@@ -327,6 +354,7 @@ impl Tracker {
             leaders,
             cpus: reading.cpus.len() as u32,
             cpus_changed: reading.cpus_changed,
+            capacity_ns,
         };
         self.previous_stats = reading.stats;
         self.previous_ns = reading.taken_at_ns;
@@ -684,5 +712,64 @@ mod tests {
             ),
             (2, 40, 1)
         );
+    }
+
+    fn mark(cpu: u32, booked_to_ns: u64, reopened_ns: u64, left_ns: u64) -> CpuMark {
+        CpuMark {
+            cpu,
+            booked_to_ns,
+            reopened_ns,
+            left_ns,
+        }
+    }
+
+    #[test]
+    fn a_cpu_books_from_its_previous_mark_to_its_flush() {
+        // Online throughout, its flush 7 ns late this time: the span follows the flushes.
+        assert_eq!(booked_span_ns(Some(1_000), &mark(0, 2_007, 10, 0)), 1_007);
+        // Reopened exactly at the previous mark (the baseline flush): not a return.
+        assert_eq!(booked_span_ns(Some(1_000), &mark(0, 1_500, 1_000, 0)), 500);
+    }
+
+    #[test]
+    fn a_cpu_that_left_books_up_to_its_last_switch() {
+        // Went offline: no flush since, its slice still starts at its last switch.
+        assert_eq!(booked_span_ns(Some(1_000), &mark(1, 1_300, 10, 0)), 300);
+        // Still offline a reading later: nothing.
+        assert_eq!(booked_span_ns(Some(1_300), &mark(1, 1_300, 10, 0)), 0);
+    }
+
+    #[test]
+    fn a_returning_cpu_books_from_its_return_only() {
+        // Offline since an earlier interval, back at 1_600, flushed at 2_000.
+        assert_eq!(booked_span_ns(Some(1_300), &mark(1, 2_000, 1_600, 1_300)), 400);
+        // Left at 1_200 and back at 1_600 within one interval: both sides, not the gap.
+        assert_eq!(booked_span_ns(Some(1_000), &mark(1, 2_000, 1_600, 1_200)), 600);
+        // Never seen before (offline since the meter started).
+        assert_eq!(booked_span_ns(None, &mark(3, 2_000, 1_750, 0)), 250);
+    }
+
+    #[test]
+    fn capacity_sums_each_cpu_between_its_own_marks() {
+        let mut base = reading(1_000, vec![], vec![]);
+        base.cpu_marks = vec![mark(0, 1_000, 900, 0), mark(1, 1_002, 900, 0)];
+        let mut tracker = Tracker::new(0, &base, 0);
+        let mut next = reading(2_000, vec![], vec![]);
+        // CPU 0 flushed at 2_001; CPU 1 went offline at 1_402; CPU 2 appeared at 1_800.
+        next.cpu_marks = vec![
+            mark(0, 2_001, 900, 0),
+            mark(1, 1_402, 900, 0),
+            mark(2, 2_003, 1_800, 0),
+        ];
+        let d = tracker.advance(&next);
+        assert_eq!(d.capacity_ns, 1_001 + 400 + 203);
+        // The next interval counts from these marks, not the baseline's.
+        let mut last = reading(3_000, vec![], vec![]);
+        last.cpu_marks = vec![
+            mark(0, 3_000, 900, 0),
+            mark(1, 1_402, 900, 0),
+            mark(2, 3_001, 1_800, 0),
+        ];
+        assert_eq!(tracker.advance(&last).capacity_ns, 999 + 998);
     }
 }

@@ -193,7 +193,7 @@ pub fn build_records(
         cpus_changed: snapshot.deltas.cpus_changed,
         busy_ns: agg.busy.on_cpu_ns,
         idle_ns: agg.idle.on_cpu_ns,
-        capacity_ns: interval.duration_ns * u64::from(snapshot.deltas.cpus),
+        capacity_ns: snapshot.deltas.capacity_ns,
         counter_totals: named_counters(&run.counters, &agg.busy.counters),
         processes: agg.processes.len() as u64,
         threads: agg.threads.len() as u64,

@@ -86,14 +86,15 @@ pub struct MachineRecord {
     pub counters: Vec<String>,
     /// CPUs online at the end of the interval.
     pub cpus: u32,
-    /// CPUs went offline or online during the interval: `capacity_ns` counts those online at
-    /// its end, so busy + idle may differ from it by the time the changed CPUs were away.
+    /// CPUs went offline or online during the interval.
     #[serde(default)]
     pub cpus_changed: bool,
     /// On-CPU time of every task but the idle tasks.
     pub busy_ns: u64,
     pub idle_ns: u64,
-    /// `cpus × duration_ns`: what busy + idle should add up to.
+    /// CPU time the CPUs had in this interval, each from its own flush instant to the next (or
+    /// to when it went offline, or from when it came back): what busy + idle + lost add up to.
+    /// `cpus × duration_ns` when no CPU changed, within each CPU's flush delay.
     pub capacity_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter_totals: Option<BTreeMap<String, u64>>,

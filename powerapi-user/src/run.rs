@@ -698,7 +698,7 @@ fn accumulate(
     }
     if let Some(power) = &snapshot.power {
         let seconds = snapshot.deltas.duration_ns() as f64 / 1e9;
-        let capacity = snapshot.deltas.duration_ns() as f64 * f64::from(snapshot.deltas.cpus);
+        let capacity = snapshot.deltas.capacity_ns as f64;
         let busy = if capacity > 0.0 {
             snapshot.aggregate.busy.on_cpu_ns as f64 / capacity
         } else {
@@ -846,7 +846,7 @@ fn measure_baseline(
             .map(|d| (d.key, d.measured_j / seconds))
             .collect();
         collector.set_idle_baseline(&idle);
-        let capacity = snapshot.deltas.duration_ns() as f64 * f64::from(snapshot.deltas.cpus);
+        let capacity = snapshot.deltas.capacity_ns as f64;
         let mut watts = BTreeMap::new();
         for (key, w) in &idle {
             *watts.entry(key.domain).or_default() += w;

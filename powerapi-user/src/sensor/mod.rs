@@ -129,6 +129,21 @@ pub struct SensorReading {
     pub cpus: Vec<Cpu>,
     /// The set of online CPUs changed since the previous reading.
     pub cpus_changed: bool,
+    /// Where each CPU's booking stands (every CPU that has ever switched, online or not).
+    pub cpu_marks: Vec<CpuMark>,
+}
+
+/// One CPU's booking state at a reading, from its open slice: the exact span a CPU booked in an
+/// interval follows from two marks (see [`crate::delta::booked_span_ns`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuMark {
+    pub cpu: u32,
+    /// Everything on this CPU up to here is booked (the start of its open slice).
+    pub booked_to_ns: u64,
+    /// Last time booking restarted from nothing (first switch, or back from offline).
+    pub reopened_ns: u64,
+    /// Where booking had stopped before that restart.
+    pub left_ns: u64,
 }
 
 /// A loaded, attached sensor. Dropping it detaches everything.
@@ -546,6 +561,8 @@ impl Sensor {
         self.refresh_cpus()?;
         self.flush()?;
         reading.taken_at_ns = monotonic_ns();
+        // Marks first, closest to the flush: they bound this interval on each CPU.
+        self.read_cpu_marks(&mut reading.cpu_marks)?;
         reading.exited.clear();
         reading.cpus.clone_from(&self.cpus);
         reading.lane_sockets.clear();
@@ -582,6 +599,32 @@ impl Sensor {
             reading.stats.stale_slices += s.stale_slices;
             reading.stats.counter_read_errors += s.counter_read_errors;
         }
+        Ok(())
+    }
+}
+
+impl Sensor {
+    /// One lookup returns every CPU's open slice (per-CPU map); read right after the flush, so
+    /// online CPUs show the flush instant and offline ones their last switch.
+    fn read_cpu_marks(&mut self, marks: &mut Vec<CpuMark>) -> Result<(), SensorError> {
+        let map: PerCpuArray<&mut MapData, CpuSlice> = typed_map(&mut self.ebpf, CPU_SLICE_MAP)?;
+        let slices = map.get(&0, 0).map_err(|e| SensorError::Map {
+            name: CPU_SLICE_MAP,
+            detail: e.to_string(),
+        })?;
+        marks.clear();
+        marks.extend(
+            slices
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.start_ns != 0)
+                .map(|(cpu, s)| CpuMark {
+                    cpu: cpu as u32,
+                    booked_to_ns: s.start_ns,
+                    reopened_ns: s.reopened_ns,
+                    left_ns: s.left_ns,
+                }),
+        );
         Ok(())
     }
 }

@@ -249,22 +249,49 @@ pub fn on_cpu_of(records: &[Value], pid: u32) -> u64 {
         .sum()
 }
 
-/// Every complete interval: busy + idle = duration × CPUs within 0.5%. Measured here: ≤ 0.007%
-/// when tasks do not die during the drain; up to 0.2% in the 300-exit storm with the ring full,
-/// where a task dying between the flush and the slot scan has its last slice (after the
-/// boundary) counted in the interval being read. The old 1% hid a 0.9% inflated capacity.
+/// Every complete interval: busy + idle + lost = capacity within 0.5%, and capacity itself
+/// is where the clock puts it.
+///
+/// Accounted vs capacity (both from the kernel's bookings, but capacity from each CPU's flush
+/// and offline instants, busy/idle from the task slots): measured here 0 ns when tasks do not die
+/// during the drain; up to 0.2% in the 300-exit storm with the ring full, where a task dying
+/// between the flush and the slot scan has its last slice (after the boundary) counted in the
+/// interval being read. The old 1% hid a 0.9% inflated capacity.
+///
+/// Capacity vs the clock, so capacity cannot drift with the bookings: where no CPU changed it
+/// is `cpus × duration` up to each CPU's flush delay, which lies inside the drain of each end
+/// of the interval (`meter.drain_us`); measured: microseconds, up to 8.5 ms on the interval a
+/// CPU came back in (hotplug test).
 pub fn assert_conservation(records: &[Value]) {
     let mut checked = 0;
-    for m in of_type(records, "machine").filter(|m| m["interval"]["partial"] == false) {
-        let accounted = u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]);
+    let mut previous_drain_ns: Option<u64> = None;
+    for m in of_type(records, "machine") {
+        let drain_ns = u64_of(&m["meter"]["drain_us"]) * 1000;
+        let before = previous_drain_ns.replace(drain_ns);
+        if m["interval"]["partial"] == true {
+            continue;
+        }
+        let seq = &m["interval"]["seq"];
+        let accounted =
+            u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]) + u64_of(&m["losses"]["lost_ns"]);
         let capacity = u64_of(&m["capacity_ns"]);
         let error = (accounted as f64 - capacity as f64).abs() / capacity as f64;
         assert!(
             error <= 0.005,
-            "interval {}: busy+idle {accounted} vs capacity {capacity} ({:.4}%)",
-            m["interval"]["seq"],
+            "interval {seq}: busy+idle+lost {accounted} vs capacity {capacity} ({:.4}%)",
             error * 100.0
         );
+        if let (Some(before), false) = (before, m["cpus_changed"] == true) {
+            let cpus = u64_of(&m["cpus"]);
+            let clock = u64_of(&m["interval"]["duration_ns"]) * cpus;
+            // +1 µs per CPU: drain_us is rounded down.
+            let skew = cpus * (before + drain_ns + 2_000);
+            assert!(
+                capacity.abs_diff(clock) <= skew,
+                "interval {seq}: capacity {capacity} ns vs {cpus} CPUs × duration = {clock} ns, \
+                 more apart than the flush delays allow ({skew} ns)"
+            );
+        }
         checked += 1;
     }
     assert!(checked > 0, "no complete interval to check");
