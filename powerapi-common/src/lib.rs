@@ -28,6 +28,9 @@ pub const CPU_SLICE_MAP: &str = "CPU_SLICE";
 pub const CPU_LANES_MAP: &str = "CPU_LANES";
 /// One [`Globals`] at index 0, shared by every CPU.
 pub const GLOBALS_MAP: &str = "GLOBALS";
+/// Hotplug steps seen per CPU (`u64` by CPU id, mmapable): a CPU that went offline and came back
+/// between two readings is noticed by its count, not only by the online mask.
+pub const CPU_HOTPLUG_MAP: &str = "CPU_HOTPLUG";
 /// Ring buffer of [`ExitEvent`]s.
 pub const EXITS_MAP: &str = "EXITS";
 /// Per-CPU loss counters: `u32` 0 → [`SensorStats`].
@@ -45,6 +48,8 @@ pub const TASK_RENAME_PROGRAM: &str = "task_rename";
 /// Bumps [`Globals::identity_gen`] when a task moves to another cgroup.
 pub const CGROUP_ATTACH_PROGRAM: &str = "cgroup_attach_task";
 pub const FLUSH_PROGRAM: &str = "flush_cpu";
+/// On `cpuhp_enter`: counts hotplug steps per CPU in [`CPU_HOTPLUG_MAP`].
+pub const CPU_HOTPLUG_PROGRAM: &str = "cpu_hotplug";
 /// An empty `sched_switch` program: the floor for overhead benchmarks.
 pub const NOOP_PROGRAM: &str = "noop_switch";
 
@@ -176,7 +181,8 @@ pub struct CpuSlice {
     pub lane: u32,
     /// This CPU's id (from the kernel, so a CPU brought online later is never confused with 0).
     pub cpu: u32,
-    pub _reserved: u32,
+    /// The `CpuConfig::counters_epoch` the counter starts were read under.
+    pub counters_epoch: u32,
     /// When the slice was last (re)opened without charging anyone: the CPU's first switch, or
     /// its return from being offline. Written on that rare path only, never per switch.
     pub reopened_ns: u64,
@@ -185,6 +191,19 @@ pub struct CpuSlice {
     /// to) these give each CPU's exact booked span per interval, so capacity counts the time the
     /// CPU was there, not the interval times the CPUs online at its end.
     pub left_ns: u64,
+}
+
+/// What userspace tells one CPU's programs ([`CPU_LANES_MAP`], indexed by CPU id); read at
+/// flushes and slice reopenings only, never per switch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuConfig {
+    /// The CPU's socket lane (`TaskTotals::lane_ns` index).
+    pub lane: u32,
+    /// Bumped when userspace installs new counter events for this CPU (it came back online:
+    /// the kernel leaves an offlined CPU's events switched off for good). The next flush there
+    /// then restarts the counters instead of subtracting an old event's reading from a new one's.
+    pub counters_epoch: u32,
 }
 
 /// State shared by all CPUs.
@@ -239,4 +258,5 @@ mod user {
     unsafe impl aya::Pod for ExitEvent {}
     unsafe impl aya::Pod for SensorStats {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for CpuConfig {}
 }

@@ -43,8 +43,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use powerapi_common::{
-    CounterReading, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS, NOT_IDLE,
-    SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
+    CounterReading, CpuConfig, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS,
+    NOT_IDLE, SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
 };
 
 /// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
@@ -69,9 +69,12 @@ static SLOT_HWM: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 static CPU_SLICE: PerCpuArray<CpuSlice> = PerCpuArray::with_max_entries(1, 0);
 /// Resized by the loader to the number of possible CPUs.
 #[map]
-static CPU_LANES: Array<u32> = Array::with_max_entries(4096, 0);
+static CPU_LANES: Array<CpuConfig> = Array::with_max_entries(4096, 0);
 #[map]
 static GLOBALS: Array<Globals> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Resized by the loader to the number of possible CPUs.
+#[map]
+static CPU_HOTPLUG: Array<u64> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 #[map]
 static EXITS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
@@ -98,6 +101,20 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint]
 pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
     close_slice(false, true);
+    0
+}
+
+/// Counts every hotplug step of a CPU. The online mask read each interval misses a CPU that
+/// went offline and came back in between; the kernel leaves such a CPU's counter events
+/// switched off, so userspace must notice it to install new ones. Never on the switch path.
+#[raw_tracepoint(tracepoint = "cpuhp_enter")]
+pub fn cpu_hotplug(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(unsigned int cpu, int target, int idx, int (*fun)(unsigned int)).
+    let cpu = ctx.arg::<u64>(0) as u32;
+    if let Some(steps) = CPU_HOTPLUG.get_ptr_mut(cpu) {
+        // SAFETY: an aligned u64 of the map value; steps of one CPU may run on several CPUs.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(steps, 1) };
+    }
     0
 }
 
@@ -255,6 +272,19 @@ fn roll_counters(slice: &mut CpuSlice, mut totals: Option<&mut TaskTotals>) {
         let start = &mut slice.counters[slot];
         if slice.counters_valid & bit != 0 {
             if let Some(totals) = totals.as_deref_mut() {
+                // A CPU-bound event's enabled time grows with the clock. Frozen: the kernel
+                // switched it off (its CPU went offline and came back, and userspace has not
+                // installed a new one yet), so this slice's counts are missing, not zero. Gone
+                // back: a new event replaced it and the flush that restarts it has not run yet.
+                if value.enabled <= start.enabled_ns {
+                    count(|s| s.counter_read_errors += 1);
+                    *start = CounterReading {
+                        value: value.counter,
+                        enabled_ns: value.enabled,
+                        running_ns: value.running,
+                    };
+                    continue;
+                }
                 let acc = &mut totals.counters[slot];
                 acc.value = acc
                     .value
@@ -391,8 +421,9 @@ fn open_slice(slice: &mut CpuSlice, now: u64) {
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     slice.cpu = cpu;
-    if let Some(lane) = CPU_LANES.get(cpu) {
-        slice.lane = *lane;
+    if let Some(config) = CPU_LANES.get(cpu) {
+        slice.lane = config.lane;
+        slice.counters_epoch = config.counters_epoch;
     }
     roll_counters(slice, None);
     slice.left_ns = slice.start_ns;
@@ -435,8 +466,13 @@ fn close_slice(dead: bool, flush: bool) {
         return;
     }
     if flush {
-        if let Some(lane) = CPU_LANES.get(slice.cpu) {
-            slice.lane = *lane;
+        if let Some(config) = CPU_LANES.get(slice.cpu) {
+            slice.lane = config.lane;
+            if slice.counters_epoch != config.counters_epoch {
+                // New counter events on this CPU: the starts came from the old ones.
+                slice.counters_epoch = config.counters_epoch;
+                slice.counters_valid = 0;
+            }
         }
     }
     let key = task_key(bpf_get_current_pid_tgid(), slice.cpu);

@@ -742,9 +742,15 @@ mod tests {
     #[test]
     fn a_returning_cpu_books_from_its_return_only() {
         // Offline since an earlier interval, back at 1_600, flushed at 2_000.
-        assert_eq!(booked_span_ns(Some(1_300), &mark(1, 2_000, 1_600, 1_300)), 400);
+        assert_eq!(
+            booked_span_ns(Some(1_300), &mark(1, 2_000, 1_600, 1_300)),
+            400
+        );
         // Left at 1_200 and back at 1_600 within one interval: both sides, not the gap.
-        assert_eq!(booked_span_ns(Some(1_000), &mark(1, 2_000, 1_600, 1_200)), 600);
+        assert_eq!(
+            booked_span_ns(Some(1_000), &mark(1, 2_000, 1_600, 1_200)),
+            600
+        );
         // Never seen before (offline since the meter started).
         assert_eq!(booked_span_ns(None, &mark(3, 2_000, 1_750, 0)), 250);
     }

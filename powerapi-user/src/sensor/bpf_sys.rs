@@ -1,4 +1,4 @@
-//! The three `bpf(2)` commands aya 0.14 does not wrap: storing perf event fds in a
+//! The `bpf(2)` commands aya 0.14 does not wrap: storing and removing perf event fds in a
 //! `PERF_EVENT_ARRAY`, pushing onto a stack map, mmap of an array map, and running a program on a
 //! chosen CPU.
 
@@ -41,6 +41,19 @@ pub fn set_perf_event(map: BorrowedFd<'_>, cpu: u32, perf_fd: BorrowedFd<'_>) ->
     attr.__bindgen_anon_2.key = &key as *const u32 as u64;
     attr.__bindgen_anon_2.__bindgen_anon_1.value = &value as *const u32 as u64;
     sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Removes `PERF_EVENT_ARRAY[cpu]`, so reads there fail (and are counted) instead of returning a
+/// dead event's frozen value. An entry already absent is fine.
+pub fn clear_perf_event(map: BorrowedFd<'_>, cpu: u32) -> io::Result<()> {
+    let key = cpu;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+    match sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Runs a raw-tracepoint program once on `cpu` (in an IPI when it is not this CPU), so that

@@ -15,11 +15,12 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use powerapi_common::{
-    CGROUP_ATTACH_PROGRAM, COUNTER_MAPS, CPU_LANES_MAP, CPU_SLICE_MAP, CpuSlice, EXITS_MAP,
-    ExitEvent, FLAG_DEAD, FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS,
-    MAX_SOCKETS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM,
-    SENSOR_STATS_MAP, SLOT_HWM_MAP, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
-    TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals,
+    CGROUP_ATTACH_PROGRAM, COUNTER_MAPS, CPU_HOTPLUG_MAP, CPU_HOTPLUG_PROGRAM, CPU_LANES_MAP,
+    CPU_SLICE_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM,
+    FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS, MAX_SOCKETS, NOOP_PROGRAM,
+    NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP, SLOT_HWM_MAP,
+    SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP, TASK_TOTALS_MAP, TaskKey, TaskSlot,
+    TaskTotals,
 };
 use thiserror::Error;
 
@@ -155,7 +156,13 @@ pub struct Sensor {
     counters: Vec<CounterSpec>,
     time_only_reason: Option<String>,
     /// Counter fds by counter slot, then CPU id (`None` for CPUs not online when opened).
-    _counter_fds: Vec<Vec<Option<OwnedFd>>>,
+    counter_fds: Vec<Vec<Option<OwnedFd>>>,
+    /// Hotplug steps per CPU, counted by the kernel, and their values at the last reading.
+    hotplug: bpf_sys::MappedArray<u64>,
+    hotplug_seen: Vec<u64>,
+    /// Last `CpuConfig::counters_epoch` handed out.
+    counters_epoch: u32,
+    said_rearm_failure: bool,
     exits: RingBuf<MapData>,
     slots: bpf_sys::MappedArray<TaskSlot>,
     globals: bpf_sys::MappedArray<Globals>,
@@ -256,6 +263,7 @@ fn load_object(
     EbpfLoader::new()
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
         .map_max_entries(CPU_LANES_MAP, possible)
+        .map_max_entries(CPU_HOTPLUG_MAP, possible)
         .map_max_entries(TASK_SLOTS_MAP, max_tasks)
         .map_max_entries(TASK_TOTALS_MAP, max_tasks)
         .map_max_entries(FREE_SLOTS_MAP, max_tasks)
@@ -410,7 +418,15 @@ impl Sensor {
         }
         let mut lanes = Lanes::default();
         for cpu in &cpus {
-            set_cpu_lane(&mut ebpf, cpu.id, lanes.lane_of(cpu.socket))?;
+            let lane = lanes.lane_of(cpu.socket);
+            set_cpu_config(
+                &mut ebpf,
+                cpu.id,
+                CpuConfig {
+                    lane,
+                    counters_epoch: 0,
+                },
+            )?;
         }
         init_cpu_slices(&mut ebpf, possible)?;
         let slots = init_slots(&ebpf, config.max_tasks)?;
@@ -452,6 +468,15 @@ impl Sensor {
         attach(&mut ebpf, CGROUP_ATTACH_PROGRAM, "cgroup_attach_task")?;
         attach(&mut ebpf, SCHED_SWITCH_PROGRAM, "sched_switch")?;
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
+        let hotplug = map_data(&ebpf, CPU_HOTPLUG_MAP)?;
+        let hotplug = bpf_sys::MappedArray::map(hotplug.fd().as_fd(), possible).map_err(|e| {
+            SensorError::Map {
+                name: CPU_HOTPLUG_MAP,
+                detail: format!("mmap failed ({e})"),
+            }
+        })?;
+        attach(&mut ebpf, CPU_HOTPLUG_PROGRAM, "cpuhp_enter")?;
+        let hotplug_seen = vec![0; possible];
 
         let mut sensor = Self {
             ebpf,
@@ -460,7 +485,11 @@ impl Sensor {
             lanes,
             counters,
             time_only_reason,
-            _counter_fds: counter_fds,
+            counter_fds,
+            hotplug,
+            hotplug_seen,
+            counters_epoch: 0,
+            said_rearm_failure: false,
             exits,
             slots,
             globals,
@@ -492,23 +521,84 @@ impl Sensor {
         self.time_only_reason.as_deref()
     }
 
-    /// Follows CPU hotplug: re-reads the online CPUs and gives any new one its socket lane.
+    /// Follows CPU hotplug: re-reads the online CPUs and re-arms any CPU that is new or went
+    /// through hotplug since the last reading (even if it is back online by now).
     fn refresh_cpus(&mut self) -> Result<(), SensorError> {
-        // The online mask alone every interval; sockets only when it changed.
+        let mut replugged = Vec::new();
+        for (cpu, seen) in self.hotplug_seen.iter_mut().enumerate() {
+            let Some(steps) = self.hotplug.element(cpu) else {
+                break;
+            };
+            // SAFETY: an aligned u64 inside the live mapping; the kernel only adds to it.
+            let steps = unsafe { std::ptr::read_volatile(steps) };
+            if steps != *seen {
+                *seen = steps;
+                replugged.push(cpu as u32);
+            }
+        }
+        // The online mask every interval; sockets only when something changed.
         let ids = topology::read_online(&self.root)?;
-        if ids.iter().copied().eq(self.cpus.iter().map(|c| c.id)) {
+        if replugged.is_empty() && ids.iter().copied().eq(self.cpus.iter().map(|c| c.id)) {
             return Ok(());
         }
         let online = topology::read_cpus(&self.root)?;
         self.cpus_changed = true;
         for cpu in &online {
-            if !self.cpus.iter().any(|c| c.id == cpu.id) {
-                let lane = self.lanes.lane_of(cpu.socket);
-                set_cpu_lane(&mut self.ebpf, cpu.id, lane)?;
+            if !self.cpus.iter().any(|c| c.id == cpu.id) || replugged.contains(&cpu.id) {
+                self.rearm_cpu(cpu)?;
             }
         }
         self.cpus = online;
         Ok(())
+    }
+
+    /// Gives a CPU that came (back) online its socket lane and new counter events: the kernel
+    /// switches an offlined CPU's events off for good, and reading them then succeeds with a
+    /// frozen value, so without this the CPU's counts would silently stop.
+    fn rearm_cpu(&mut self, cpu: &Cpu) -> Result<(), SensorError> {
+        let lane = self.lanes.lane_of(cpu.socket);
+        if !self.counters.is_empty() {
+            for (slot, spec) in self.counters.iter().enumerate() {
+                let map = map_data(&self.ebpf, COUNTER_MAPS[slot])?;
+                let stored = counters::open_on_cpu(spec, cpu.id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|fd| {
+                        bpf_sys::set_perf_event(map.fd().as_fd(), cpu.id, fd.as_fd())
+                            .map(|()| fd)
+                            .map_err(|e| e.to_string())
+                    });
+                let fd = match stored {
+                    Ok(fd) => Some(fd),
+                    Err(reason) => {
+                        // Reads there now fail and are counted in counter_read_errors.
+                        let _ = bpf_sys::clear_perf_event(map.fd().as_fd(), cpu.id);
+                        if !std::mem::replace(&mut self.said_rearm_failure, true) {
+                            eprintln!(
+                                "powerapi: counter {} could not be reopened on CPU {} after it came online ({reason}); its slices there are counted in losses.counter_read_errors, recording goes on",
+                                spec.name, cpu.id
+                            );
+                        }
+                        None
+                    }
+                };
+                if let Some(entry) = self
+                    .counter_fds
+                    .get_mut(slot)
+                    .and_then(|fds| fds.get_mut(cpu.id as usize))
+                {
+                    *entry = fd;
+                }
+            }
+            self.counters_epoch = self.counters_epoch.wrapping_add(1);
+        }
+        set_cpu_config(
+            &mut self.ebpf,
+            cpu.id,
+            CpuConfig {
+                lane,
+                counters_epoch: self.counters_epoch,
+            },
+        )
     }
 
     /// Closes every online CPU's open slice. A CPU that went offline since the mask was read
@@ -629,9 +719,9 @@ impl Sensor {
     }
 }
 
-fn set_cpu_lane(ebpf: &mut Ebpf, cpu: u32, lane: u32) -> Result<(), SensorError> {
-    let mut lanes: Array<&mut MapData, u32> = typed_map(ebpf, CPU_LANES_MAP)?;
-    lanes.set(cpu, lane, 0).map_err(|e| SensorError::Map {
+fn set_cpu_config(ebpf: &mut Ebpf, cpu: u32, config: CpuConfig) -> Result<(), SensorError> {
+    let mut lanes: Array<&mut MapData, CpuConfig> = typed_map(ebpf, CPU_LANES_MAP)?;
+    lanes.set(cpu, config, 0).map_err(|e| SensorError::Map {
         name: CPU_LANES_MAP,
         detail: format!("CPU {cpu}: {e}"),
     })
