@@ -72,9 +72,10 @@ type Recorded = (u64, u64);
 ///
 /// Usually a tgid has one incarnation in an interval and every thread belongs to it. When the
 /// pid was reused within the interval, several leaders ran: a thread belongs to the leader the
-/// kernel recorded for it, else to the latest leader first seen before it. A "leader" first seen
-/// before the previous leader died is not a new process but a thread of it that took the
-/// leader's pid by exec'ing.
+/// kernel recorded for it, else to the latest leader first seen before it. Two "leaders" whose
+/// lifetimes overlap are one process (a pid is never held by two at once): a thread that took
+/// the leader's pid by exec'ing, whether the sensor first saw it before the old leader or after
+/// (the old leader may get its first slot only at its death, when the exec kills it).
 fn process_incarnations(
     threads: &[&Group],
     recorded: &[Recorded],
@@ -93,14 +94,21 @@ fn process_incarnations(
     let mut canonical: Vec<(u64, u64)> = Vec::with_capacity(leaders.len());
     let mut current: Option<(u64, u64)> = None;
     for (start, exit_ns) in leaders {
-        let incarnation = match current {
-            Some((incarnation, previous_exit)) if previous_exit != 0 && start < previous_exit => {
-                incarnation
+        // `previous_exit`: when the incarnation so far ended, 0 while one of its leaders lives.
+        current = Some(match current {
+            Some((incarnation, previous_exit)) if previous_exit == 0 || start < previous_exit => {
+                let ended = if exit_ns == 0 {
+                    0
+                } else {
+                    previous_exit.max(exit_ns)
+                };
+                (incarnation, ended)
             }
-            _ => start,
-        };
-        canonical.push((start, incarnation));
-        current = Some((incarnation, exit_ns));
+            _ => (start, exit_ns),
+        });
+        if let Some((incarnation, _)) = current {
+            canonical.push((start, incarnation));
+        }
     }
     let canon = |first_seen: u64| {
         canonical
@@ -421,6 +429,41 @@ mod tests {
             .map(|p| (p.start_ns, p.usage.on_cpu_ns, p.exited))
             .collect();
         assert_eq!(got, vec![(100, 50, false)], "one process, still running");
+    }
+
+    #[test]
+    fn a_thread_seen_before_its_leader_that_execs_stays_in_its_process() {
+        // Thread 81 first switched out at 200, blocked in exec waiting for its leader to die;
+        // leader 80 had never switched out, so it got a slot only at its death (first seen 450,
+        // dead 460). 81 then took pid 80. Their lifetimes overlap: one process.
+        let mut old = task(80, 80, 0, 10, 1, "sh");
+        (old.first_seen_ns, old.group_first_seen_ns, old.exit_ns) = (450, 450, 460);
+        old.exited = true;
+        let mut execd = task(80, 80, 0, 40, 1, "make");
+        (execd.first_seen_ns, execd.group_first_seen_ns) = (200, 200);
+        let a = aggregate(&deltas(vec![old, execd], &[80]), &[]);
+        let got: Vec<_> = a
+            .processes
+            .iter()
+            .map(|p| (p.start_ns, p.usage.on_cpu_ns, p.exited))
+            .collect();
+        assert_eq!(got, vec![(200, 50, false)], "one process, still running");
+    }
+
+    #[test]
+    fn an_incarnation_lives_while_any_of_its_leaders_does() {
+        // 90 exec'd from a thread (first seen 200, alive) before its old leader (100) died at
+        // 500; a leader first seen at 700 overlaps the living one, so it is the same process.
+        let mut old = task(90, 90, 0, 10, 1, "sh");
+        (old.first_seen_ns, old.group_first_seen_ns, old.exit_ns) = (100, 100, 500);
+        old.exited = true;
+        let mut execd = task(90, 90, 0, 20, 1, "make");
+        (execd.first_seen_ns, execd.group_first_seen_ns) = (200, 100);
+        let mut late = task(90, 90, 0, 30, 1, "make");
+        (late.first_seen_ns, late.group_first_seen_ns) = (700, 700);
+        let a = aggregate(&deltas(vec![old, execd, late], &[90]), &[]);
+        assert_eq!(a.processes.len(), 1, "{:?}", a.processes);
+        assert_eq!(a.processes[0].usage.on_cpu_ns, 60);
     }
 
     #[test]
