@@ -39,6 +39,8 @@ pub const SENSOR_STATS_MAP: &str = "SENSOR_STATS";
 pub const COUNTER_MAPS: [&str; MAX_COUNTERS] = ["COUNTER0", "COUNTER1", "COUNTER2", "COUNTER3"];
 /// Global (`.rodata`) set at load time: how many counter slots are in use.
 pub const NUM_COUNTERS_GLOBAL: &str = "NUM_COUNTERS";
+/// Global: non-zero when the switch path finds slots through task-local storage.
+pub const USE_TASK_STORAGE_GLOBAL: &str = "USE_TASK_STORAGE";
 
 /// Program names in the object file.
 pub const SCHED_SWITCH_PROGRAM: &str = "sched_switch";

@@ -32,13 +32,19 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_CURRENT_CPU, BPF_NOEXIST, bpf_perf_event_value},
+    bindings::{
+        BPF_ANY, BPF_F_CURRENT_CPU, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
+        bpf_map_type, bpf_perf_event_value,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_get_smp_processor_id,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_perf_event_read_value},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_ns,
+            bpf_perf_event_read_value, bpf_task_storage_get,
+        },
     },
-    macros::{map, raw_tracepoint},
+    macros::{btf_map, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerfEventArray, RingBuf, Stack},
     programs::RawTracePointContext,
 };
@@ -46,6 +52,12 @@ use powerapi_common::{
     CounterReading, CpuConfig, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS,
     NOT_IDLE, SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
 };
+
+/// Non-zero: the switch path finds a thread's slot through task-local storage (`SLOT_OF_TASK`)
+/// instead of hashing its key. Set by the loader where the kernel has BTF (it always has task
+/// storage: it predates our 5.18 minimum); with 0 the verifier prunes that path unvisited.
+#[unsafe(no_mangle)]
+static USE_TASK_STORAGE: u32 = 0;
 
 /// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
 /// and the verifier prunes the unused slots because the value is known at load time.
@@ -87,6 +99,70 @@ static COUNTER1: PerfEventArray<u32> = PerfEventArray::new(0);
 static COUNTER2: PerfEventArray<u32> = PerfEventArray::new(0);
 #[map]
 static COUNTER3: PerfEventArray<u32> = PerfEventArray::new(0);
+
+/// Where a thread's slot is, kept in the thread's own `task_struct` (task-local storage): found
+/// without hashing a key, and freed by the kernel with the task. `first_seen_ns` is the slot's
+/// incarnation: a slot freed and reused since (an exec'ing thread ends its old leader's slot
+/// from another task) no longer matches, and the hash map decides.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SlotRef {
+    index: u32,
+    _pad: u32,
+    first_seen_ns: u64,
+}
+
+/// A BTF-defined `BPF_MAP_TYPE_TASK_STORAGE` map. aya-ebpf 0.2.1 has BTF wrappers for inode and
+/// socket storage but none for task storage, and its definition macro is private: this is the
+/// same layout (the loader reads type, key, value and flags from these fields' BTF types).
+#[repr(C)]
+struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader replaces by the map; never dereferenced from Rust.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current task's value, created zeroed when `create`; null when absent (or, without
+    /// `create`, when storage is busy on this CPU).
+    #[inline(always)]
+    fn current(&self, create: bool) -> *mut T {
+        let flags = if create {
+            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: helper calls with the map's own address and the current task's trusted BTF
+        // pointer; a null value pointer asks for a zeroed value on creation.
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                bpf_get_current_task_btf(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+#[btf_map]
+static SLOT_OF_TASK: TaskStorage<SlotRef> = TaskStorage::new();
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
@@ -477,7 +553,14 @@ fn close_slice(dead: bool, flush: bool) {
     }
     let key = task_key(bpf_get_current_pid_tgid(), slice.cpu);
     let slice_ns = now - slice.start_ns;
-    let (index, slot, is_new) = match existing_slot(&key) {
+    // SAFETY: a global written only by the loader.
+    let by_task = unsafe { read_volatile(&USE_TASK_STORAGE) } != 0;
+    let found = if by_task {
+        slot_of_current_task()
+    } else {
+        None
+    };
+    let (index, slot, is_new) = match found.or_else(|| existing_slot(&key)) {
         Some((index, slot)) => (index, slot, false),
         None => match allocate_slot() {
             Some((index, slot)) => (index, slot, true),
@@ -517,20 +600,62 @@ fn close_slice(dead: bool, flush: bool) {
     if dead {
         finish_dead(&key, index, slot, is_new, now);
     } else if is_new {
-        insert_slot(&key, index, slot, slice_ns);
+        if insert_slot(&key, index, slot, slice_ns) && by_task {
+            remember_slot(index, slot.totals.first_seen_ns);
+        }
+    } else if by_task && found.is_none() {
+        // Tracked before its task storage was: a thread already running when the meter started.
+        remember_slot(index, slot.totals.first_seen_ns);
     }
 }
 
-/// Publishes a new slot under its key; if the key map is full, gives the slot back (counted).
+/// The current thread's slot through its task storage, if it still holds that incarnation.
 #[inline(always)]
-fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, slice_ns: u64) {
+fn slot_of_current_task() -> Option<(u32, *mut TaskSlot)> {
+    let slot_ref = SLOT_OF_TASK.current(false);
+    if slot_ref.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null storage value of the current task, plain integers.
+    let SlotRef {
+        index,
+        first_seen_ns,
+        ..
+    } = unsafe { *slot_ref };
+    let slot = TASK_TOTALS.get_ptr_mut(index)?;
+    // SAFETY: aligned u64 of a slot in the map; only this CPU's current task writes it now.
+    let current = unsafe { read_volatile(&(*slot).totals.first_seen_ns) };
+    (first_seen_ns != 0 && current == first_seen_ns).then_some((index, slot))
+}
+
+#[inline(always)]
+fn remember_slot(index: u32, first_seen_ns: u64) {
+    let slot_ref = SLOT_OF_TASK.current(true);
+    if !slot_ref.is_null() {
+        // SAFETY: the current task's storage value, just looked up or created.
+        unsafe {
+            *slot_ref = SlotRef {
+                index,
+                _pad: 0,
+                first_seen_ns,
+            }
+        };
+    }
+}
+
+/// Publishes a new slot under its key; if the key map is full, gives the slot back (counted)
+/// and returns false.
+#[inline(always)]
+fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, slice_ns: u64) -> bool {
     if TASK_SLOTS.insert(key, &index, BPF_NOEXIST as u64).is_err() {
         free_slot(index, slot);
         count(|s| {
             s.lost_slices += 1;
             s.lost_ns += slice_ns;
         });
+        return false;
     }
+    true
 }
 
 /// Sends a dead task's final totals on the ring buffer; false when it is full.

@@ -12,7 +12,7 @@ use crate::{
     energy::{EnergyOptions, SourceSpec},
     record::{self, Filter, Granularity, RecordConfig},
     run,
-    sensor::{self, CounterSpec, SensorConfig, default_counters},
+    sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
     sink::{Existing, OutputSpec},
     tui,
 };
@@ -55,7 +55,8 @@ pub struct SensorArgs {
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Counters to read at each switch: comma-separated names (cycles, instructions, ref-cycles,
-    /// llc-misses, cache-misses, branch-misses, cpu-clock, raw:0xCONFIG) or `none`.
+    /// llc-misses, cache-misses, branch-misses, cpu-clock, page-faults, major-faults,
+    /// cpu-migrations, raw:0xCONFIG) or `none`.
     /// Default: cycles,instructions when the CPU has a PMU, else time-only mode.
     #[arg(long, value_delimiter = ',')]
     pub counters: Option<Vec<String>>,
@@ -66,6 +67,10 @@ pub struct SensorArgs {
     /// overflow path.
     #[arg(long, default_value_t = 4096, hide = true, value_parser = parse_ring_kib)]
     pub exit_buffer_kib: u32,
+    /// How the switch path finds a thread's slot: task-storage where the kernel has BTF, else
+    /// hash. Hidden: the overhead benchmark compares the two.
+    #[arg(long, value_enum, default_value_t = SlotLookup::Auto, hide = true)]
+    pub slot_lookup: SlotLookup,
     /// Where /sys is found (for containers that mount the host's elsewhere).
     #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
     pub root: PathBuf,
@@ -319,6 +324,7 @@ impl SensorArgs {
             max_tasks: self.max_tasks,
             exit_buffer_bytes: self.exit_buffer_kib * 1024,
             root: self.root.clone(),
+            slot_lookup: self.slot_lookup,
         })
     }
 

@@ -728,6 +728,56 @@ mod tests {
     }
 
     #[test]
+    fn unattributed_energy_accumulates() {
+        let mut e = Exporter::new(2, &[]);
+        let mut none = ContainerNames::default();
+        for _ in 0..2 {
+            let mut s = snapshot(vec![process(10, 1, "burn", 6.0, false)], 10.0);
+            if let Some(d) = s.power.as_mut().and_then(|p| p.domains.first_mut()) {
+                d.unattributed_j = 0.25;
+                d.idle_j = 3.75;
+            }
+            e.update(&s, None, &mut none, 0);
+        }
+        let text = e.render();
+        assert_eq!(
+            value(
+                &text,
+                "powerapi_node_unattributed_energy_joules_total",
+                &["zone=\"package\""]
+            ),
+            Some(0.5)
+        );
+    }
+
+    #[test]
+    fn a_zero_length_interval_shows_no_power() {
+        // Joules over no time: 0 W in every gauge, never an infinite or NaN sample.
+        let mut e = Exporter::new(1, &[]);
+        let mut none = ContainerNames::default();
+        let mut s = snapshot(
+            vec![
+                process(10, 1, "burn", 6.0, false),
+                process(20, 2, "web", 3.0, false),
+            ],
+            10.0,
+        );
+        s.deltas.end_ns = s.deltas.start_ns;
+        e.update(&s, None, &mut none, 0);
+        let text = e.render();
+        let pkg = "zone=\"package\"";
+        assert_eq!(
+            value(&text, "powerapi_process_power_watts", &["pid=\"10\"", pkg]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "powerapi_process_power_watts", &["pid=\"other\"", pkg]),
+            Some(0.0)
+        );
+        assert!(!text.contains("inf") && !text.contains("NaN"), "{text}");
+    }
+
+    #[test]
     fn top_processes_have_series_and_the_rest_is_other() {
         let mut e = Exporter::new(2, &[]);
         let mut none = ContainerNames::default();

@@ -20,7 +20,7 @@ pub struct CounterSpec {
 
 #[derive(Debug, Error)]
 #[error(
-    "unknown counter {0:?}: use cycles, instructions, ref-cycles, llc-misses, cache-misses, branch-misses, cpu-clock or raw:0xCONFIG"
+    "unknown counter {0:?}: use cycles, instructions, ref-cycles, llc-misses, cache-misses, branch-misses, cpu-clock, page-faults, major-faults, cpu-migrations or raw:0xCONFIG"
 )]
 pub struct UnknownCounter(String);
 
@@ -59,6 +59,20 @@ impl FromStr for CounterSpec {
             "cpu-clock" => (
                 perf::PERF_TYPE_SOFTWARE,
                 u64::from(perf::PERF_COUNT_SW_CPU_CLOCK),
+            ),
+            // Kernel software events: every Linux has them, PMU or not, so a VM can count per
+            // task what its own slices caused.
+            "page-faults" => (
+                perf::PERF_TYPE_SOFTWARE,
+                u64::from(perf::PERF_COUNT_SW_PAGE_FAULTS),
+            ),
+            "major-faults" => (
+                perf::PERF_TYPE_SOFTWARE,
+                u64::from(perf::PERF_COUNT_SW_PAGE_FAULTS_MAJ),
+            ),
+            "cpu-migrations" => (
+                perf::PERF_TYPE_SOFTWARE,
+                u64::from(perf::PERF_COUNT_SW_CPU_MIGRATIONS),
             ),
             _ => {
                 let hex = name
@@ -169,6 +183,12 @@ mod tests {
         assert_eq!((c.perf_type, c.config), (3, 2 | (1 << 16)));
         let c: CounterSpec = "cpu-clock".parse().expect("cpu-clock");
         assert_eq!((c.perf_type, c.config), (1, 0));
+        let c: CounterSpec = "page-faults".parse().expect("page-faults");
+        assert_eq!((c.perf_type, c.config), (1, 2));
+        let c: CounterSpec = "major-faults".parse().expect("major-faults");
+        assert_eq!((c.perf_type, c.config), (1, 6));
+        let c: CounterSpec = "cpu-migrations".parse().expect("cpu-migrations");
+        assert_eq!((c.perf_type, c.config), (1, 4));
         assert!("bogus".parse::<CounterSpec>().is_err());
         assert!("raw:zz".parse::<CounterSpec>().is_err());
     }

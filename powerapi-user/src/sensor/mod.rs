@@ -20,7 +20,7 @@ use powerapi_common::{
     FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS, MAX_SOCKETS, NOOP_PROGRAM,
     NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP, SLOT_HWM_MAP,
     SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP, TASK_TOTALS_MAP, TaskKey, TaskSlot,
-    TaskTotals,
+    TaskTotals, USE_TASK_STORAGE_GLOBAL,
 };
 use thiserror::Error;
 
@@ -85,6 +85,31 @@ pub struct SensorConfig {
     /// Where `/sys` is found (`/` unless a test or a container with the host's `/sys` mounted
     /// elsewhere says otherwise): topology and energy are read under it.
     pub root: std::path::PathBuf,
+    pub slot_lookup: SlotLookup,
+}
+
+/// How the kernel's switch path finds a thread's slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlotLookup {
+    /// Task storage where the kernel has BTF (`/sys/kernel/btf/vmlinux`), else hash.
+    #[default]
+    Auto,
+    /// Hash the thread's key on every switch (kernels without BTF).
+    Hash,
+    /// The slot index kept in the thread's task-local storage.
+    TaskStorage,
+}
+
+impl SlotLookup {
+    /// What `Auto` means on this kernel. Task storage and the helpers it needs predate our
+    /// minimum kernel; only BTF (`CONFIG_DEBUG_INFO_BTF`) may be missing.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if Path::new("/sys/kernel/btf/vmlinux").exists() => Self::TaskStorage,
+            Self::Auto => Self::Hash,
+            chosen => chosen,
+        }
+    }
 }
 
 impl Default for SensorConfig {
@@ -95,6 +120,7 @@ impl Default for SensorConfig {
             max_tasks: 65536,
             exit_buffer_bytes: 4 << 20,
             root: "/".into(),
+            slot_lookup: SlotLookup::Auto,
         }
     }
 }
@@ -249,7 +275,9 @@ fn load_object(
     num_counters: u32,
     max_tasks: u32,
     exit_buffer_bytes: u32,
+    slot_lookup: SlotLookup,
 ) -> Result<Ebpf, SensorError> {
+    let use_task_storage = u32::from(slot_lookup.resolve() == SlotLookup::TaskStorage);
     if OBJECT.is_empty() {
         return Err(SensorError::NotBuilt);
     }
@@ -262,6 +290,10 @@ fn load_object(
         .max(1) as u32;
     EbpfLoader::new()
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
+        .override_global(USE_TASK_STORAGE_GLOBAL, &use_task_storage, true)
+        // aya 0.14 creates a task-storage map but has no wrapper type for it; only the kernel
+        // program uses it, so the missing wrapper does not matter.
+        .allow_unsupported_maps()
         .map_max_entries(CPU_LANES_MAP, possible)
         .map_max_entries(CPU_HOTPLUG_MAP, possible)
         .map_max_entries(TASK_SLOTS_MAP, max_tasks)
@@ -403,6 +435,7 @@ impl Sensor {
             counters.len() as u32,
             config.max_tasks,
             config.exit_buffer_bytes,
+            config.slot_lookup,
         )?;
         for (slot, fds) in counter_fds.iter().enumerate() {
             let map = map_data(&ebpf, COUNTER_MAPS[slot])?;
@@ -849,7 +882,7 @@ pub fn attach_noop(root: &Path) -> Result<Ebpf, SensorError> {
     if !privilege::can_trace(root) {
         return Err(SensorError::NotPrivileged);
     }
-    let mut ebpf = load_object(0, 1024, 4096)?;
+    let mut ebpf = load_object(0, 1024, 4096, SlotLookup::Hash)?;
     attach(&mut ebpf, NOOP_PROGRAM, "sched_switch")?;
     Ok(ebpf)
 }

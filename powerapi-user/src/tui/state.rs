@@ -792,6 +792,91 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn row_histories_of_rows_gone_are_dropped_past_four_times_the_rows() {
+        // 300 rows an interval, each interval new ones: the histories are a memory bound's
+        // worth (4 × 300 = 1,200) before the ones no longer live are dropped.
+        let mut app = App::new(1.0, true);
+        let interval = |n: u32| {
+            let mut s = snapshot(false);
+            s.rows = (0..300)
+                .map(|i| row(n * 1000 + i + 1, n * 1000 + i + 1, "w", "u", "/", 1, 0.1))
+                .collect();
+            Arc::new(s)
+        };
+        for n in 0..4 {
+            app.ingest(interval(n));
+        }
+        assert_eq!(app.view().row_history.len(), 1_200, "not yet beyond the bound");
+        app.ingest(interval(4));
+        assert_eq!(app.view().row_history.len(), 300, "only the live rows are kept");
+        assert!(app.history("4001").is_some() && app.history("1").is_none());
+    }
+
+    #[test]
+    fn commands_by_grouping_and_no_ipc_without_cycles() {
+        let mut s = snapshot(true);
+        // A worker thread renamed itself; its process is still named by its main thread.
+        s.rows[2].comm = "worker".into();
+        // A process whose threads executed instructions but no cycle was counted.
+        s.rows[3].counters = [0, 5_000, 0, 0];
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(s));
+        let by_id = |app: &App, id: &str| app.rows().into_iter().find(|r| r.id == id);
+        assert_eq!(by_id(&app, "200").map(|r| r.command), Some("nginx".into()));
+        assert_eq!(by_id(&app, "300").and_then(|r| r.ipc), None);
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.group_by, GroupBy::Thread);
+        assert_eq!(by_id(&app, "201").map(|r| r.command), Some("worker".into()));
+        while app.group_by != GroupBy::Cgroup {
+            app.apply(Action::CycleGroup);
+        }
+        let commands: Vec<String> = app.rows().into_iter().map(|r| r.command).collect();
+        assert!(
+            commands.iter().all(|c| c.contains(':') || c.ends_with(".service")),
+            "a cgroup row is named by its cgroup: {commands:?}"
+        );
+    }
+
+    #[test]
+    fn paging_and_the_tree_from_another_grouping() {
+        let mut s = snapshot(false);
+        s.rows = (1..=10)
+            .map(|pid| row(pid, pid, "w", "u", "/", 100 - u64::from(pid), 1.0))
+            .collect();
+        let mut app = App::new(1.0, true);
+        app.page_rows = 4;
+        app.ingest(Arc::new(s));
+        app.apply(Action::SortBy(Column::Cpu));
+        app.apply(Action::PageDown);
+        assert_eq!(app.selected_key().as_deref(), Some("5"), "four rows down");
+        app.apply(Action::PageDown);
+        app.apply(Action::PageDown);
+        assert_eq!(app.selected_key().as_deref(), Some("10"), "stops at the last");
+        app.apply(Action::PageUp);
+        assert_eq!(app.selected_key().as_deref(), Some("6"));
+        // The tree is of processes: asked for while grouping threads, it regroups.
+        app.apply(Action::CycleGroup);
+        assert_eq!(app.group_by, GroupBy::Thread);
+        app.apply(Action::ToggleTree);
+        assert_eq!((app.group_by, app.tree), (GroupBy::Process, true));
+    }
+
+    #[test]
+    fn a_parent_cycle_in_proc_data_still_shows_every_row_once() {
+        let mut s = snapshot(false);
+        let mut a = row(10, 10, "a", "u", "/", 5, 1.0);
+        let mut b = row(11, 11, "b", "u", "/", 5, 1.0);
+        (a.ppid, b.ppid) = (Some(11), Some(10));
+        s.rows.extend([a, b]);
+        let mut app = App::new(1.0, true);
+        app.ingest(Arc::new(s));
+        app.apply(Action::ToggleTree);
+        let mut ids: Vec<String> = app.rows().into_iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["10", "100", "11", "200", "300"]);
+    }
+
+    #[test]
     fn the_chart_window_holds_the_last_120_intervals() {
         let mut app = App::new(1.0, true);
         for _ in 0..HISTORY + 5 {
