@@ -265,6 +265,8 @@ impl Exporter {
         let headline = headline_domains(&domains);
         let energy_of =
             |g: &Group| -> f64 { headline.iter().map(|d| g.usage.joules[d.index()]).sum() };
+        // Joules over no time are no power, never an infinite sample.
+        let watts = |joules: f64| if seconds > 0.0 { joules / seconds } else { 0.0 };
 
         // This interval's top processes by energy become (and stay) series of their own.
         let mut ranked: Vec<&Group> = agg.processes.iter().collect();
@@ -292,8 +294,7 @@ impl Exporter {
                     for &d in &domains {
                         let j = g.usage.joules[d.index()];
                         *p.joules.entry(d).or_default() += j;
-                        p.watts
-                            .insert(d, if seconds > 0.0 { j / seconds } else { 0.0 });
+                        p.watts.insert(d, watts(j));
                     }
                     if g.exited {
                         p.exited_at_scrape = Some(scrapes);
@@ -305,8 +306,7 @@ impl Exporter {
                     for &d in &domains {
                         let j = g.usage.joules[d.index()];
                         *self.other.entry(d).or_default() += j;
-                        *self.other_watts.entry(d).or_default() +=
-                            if seconds > 0.0 { j / seconds } else { 0.0 };
+                        *self.other_watts.entry(d).or_default() += watts(j);
                     }
                 }
             }
@@ -325,13 +325,9 @@ impl Exporter {
             if let Some(c) = &info.container {
                 let labels = names.labels(c);
                 add(self.containers.entry(labels.clone()).or_default());
-                let watts = self.container_watts.entry(labels).or_default();
+                let zone_watts = self.container_watts.entry(labels).or_default();
                 for &d in &domains {
-                    *watts.entry(d).or_default() += if seconds > 0.0 {
-                        g.usage.joules[d.index()] / seconds
-                    } else {
-                        0.0
-                    };
+                    *zone_watts.entry(d).or_default() += watts(g.usage.joules[d.index()]);
                 }
             }
         }
@@ -771,7 +767,11 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(
-            value(&text, "powerapi_process_power_watts", &["pid=\"other\"", pkg]),
+            value(
+                &text,
+                "powerapi_process_power_watts",
+                &["pid=\"other\"", pkg]
+            ),
             Some(0.0)
         );
         assert!(!text.contains("inf") && !text.contains("NaN"), "{text}");

@@ -806,9 +806,17 @@ pub(crate) mod tests {
         for n in 0..4 {
             app.ingest(interval(n));
         }
-        assert_eq!(app.view().row_history.len(), 1_200, "not yet beyond the bound");
+        assert_eq!(
+            app.view().row_history.len(),
+            1_200,
+            "not yet beyond the bound"
+        );
         app.ingest(interval(4));
-        assert_eq!(app.view().row_history.len(), 300, "only the live rows are kept");
+        assert_eq!(
+            app.view().row_history.len(),
+            300,
+            "only the live rows are kept"
+        );
         assert!(app.history("4001").is_some() && app.history("1").is_none());
     }
 
@@ -832,7 +840,9 @@ pub(crate) mod tests {
         }
         let commands: Vec<String> = app.rows().into_iter().map(|r| r.command).collect();
         assert!(
-            commands.iter().all(|c| c.contains(':') || c.ends_with(".service")),
+            commands
+                .iter()
+                .all(|c| c.contains(':') || c.ends_with(".service")),
             "a cgroup row is named by its cgroup: {commands:?}"
         );
     }
@@ -851,7 +861,11 @@ pub(crate) mod tests {
         assert_eq!(app.selected_key().as_deref(), Some("5"), "four rows down");
         app.apply(Action::PageDown);
         app.apply(Action::PageDown);
-        assert_eq!(app.selected_key().as_deref(), Some("10"), "stops at the last");
+        assert_eq!(
+            app.selected_key().as_deref(),
+            Some("10"),
+            "stops at the last"
+        );
         app.apply(Action::PageUp);
         assert_eq!(app.selected_key().as_deref(), Some("6"));
         // The tree is of processes: asked for while grouping threads, it regroups.

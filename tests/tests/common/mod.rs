@@ -256,7 +256,8 @@ pub fn on_cpu_of(records: &[Value], pid: u32) -> u64 {
 /// and offline instants, busy/idle from the task slots): measured here 0 ns when tasks do not die
 /// during the drain; up to 0.2% in the 300-exit storm with the ring full, where a task dying
 /// between the flush and the slot scan has its last slice (after the boundary) counted in the
-/// interval being read. The old 1% hid a 0.9% inflated capacity.
+/// interval being read. The old 1% hid a 0.9% inflated capacity. Intervals with a hotplug get
+/// the drain's width (below).
 ///
 /// Capacity vs the clock, so capacity cannot drift with the bookings: where no CPU changed it
 /// is `cpus × duration` up to each CPU's flush delay, which lies inside the drain of each end
@@ -276,10 +277,19 @@ pub fn assert_conservation(records: &[Value]) {
             u64_of(&m["busy_ns"]) + u64_of(&m["idle_ns"]) + u64_of(&m["losses"]["lost_ns"]);
         let capacity = u64_of(&m["capacity_ns"]);
         let error = (accounted as f64 - capacity as f64).abs() / capacity as f64;
+        // While a CPU goes offline or online, stop_machine and the hotplug lock stall the drain
+        // (measured: 25 ms), and slices booked while the marks and the slots are read may land
+        // on either side: at most the drain on each CPU (measured: 3.3 ms over, with 25 ms).
+        let changed_bound = if m["cpus_changed"] == true {
+            (u64_of(&m["cpus"]) + 1) as f64 * drain_ns as f64 / capacity as f64
+        } else {
+            0.0
+        };
         assert!(
-            error <= 0.005,
-            "interval {seq}: busy+idle+lost {accounted} vs capacity {capacity} ({:.4}%)",
-            error * 100.0
+            error <= changed_bound.max(0.005),
+            "interval {seq}: busy+idle+lost {accounted} vs capacity {capacity} ({:.4}%), drain {drain_ns} ns, cpus_changed {}",
+            error * 100.0,
+            m["cpus_changed"]
         );
         if let (Some(before), false) = (before, m["cpus_changed"] == true) {
             let cpus = u64_of(&m["cpus"]);
