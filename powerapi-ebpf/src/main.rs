@@ -551,7 +551,6 @@ fn close_slice(dead: bool, flush: bool) {
             }
         }
     }
-    let key = task_key(bpf_get_current_pid_tgid(), slice.cpu);
     let slice_ns = now - slice.start_ns;
     // SAFETY: a global written only by the loader.
     let by_task = unsafe { read_volatile(&USE_TASK_STORAGE) } != 0;
@@ -559,6 +558,13 @@ fn close_slice(dead: bool, flush: bool) {
         slot_of_current_task()
     } else {
         None
+    };
+    // Found through the task's own storage, the slot already holds the task's key (exec
+    // re-keys it), so the pid helper is only called on the slower paths.
+    let key = match found {
+        // SAFETY: a slot of the map, written only from the CPU its task runs on: this one.
+        Some((_, slot)) => unsafe { (*slot).key },
+        None => task_key(bpf_get_current_pid_tgid(), slice.cpu),
     };
     let (index, slot, is_new) = match found.or_else(|| existing_slot(&key)) {
         Some((index, slot)) => (index, slot, false),
