@@ -10,10 +10,13 @@ use crate::{
     collect::CollectorConfig,
     doctor,
     energy::{EnergyOptions, SourceSpec},
+    identity,
+    influxdb::{InfluxSink, InfluxTarget},
     record::{self, Filter, Granularity, RecordConfig},
     run,
     sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
-    sink::{Existing, OutputSpec},
+    sink::{Existing, Format, OutputSpec, Sink, SinkError},
+    sinks::{Fanout, SinkSpec},
     tui,
 };
 
@@ -189,10 +192,15 @@ pub struct RecordArgs {
     /// Stop after this long (default: until SIGINT/SIGTERM/SIGHUP).
     #[arg(long, value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
-    /// Output file, or - for stdout. An existing non-empty file is refused unless --append or
-    /// --force says what to do with it.
-    #[arg(short, long, default_value = "-")]
-    pub output: PathBuf,
+    /// Output file (JSON lines), or - for stdout (the default when no --sink is given). An
+    /// existing non-empty file is refused unless --append or --force says what to do with it.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Another output, repeatable: jsonl:FILE, csv:FILE (- for stdout), or
+    /// influxdb:http://HOST:PORT/DATABASE (InfluxDB 1.x). Each gets every interval; one that
+    /// fails is said once and retried, and the others go on.
+    #[arg(long = "sink", value_name = "KIND:TARGET")]
+    pub sinks: Vec<SinkSpec>,
     #[command(flatten)]
     pub existing: ExistingArgs,
     /// One record per process (default), per thread, or per cgroup.
@@ -401,14 +409,42 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 filter: args.filter.filter(),
                 collector: args.sensor.collector_config()?,
             };
-            let output = OutputSpec {
-                path: args.output.clone(),
-                existing: args.existing.existing(),
-                flag: "-o",
-            };
-            output.check()?;
+            let existing = args.existing.existing();
+            let mut files: Vec<OutputSpec> = Vec::new();
+            if args.output.is_some() || args.sinks.is_empty() {
+                files.push(OutputSpec {
+                    path: args.output.clone().unwrap_or_else(|| "-".into()),
+                    existing,
+                    flag: "-o",
+                    format: Format::JsonLines,
+                });
+            }
+            files.extend(args.sinks.iter().filter_map(|s| s.output(existing)));
+            for file in &files {
+                file.check()?;
+            }
+            let servers: Vec<InfluxTarget> = args
+                .sinks
+                .iter()
+                .filter_map(|s| match s {
+                    SinkSpec::InfluxDb(target) => Some(target.clone()),
+                    SinkSpec::File { .. } => None,
+                })
+                .collect();
             let stop = stop_signal()?;
-            record::record(&config, |stop| output.open(stop), &stop)?;
+            let open = |stop: &std::sync::mpsc::Receiver<()>| -> Result<Fanout, SinkError> {
+                let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
+                for file in &files {
+                    sinks.push((file.path.display().to_string(), Box::new(file.open(stop)?)));
+                }
+                let host = identity::hostname().unwrap_or_default();
+                for target in servers {
+                    let sink = InfluxSink::start(target, &host);
+                    sinks.push(("influxdb".into(), Box::new(sink)));
+                }
+                Ok(Fanout::new(sinks))
+            };
+            record::record(&config, open, &stop)?;
             Ok(0)
         }
         Command::Top(args) => {
@@ -420,6 +456,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                     path,
                     existing: args.existing.existing(),
                     flag: "--record",
+                    format: Format::JsonLines,
                 }),
             };
             let stop = stop_signal()?;
@@ -438,6 +475,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 path,
                 existing: Existing::Overwrite,
                 flag: "-o",
+                format: Format::JsonLines,
             });
             // A bad path must fail before CMD runs; the file is written only once CMD has.
             if let Some(output) = &output {

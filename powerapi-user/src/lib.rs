@@ -1,7 +1,8 @@
 //! powerapi: an eBPF, kernel-assisted software power meter.
 //!
 //! Data flows one way: [`sensor`] (kernel maps → cumulative totals) → [`delta`] (per-interval
-//! deltas) → [`aggregate`] (threads, processes, cgroups) → [`report`] records → [`sink`].
+//! deltas) → [`aggregate`] (threads, processes, cgroups) → [`report`] records → [`sinks`] (files
+//! in [`sink`], JSON lines or CSV from [`table`]; [`influxdb`]).
 //! [`collect`] strings the first stages together for every consumer.
 
 pub mod aggregate;
@@ -15,6 +16,7 @@ pub mod energy;
 pub mod export;
 pub mod identity;
 pub mod idle;
+pub mod influxdb;
 pub mod privilege;
 pub mod record;
 pub mod report;
@@ -22,5 +24,7 @@ pub mod run;
 pub mod sensor;
 pub mod serve;
 pub mod sink;
+pub mod sinks;
+pub mod table;
 pub mod topology;
 pub mod tui;

@@ -100,10 +100,8 @@ impl Shared {
     }
 
     fn shut_down(&self, failure: Option<String>) {
-        if let Some(f) = failure {
-            if let Ok(mut slot) = self.failure.lock() {
-                *slot = Some(f);
-            }
+        if let (Some(f), Ok(mut slot)) = (failure, self.failure.lock()) {
+            *slot = Some(f);
         }
         self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_waiters();

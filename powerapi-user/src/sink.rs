@@ -36,6 +36,8 @@ pub enum SinkError {
     Write { path: String, source: io::Error },
     #[error("cannot encode a record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("cannot encode a CSV row: {0}")]
+    Csv(#[from] csv::Error),
     #[error("interrupted while waiting for a reader on the FIFO {path}")]
     Interrupted { path: String },
     /// The reader of stdout or of a FIFO went away (`record | head`): a quiet end, not a failure.
@@ -67,6 +69,17 @@ pub struct OutputSpec {
     pub path: PathBuf,
     pub existing: Existing,
     pub flag: &'static str,
+    pub format: Format,
+}
+
+/// How a file sink writes records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line, every field (README: output formats).
+    #[default]
+    JsonLines,
+    /// One row per record with a header row: the figures spreadsheets and pandas want.
+    Csv,
 }
 
 impl OutputSpec {
@@ -120,12 +133,14 @@ impl OutputSpec {
 
     /// Opens the output for writing: locks a regular file against a second powerapi, applies
     /// `existing`, and waits (saying so, and giving up on `stop`) for a FIFO's reader.
-    pub fn open(&self, stop: &Receiver<()>) -> Result<JsonLinesSink, SinkError> {
+    pub fn open(&self, stop: &Receiver<()>) -> Result<FileSink, SinkError> {
         if self.is_stdout() {
-            return Ok(JsonLinesSink {
+            return Ok(FileSink {
                 name: "stdout".into(),
                 out: Output::Stdout(io::stdout()),
                 line_buf: Vec::new(),
+                format: self.format,
+                header_due: true,
             });
         }
         let is_fifo = std::fs::metadata(&self.path)
@@ -136,10 +151,14 @@ impl OutputSpec {
         } else {
             self.open_file()?
         };
-        Ok(JsonLinesSink {
+        // A CSV appended to keeps the header it has.
+        let header_due = !matches!(out, Output::File { len, .. } if len > 0);
+        Ok(FileSink {
             name: self.name(),
             out,
             line_buf: Vec::new(),
+            format: self.format,
+            header_due,
         })
     }
 
@@ -148,6 +167,8 @@ impl OutputSpec {
             .read(true)
             .write(true)
             .create(true)
+            // Truncated (or not) below, once the lock is held and `existing` applied.
+            .truncate(false)
             .open(&self.path)
             .map_err(|e| self.open_error(e))?;
         let meta = file.metadata().map_err(|e| self.open_error(e))?;
@@ -263,25 +284,35 @@ enum Output {
     },
 }
 
-/// JSON Lines to a file, a FIFO or stdout: one object per line, each interval written whole.
-pub struct JsonLinesSink {
+/// JSON Lines or CSV to a file, a FIFO or stdout, each interval written whole.
+pub struct FileSink {
     name: String,
     out: Output,
     line_buf: Vec<u8>,
+    format: Format,
+    /// CSV: the header row is still to be written.
+    header_due: bool,
 }
 
-impl JsonLinesSink {
+impl FileSink {
     pub fn path(&self) -> PathBuf {
         PathBuf::from(&self.name)
     }
 }
 
-impl Sink for JsonLinesSink {
+impl Sink for FileSink {
     fn write_interval(&mut self, records: &[Record]) -> Result<(), SinkError> {
         self.line_buf.clear();
-        for record in records {
-            serde_json::to_writer(&mut self.line_buf, record)?;
-            self.line_buf.push(b'\n');
+        match self.format {
+            Format::JsonLines => {
+                for record in records {
+                    serde_json::to_writer(&mut self.line_buf, record)?;
+                    self.line_buf.push(b'\n');
+                }
+            }
+            Format::Csv => {
+                crate::table::csv_rows(records, self.header_due, &mut self.line_buf)?;
+            }
         }
         let result = match &mut self.out {
             Output::Stdout(out) => {
@@ -302,6 +333,9 @@ impl Sink for JsonLinesSink {
                 }
             },
         };
+        if result.is_ok() && !self.line_buf.is_empty() {
+            self.header_due = false;
+        }
         result.map_err(|source| match source.kind() {
             io::ErrorKind::BrokenPipe if !matches!(self.out, Output::File { .. }) => {
                 SinkError::Closed {
@@ -325,6 +359,7 @@ mod tests {
             path: path.to_path_buf(),
             existing,
             flag: "-o",
+            format: Format::JsonLines,
         }
     }
 

@@ -129,10 +129,6 @@ impl Drop for Injector {
     }
 }
 
-fn f64_of(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
 /// Every domain of every interval: attributed + idle + unattributed = measured.
 fn assert_energy_conserved(records: &[Value]) {
     for m in of_type(records, "machine") {

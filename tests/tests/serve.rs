@@ -7,9 +7,8 @@ use std::{
     fs,
     io::{Read, Write},
     net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use common::*;
@@ -39,40 +38,9 @@ fn query(port: u16, promql: &str) -> Option<f64> {
     json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The prometheus binary, installed with apt-get when missing and we are root.
 fn prometheus() -> Option<&'static str> {
-    let bin = "/usr/bin/prometheus";
-    if !Path::new(bin).exists() && Path::new("/usr/bin/apt-get").exists() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "prometheus"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-        }
-    }
-    Path::new(bin).exists().then_some(bin)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    debian_binary("prometheus", "/usr/bin/prometheus")
 }
 
 fn start_serve(port: u16, extra: &[&str]) -> Killed {

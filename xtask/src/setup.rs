@@ -93,7 +93,8 @@ pub fn setup() -> Result<()> {
         )?;
     }
 
-    // 4. The servers the end-to-end tests talk to (Prometheus for `serve`), from Debian.
+    // 4. The servers the end-to-end tests talk to (Prometheus for `serve`, InfluxDB for
+    //    `--sink influxdb:`), from Debian.
     install_test_servers()?;
     Ok(())
 }
@@ -101,11 +102,14 @@ pub fn setup() -> Result<()> {
 /// Debian packages of the servers the tests run for real. Only where apt-get exists and we are
 /// root; elsewhere those tests say why they skip.
 fn install_test_servers() -> Result<()> {
-    let missing: Vec<&str> = [("prometheus", "/usr/bin/prometheus")]
-        .into_iter()
-        .filter(|(_, bin)| !Path::new(bin).exists())
-        .map(|(package, _)| package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("prometheus", "/usr/bin/prometheus"),
+        ("influxdb", "/usr/bin/influxd"),
+    ]
+    .into_iter()
+    .filter(|(_, bin)| !Path::new(bin).exists())
+    .map(|(package, _)| package)
+    .collect();
     if missing.is_empty() || !Path::new("/usr/bin/apt-get").exists() || !is_root() {
         return Ok(());
     }

@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::{
     collect::{CollectError, Collector, CollectorConfig},
     record::{Filter, Granularity, build_records, run_info},
-    sink::{JsonLinesSink, OutputSpec, Sink, SinkError},
+    sink::{FileSink, OutputSpec, Sink, SinkError},
 };
 use snapshot::TopSnapshot;
 use state::App;
@@ -76,7 +76,7 @@ type Message = Result<Arc<TopSnapshot>, String>;
 fn collect_loop(
     mut collector: Collector,
     config: TopConfig,
-    mut sink: Option<JsonLinesSink>,
+    mut sink: Option<FileSink>,
     tx: mpsc::Sender<Message>,
     stop: Receiver<()>,
 ) {

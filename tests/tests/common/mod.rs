@@ -237,6 +237,10 @@ pub fn of_type<'a>(records: &'a [Value], kind: &str) -> impl Iterator<Item = &'a
     records.iter().filter(move |r| r["type"] == kind)
 }
 
+pub fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
 pub fn u64_of(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not an integer: {v}"))
 }
@@ -368,4 +372,42 @@ pub fn powerapi_stderr(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Polls `f` every 200 ms until it gives a value; fails the test after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A server or load the test started, killed however the test ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server binary from its Debian package, installed with apt-get when missing and we are root
+/// (as `cargo xtask setup` does); `None` where that cannot be done.
+pub fn debian_binary(package: &str, bin: &'static str) -> Option<&'static str> {
+    if !Path::new(bin).exists() && Path::new("/usr/bin/apt-get").exists() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", package])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+    Path::new(bin).exists().then_some(bin)
 }

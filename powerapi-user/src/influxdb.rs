@@ -1,0 +1,559 @@
+//! The InfluxDB 1.x sink: records as line protocol, POSTed to `/write?db=…&precision=ns`.
+//!
+//! Writes happen on a thread of their own, so a slow or absent server never holds up the
+//! sensor: each interval is one batch in a bounded queue; a failed batch stays at the front and
+//! is retried with backoff; when the queue is full the oldest batches are dropped and counted.
+//! The failure is said once (and the recovery once), not every interval.
+
+use std::{
+    collections::VecDeque,
+    fmt::Write as _,
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode, Uri, body::Bytes};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+
+use crate::{
+    report::{CgroupRecord, MachineRecord, Mode, Record, TaskEnergy, TaskRecord},
+    sink::{Sink, SinkError},
+};
+
+/// Most bytes of line protocol held while the server is unreachable (then the oldest intervals
+/// go, counted): about an hour of a busy 1,000-process machine at 1 s.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// How long the last intervals may take to leave at the end of a run.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Error)]
+pub enum InfluxError {
+    #[error(
+        "bad InfluxDB address {0:?}: write influxdb:http://HOST:PORT/DATABASE (https is not supported; put a TLS proxy on localhost)"
+    )]
+    BadUrl(String),
+}
+
+/// Where to write: `http://HOST:PORT/DATABASE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InfluxTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+impl InfluxTarget {
+    pub fn parse(url: &str) -> Result<Self, InfluxError> {
+        let bad = || InfluxError::BadUrl(url.to_string());
+        let uri: Uri = url.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad());
+        }
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let database = uri.path().trim_matches('/');
+        if database.is_empty() || database.contains('/') || uri.query().is_some() {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: uri.port_u16().unwrap_or(8086),
+            database: database.to_string(),
+        })
+    }
+
+    fn write_path(&self) -> String {
+        let mut db = String::new();
+        for b in self.database.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                db.push(char::from(b));
+            } else {
+                let _ = write!(db, "%{b:02X}");
+            }
+        }
+        format!("/write?db={db}&precision=ns")
+    }
+}
+
+/// Line protocol for one interval's records: `process`, `thread` and `cgroup` points per task,
+/// a `machine` point, and an `energy` point per measured domain and socket. Timestamps are the
+/// interval's end (`time_unix_ns`).
+pub fn encode(records: &[Record], host: &str, out: &mut String) {
+    for record in records {
+        match record {
+            Record::Machine(m) => encode_machine(m, host, out),
+            Record::Process(t) => encode_task("process", t, host, out),
+            Record::Thread(t) => encode_task("thread", t, host, out),
+            Record::Cgroup(c) => encode_cgroup(c, host, out),
+        }
+    }
+}
+
+/// Builds one point: tags (empty values left out, as line protocol requires), then fields.
+struct Point<'a> {
+    out: &'a mut String,
+    fields: usize,
+}
+
+impl<'a> Point<'a> {
+    fn new(out: &'a mut String, measurement: &str, host: &str) -> Self {
+        escape(measurement, &[',', ' '], out);
+        let mut point = Self { out, fields: 0 };
+        point.tag("host", host);
+        point
+    }
+
+    fn tag(&mut self, key: &str, value: &str) -> &mut Self {
+        if !value.is_empty() {
+            self.out.push(',');
+            escape(key, &[',', '=', ' '], self.out);
+            self.out.push('=');
+            escape(value, &[',', '=', ' '], self.out);
+        }
+        self
+    }
+
+    fn key(&mut self, key: &str) {
+        self.out.push(if self.fields == 0 { ' ' } else { ',' });
+        self.fields += 1;
+        escape(key, &[',', '=', ' '], self.out);
+        self.out.push('=');
+    }
+
+    fn int(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.out, "{value}i");
+        self
+    }
+
+    fn float(&mut self, key: &str, value: f64) -> &mut Self {
+        // Line protocol has no NaN or infinity: such a figure is left out, not sent wrong.
+        if value.is_finite() {
+            self.key(key);
+            let _ = write!(self.out, "{value:?}");
+        }
+        self
+    }
+
+    fn boolean(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    fn text(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.out.push('"');
+        escape(value, &['"', '\\'], self.out);
+        self.out.push('"');
+        self
+    }
+
+    fn end(&mut self, time_unix_ns: u64) {
+        let _ = writeln!(self.out, " {time_unix_ns}");
+    }
+}
+
+/// Backslash-escapes `special`; control characters (a newline would end the point) become `?`.
+fn escape(value: &str, special: &[char], out: &mut String) {
+    for c in value.chars() {
+        if c.is_control() {
+            out.push('?');
+            continue;
+        }
+        if special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+fn counters(point: &mut Point<'_>, counters: &Option<std::collections::BTreeMap<String, u64>>) {
+    for (name, value) in counters.iter().flatten() {
+        point.int(name, *value);
+    }
+}
+
+fn energy(point: &mut Point<'_>, energy: &Option<TaskEnergy>) {
+    if let Some(e) = energy {
+        for (domain, joules) in &e.joules {
+            point.float(&format!("{domain}_joules"), *joules);
+        }
+        for (domain, watts) in &e.watts {
+            point.float(&format!("{domain}_watts"), *watts);
+        }
+        point.boolean("estimated", e.estimated);
+    }
+}
+
+fn encode_task(measurement: &str, t: &TaskRecord, host: &str, out: &mut String) {
+    let pid = t.pid.to_string();
+    let tid = t.tid.map(|tid| tid.to_string()).unwrap_or_default();
+    let mut point = Point::new(out, measurement, host);
+    point
+        .tag("pid", &pid)
+        .tag("tid", &tid)
+        .tag("comm", &t.comm)
+        .tag("user", &t.user)
+        .tag("cgroup", t.cgroup.path.as_deref().unwrap_or(""))
+        .tag(
+            "container",
+            t.cgroup.container.as_ref().map_or("", |c| c.id.as_str()),
+        );
+    point
+        .int("on_cpu_ns", t.on_cpu_ns)
+        .float("cpu_percent", t.cpu_percent)
+        .boolean("exited", t.exited);
+    counters(&mut point, &t.counters);
+    energy(&mut point, &t.energy);
+    point.end(t.interval.time_unix_ns);
+}
+
+fn encode_cgroup(c: &CgroupRecord, host: &str, out: &mut String) {
+    let id = c.cgroup.id.to_string();
+    let mut point = Point::new(out, "cgroup", host);
+    point
+        .tag("cgroup", c.cgroup.path.as_deref().unwrap_or(&id))
+        .tag(
+            "container",
+            c.cgroup.container.as_ref().map_or("", |c| c.id.as_str()),
+        )
+        .tag("unit", c.cgroup.unit.as_deref().unwrap_or(""));
+    point
+        .int("on_cpu_ns", c.on_cpu_ns)
+        .float("cpu_percent", c.cpu_percent)
+        .int("processes", u64::from(c.processes));
+    counters(&mut point, &c.counters);
+    energy(&mut point, &c.energy);
+    point.end(c.interval.time_unix_ns);
+}
+
+fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {
+    let time = m.interval.time_unix_ns;
+    let mut point = Point::new(out, "machine", host);
+    point
+        .int("duration_ns", m.interval.duration_ns)
+        .int("cpus", u64::from(m.cpus))
+        .int("busy_ns", m.busy_ns)
+        .int("idle_ns", m.idle_ns)
+        .int("capacity_ns", m.capacity_ns)
+        .int("processes", m.processes)
+        .int("lost_ns", m.losses.lost_ns)
+        .int("meter_cpu_ns", m.meter.cpu_ns)
+        .boolean("partial", m.interval.partial)
+        .text(
+            "mode",
+            match m.mode {
+                Mode::TimeOnly => "time-only",
+                Mode::Counters => "counters",
+            },
+        );
+    point.end(time);
+    let Some(energy) = &m.energy else {
+        return;
+    };
+    for d in &energy.domains {
+        let socket = d.key.socket.to_string();
+        let mut point = Point::new(out, "energy", host);
+        point
+            .tag("domain", d.key.domain.name())
+            .tag("socket", &socket)
+            .tag("source", &energy.source);
+        point
+            .float("measured_joules", d.measured_j)
+            .float("idle_joules", d.idle_j)
+            .float("attributed_joules", d.attributed_j)
+            .float("unattributed_joules", d.unattributed_j)
+            .float("power_watts", d.power_w)
+            .float("idle_watts", d.idle_w)
+            .boolean("estimated", energy.estimated);
+        point.end(time);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<String>,
+    bytes: usize,
+    /// Intervals dropped because the queue was full.
+    dropped: u64,
+    closing: bool,
+}
+
+/// Sends each interval to InfluxDB from a thread of its own.
+pub struct InfluxSink {
+    name: String,
+    host: String,
+    shared: Arc<(Mutex<Queue>, Condvar)>,
+    sender: Option<JoinHandle<u64>>,
+    buf: String,
+}
+
+impl InfluxSink {
+    /// Starts the sending thread; nothing is sent until the first interval.
+    pub fn start(target: InfluxTarget, host: &str) -> Self {
+        let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+        let name = format!(
+            "influxdb:http://{}:{}/{}",
+            target.host, target.port, target.database
+        );
+        let sender = {
+            let shared = Arc::clone(&shared);
+            let name = name.clone();
+            std::thread::Builder::new()
+                .name("influxdb".into())
+                .spawn(move || send_loop(&target, &name, &shared))
+                .ok()
+        };
+        Self {
+            name,
+            host: host.to_string(),
+            shared,
+            sender,
+            buf: String::new(),
+        }
+    }
+}
+
+impl Sink for InfluxSink {
+    fn write_interval(&mut self, records: &[Record]) -> Result<(), SinkError> {
+        self.buf.clear();
+        encode(records, &self.host, &mut self.buf);
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let (lock, wake) = &*self.shared;
+        let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
+        queue.bytes += self.buf.len();
+        queue.batches.push_back(std::mem::take(&mut self.buf));
+        while queue.bytes > MAX_QUEUED_BYTES && queue.batches.len() > 1 {
+            if let Some(old) = queue.batches.pop_front() {
+                queue.bytes -= old.len();
+                queue.dropped += 1;
+            }
+        }
+        wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for InfluxSink {
+    /// Lets the last intervals leave (for at most [`FINAL_FLUSH`]) and says what could not.
+    fn drop(&mut self) {
+        {
+            let (lock, wake) = &*self.shared;
+            let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
+            queue.closing = true;
+            wake.notify_one();
+        }
+        let unsent = self.sender.take().and_then(|h| h.join().ok()).unwrap_or(0);
+        let dropped = self
+            .shared
+            .0
+            .lock()
+            .map(|q| q.dropped)
+            .unwrap_or_else(|e| e.into_inner().dropped);
+        if unsent + dropped > 0 {
+            eprintln!(
+                "powerapi: {}: {} interval(s) could not be written ({dropped} dropped while the server was unreachable, {unsent} unsent at exit)",
+                self.name,
+                unsent + dropped
+            );
+        }
+    }
+}
+
+/// The sending thread: returns how many intervals were still unsent when it had to stop.
+fn send_loop(target: &InfluxTarget, name: &str, shared: &(Mutex<Queue>, Condvar)) -> u64 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "powerapi: {name}: cannot start its sender ({e}); nothing will be written there"
+            );
+            return 0;
+        }
+    };
+    let (lock, wake) = shared;
+    let mut backoff = Duration::from_millis(500);
+    let mut failing = false;
+    let mut final_deadline: Option<Instant> = None;
+    loop {
+        let batch = {
+            let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while queue.batches.is_empty() && !queue.closing {
+                queue = wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            if queue.closing {
+                final_deadline.get_or_insert_with(|| Instant::now() + FINAL_FLUSH);
+            }
+            match queue.batches.front() {
+                Some(batch) => batch.clone(),
+                None => return 0,
+            }
+        };
+        let remaining = final_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = remaining.map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
+        let sent = runtime.block_on(async {
+            tokio::time::timeout(timeout, post(target, batch))
+                .await
+                .unwrap_or_else(|_| Err(Failure::Retry("no answer in time".into())))
+        });
+        let done = match sent {
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    eprintln!("powerapi: {name}: writing again");
+                }
+                backoff = Duration::from_millis(500);
+                true
+            }
+            Err(Failure::Refused(why)) => {
+                // The server read the batch and refused it: sending it again cannot help.
+                eprintln!(
+                    "powerapi: {name}: the server refused an interval ({why}); it is skipped"
+                );
+                true
+            }
+            Err(Failure::Retry(why)) => {
+                if !std::mem::replace(&mut failing, true) {
+                    eprintln!(
+                        "powerapi: {name}: {why}; retrying with backoff, recording and the other outputs go on"
+                    );
+                }
+                false
+            }
+        };
+        let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if done {
+            if let Some(sent) = queue.batches.pop_front() {
+                queue.bytes -= sent.len();
+            }
+            continue;
+        }
+        if final_deadline.is_some_and(|d| Instant::now() >= d) {
+            return queue.batches.len() as u64;
+        }
+        let wait = final_deadline.map_or(backoff, |d| {
+            backoff.min(d.saturating_duration_since(Instant::now()))
+        });
+        let (guard, _) = wake
+            .wait_timeout(queue, wait)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(guard);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum Failure {
+    /// Worth sending again: no connection, a timeout, a server error.
+    Retry(String),
+    /// The server answered 4xx: the data itself was refused.
+    Refused(String),
+}
+
+async fn post(target: &InfluxTarget, batch: String) -> Result<(), Failure> {
+    let address = format!("{}:{}", target.host, target.port);
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| Failure::Retry(format!("cannot connect to {address} ({e})")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Retry(format!("HTTP handshake with {address} failed ({e})")))?;
+    tokio::spawn(connection);
+    let request = Request::post(target.write_path())
+        .header(hyper::header::HOST, address.as_str())
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(batch)))
+        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::Retry(format!("the write to {address} failed ({e})")))?;
+    let status = response.status();
+    if status == StatusCode::NO_CONTENT || status.is_success() {
+        return Ok(());
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+        .unwrap_or_default();
+    let why = format!(
+        "HTTP {status}: {}",
+        body.chars().take(200).collect::<String>()
+    );
+    if status == StatusCode::NOT_FOUND && body.contains("database not found") {
+        // Most likely the database is yet to be created: say how, and keep trying.
+        return Err(Failure::Retry(format!(
+            "{why}; create it with: influx -execute 'CREATE DATABASE \"{}\"'",
+            target.database
+        )));
+    }
+    if status.is_client_error() {
+        Err(Failure::Refused(why))
+    } else {
+        Err(Failure::Retry(why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_bad_ones_say_the_form() {
+        assert_eq!(
+            InfluxTarget::parse("http://127.0.0.1:8086/powerapi").ok(),
+            Some(InfluxTarget {
+                host: "127.0.0.1".into(),
+                port: 8086,
+                database: "powerapi".into()
+            })
+        );
+        let t = InfluxTarget::parse("http://influx.example/my db").ok();
+        assert!(t.is_none(), "a space is not a URL");
+        let t = InfluxTarget::parse("http://[::1]/energy").expect("IPv6, default port");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8086));
+        for bad in [
+            "https://h/db",
+            "http://h/",
+            "http://h:8086",
+            "http://h/a/b",
+            "http://h/db?x=1",
+            "h/db",
+        ] {
+            let e = InfluxTarget::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("influxdb:http://HOST:PORT/DATABASE"), "{e}");
+        }
+        let t = InfluxTarget::parse("http://h/pow%2Dapi").expect("escaped");
+        assert_eq!(t.write_path(), "/write?db=pow%252Dapi&precision=ns");
+    }
+
+    #[test]
+    fn line_protocol_escapes_tags_fields_and_control_characters() {
+        let mut out = String::new();
+        let mut p = Point::new(&mut out, "my process", "vm,1");
+        p.tag("comm", "a b=c,d\\e").tag("empty", "");
+        p.int("on_cpu_ns", 42)
+            .float("w", 1.5)
+            .float("nan", f64::NAN)
+            .boolean("exited", true)
+            .text("mode", "say \"hi\"\\\n");
+        p.end(7);
+        assert_eq!(
+            out,
+            "my\\ process,host=vm\\,1,comm=a\\ b\\=c\\,d\\e on_cpu_ns=42i,w=1.5,exited=true,mode=\"say \\\"hi\\\"\\\\?\" 7\n"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Several outputs from one `record`: a real InfluxDB (Debian's `influxdb`, installed the way
+//! `cargo xtask setup` installs it), CSV and JSON lines must say the same thing; and an output
+//! that fails must not take the others down.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// POST with a form body over plain HTTP/1.1 (InfluxDB wants POST for CREATE DATABASE).
+fn post(port: u16, path: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// An InfluxQL query's first series: its rows as column → value maps.
+fn influx_rows(port: u16, query: &str) -> Vec<BTreeMap<String, Value>> {
+    let (status, body) = get(
+        port,
+        &format!("/query?db=powerapi&epoch=ns&q={}", encode(query)),
+    )
+    .expect("InfluxDB answers");
+    assert_eq!(status, 200, "{query}: {body}");
+    let start = body.find('{').expect("JSON");
+    let end = body.rfind('}').expect("JSON");
+    let json: Value = serde_json::from_str(&body[start..=end]).expect("JSON");
+    let series = &json["results"][0]["series"][0];
+    let columns: Vec<String> = series["columns"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    series["values"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row.as_array())
+                .map(|row| columns.iter().cloned().zip(row.iter().cloned()).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `influxd` with everything under `dir` and waits for `/ping`.
+fn start_influxd(bin: &str, dir: &std::path::Path) -> (Killed, u16) {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).expect("mkdir");
+    let (port, rpc) = (free_port(), free_port());
+    let d = dir.display();
+    fs::write(
+        dir.join("influxdb.conf"),
+        format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n"
+        ),
+    )
+    .expect("config");
+    let child = Command::new(bin)
+        .arg("-config")
+        .arg(dir.join("influxdb.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("influxd starts");
+    let server = Killed(child);
+    wait_until("influxd", Duration::from_secs(30), || {
+        get(port, "/ping").filter(|(s, _)| *s == 204)
+    });
+    (server, port)
+}
+
+#[test]
+fn influxdb_csv_and_json_lines_of_one_run_agree() {
+    let Some(_lock) = bpf_test("influxdb_csv_and_json_lines_of_one_run_agree") else {
+        return;
+    };
+    let Some(influxd) = debian_binary("influxdb", "/usr/bin/influxd") else {
+        skip(
+            "influxdb_csv_and_json_lines_of_one_run_agree",
+            "no influxd binary and cannot install it (apt-get install influxdb)",
+        );
+        return;
+    };
+    let dir = temp_path("influxdb");
+    let (_server, port) = start_influxd(influxd, &dir);
+    assert_eq!(
+        post(port, "/query", "q=CREATE+DATABASE+powerapi"),
+        Some(200)
+    );
+    let burner = Killed(
+        Command::new(LOAD)
+            .args(["burn", "4"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("burner"),
+    );
+    let pid = burner.0.id();
+    let (jsonl, csv_path) = (temp_path("sinks.jsonl"), temp_path("sinks.csv"));
+    let _ = (fs::remove_file(&jsonl), fs::remove_file(&csv_path));
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--interval",
+            "500ms",
+            "--duration",
+            "2500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            "model",
+            "-o",
+        ])
+        .arg(&jsonl)
+        .arg("--sink")
+        .arg(format!("csv:{}", csv_path.display()))
+        .arg("--sink")
+        .arg(format!("influxdb:http://127.0.0.1:{port}/powerapi"))
+        .output()
+        .expect("powerapi record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("influxdb:"), "no write failed: {stderr}");
+    drop(burner);
+    let records = read_records(&jsonl);
+    let burner_ns = on_cpu_of(&records, pid);
+    assert!(burner_ns > 1_500_000_000, "the burner ran: {burner_ns} ns");
+    let machines: Vec<&Value> = of_type(&records, "machine").collect();
+    assert!(machines.len() >= 5, "five intervals: {}", machines.len());
+
+    // InfluxDB: the burner's points add up to the same nanoseconds, at the same instants.
+    let points = influx_rows(
+        port,
+        &format!("SELECT on_cpu_ns, package_joules FROM process WHERE pid = '{pid}'"),
+    );
+    let times: Vec<u64> = points.iter().filter_map(|p| p["time"].as_u64()).collect();
+    let json_times: Vec<u64> = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| u64_of(&r["interval"]["time_unix_ns"]))
+        .collect();
+    assert_eq!(
+        times, json_times,
+        "one point per interval the burner ran in"
+    );
+    let influx_ns: u64 = points.iter().filter_map(|p| p["on_cpu_ns"].as_u64()).sum();
+    assert_eq!(influx_ns, burner_ns);
+    let influx_j: f64 = points
+        .iter()
+        .filter_map(|p| p["package_joules"].as_f64())
+        .sum();
+    let json_j: f64 = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| f64_of(&r["energy"]["joules"]["package"]))
+        .sum();
+    // Floats travel as decimal text both ways: equal to the last few ulps.
+    assert!(
+        (influx_j - json_j).abs() <= 1e-9 * json_j,
+        "{influx_j} vs {json_j}"
+    );
+    let machine_points = influx_rows(port, "SELECT busy_ns FROM machine");
+    assert_eq!(machine_points.len(), machines.len());
+    let busy: u64 = machine_points
+        .iter()
+        .filter_map(|p| p["busy_ns"].as_u64())
+        .sum();
+    assert_eq!(
+        busy,
+        machines.iter().map(|m| u64_of(&m["busy_ns"])).sum::<u64>()
+    );
+    let energy = influx_rows(port, "SELECT sum(measured_joules) FROM energy");
+    let measured: f64 = machines
+        .iter()
+        .flat_map(|m| {
+            m["energy"]["domains"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| f64_of(&d["measured_j"]))
+        .sum();
+    let got = energy
+        .first()
+        .and_then(|r| r["sum"].as_f64())
+        .unwrap_or(0.0);
+    assert!(
+        (got - measured).abs() <= 1e-9 * measured,
+        "{got} vs {measured}"
+    );
+
+    // CSV: one row per JSON record, the same figures.
+    let mut reader = csv::Reader::from_path(&csv_path).expect("CSV");
+    let header = reader.headers().expect("header").clone();
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), records.len());
+    let csv_ns: u64 = rows
+        .iter()
+        .filter(|r| &r[col("type")] == "process" && r[col("pid")] == pid.to_string())
+        .map(|r| r[col("on_cpu_ns")].parse::<u64>().expect("ns"))
+        .sum();
+    assert_eq!(csv_ns, burner_ns);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_influxdb_does_not_stop_the_other_outputs() {
+    let Some(_lock) = bpf_test("an_unreachable_influxdb_does_not_stop_the_other_outputs") else {
+        return;
+    };
+    let jsonl = temp_path("unreachable.jsonl");
+    let _ = fs::remove_file(&jsonl);
+    // A port nothing listens on.
+    let port = free_port();
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--interval",
+            "500ms",
+            "--duration",
+            "2s",
+            "--counters",
+            "none",
+            "--energy-source",
+            "none",
+            "-o",
+        ])
+        .arg(&jsonl)
+        .arg("--sink")
+        .arg(format!("influxdb:http://127.0.0.1:{port}/powerapi"))
+        .output()
+        .expect("powerapi record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot connect").count(),
+        1,
+        "said once, not every interval: {stderr}"
+    );
+    assert!(stderr.contains("could not be written"), "{stderr}");
+    let machines = of_type(&read_records(&jsonl), "machine").count();
+    assert_eq!(machines, 4, "the file got every interval");
+}
