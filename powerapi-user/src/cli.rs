@@ -13,6 +13,7 @@ use crate::{
     identity,
     influxdb::{InfluxSink, InfluxTarget},
     record::{self, Filter, Granularity, RecordConfig},
+    rotate::{RotatingSink, Rotation},
     run,
     sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
     sink::{Existing, Format, OutputSpec, Sink, SinkError},
@@ -184,6 +185,7 @@ impl FilterArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("rotating").args(["rotate_size", "rotate_every"]).multiple(true))]
 pub struct RecordArgs {
     #[command(flatten)]
     pub sensor: SensorArgs,
@@ -203,6 +205,18 @@ pub struct RecordArgs {
     pub sinks: Vec<SinkSpec>,
     #[command(flatten)]
     pub existing: ExistingArgs,
+    /// Rotate file outputs once they hold this much (e.g. 100M, 1G), at an interval boundary.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+    /// Rotate file outputs after this long (e.g. 1h, 1d), at an interval boundary.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub rotate_every: Option<Duration>,
+    /// Gzip rotated files (on a thread of their own).
+    #[arg(long, requires = "rotating")]
+    pub compress: bool,
+    /// Keep only the N most recent rotated files of each output.
+    #[arg(long, value_name = "N", requires = "rotating", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
     /// One record per process (default), per thread, or per cgroup.
     #[arg(long, value_enum, default_value_t = Granularity::Process)]
     pub granularity: Granularity,
@@ -271,6 +285,28 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 0, 500ms, 2s)"))
+}
+
+/// `100M`, `1G`, `512K`, `4096`: binary units (a K is 1,024 bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let shift = match unit.trim_end_matches(['B', 'b', 'i']) {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("{text:?}: write a size such as 512K, 100M or 1G")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?}: write a size such as 512K, 100M or 1G"))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -432,10 +468,22 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 })
                 .collect();
             let stop = stop_signal()?;
+            let rotation = Rotation {
+                max_bytes: args.rotate_size,
+                every: args.rotate_every,
+                compress: args.compress,
+                keep: args.keep.map(|k| k as usize),
+            };
             let open = |stop: &std::sync::mpsc::Receiver<()>| -> Result<Fanout, SinkError> {
                 let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
                 for file in &files {
-                    sinks.push((file.path.display().to_string(), Box::new(file.open(stop)?)));
+                    let name = file.path.display().to_string();
+                    if rotation.is_on() {
+                        let sink = RotatingSink::open(file.clone(), rotation.clone(), stop)?;
+                        sinks.push((name, Box::new(sink)));
+                    } else {
+                        sinks.push((name, Box::new(file.open(stop)?)));
+                    }
                 }
                 let host = identity::hostname().unwrap_or_default();
                 for target in servers {
@@ -568,6 +616,37 @@ mod tests {
         assert!(
             err.to_string().contains("unknown counter \"bogus\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_rotation_flags() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        for bad in ["", "0", "M", "1.5G", "10X", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        // --compress and --keep mean nothing without a rotation.
+        assert!(Cli::try_parse_from(["powerapi", "record", "--compress"]).is_err());
+        assert!(Cli::try_parse_from(["powerapi", "record", "--keep", "3"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "powerapi",
+                "record",
+                "--rotate-every",
+                "1h",
+                "--compress",
+                "--keep",
+                "3"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["powerapi", "record", "--rotate-size", "1M", "--keep", "0"])
+                .is_err()
         );
     }
 

@@ -20,6 +20,7 @@ pub mod influxdb;
 pub mod privilege;
 pub mod record;
 pub mod report;
+pub mod rotate;
 pub mod run;
 pub mod sensor;
 pub mod serve;

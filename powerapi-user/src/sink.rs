@@ -43,6 +43,14 @@ pub enum SinkError {
     /// The reader of stdout or of a FIFO went away (`record | head`): a quiet end, not a failure.
     #[error("the reader of {path} went away")]
     Closed { path: String },
+    #[error(
+        "{path} is not a regular file, so it cannot be rotated; drop --rotate-size/--rotate-every or write to a file"
+    )]
+    NotRotatable { path: String },
+    #[error(
+        "rotating {path} failed: {source}; it keeps growing, check the directory's permissions and space"
+    )]
+    Rotate { path: String, source: io::Error },
 }
 
 /// Receives every interval's records.
@@ -297,6 +305,14 @@ pub struct FileSink {
 impl FileSink {
     pub fn path(&self) -> PathBuf {
         PathBuf::from(&self.name)
+    }
+
+    /// Bytes of complete intervals in a regular file; `None` for stdout, a FIFO or a device.
+    pub fn file_len(&self) -> Option<u64> {
+        match &self.out {
+            Output::File { len, .. } => Some(*len),
+            Output::Stdout(_) | Output::Pipe(_) => None,
+        }
     }
 }
 

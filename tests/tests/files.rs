@@ -278,3 +278,84 @@ fn a_closed_stdout_is_a_quiet_end() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+/// Rotation by size with gzip and a retention count: every kept file (rotated or live) is whole
+/// intervals starting with a machine record, the newest rotated files are the ones kept, and
+/// nothing between the oldest kept interval and the last one is missing.
+#[test]
+fn rotated_traces_are_whole_intervals_gzip_d_and_pruned() {
+    let Some(_lock) = bpf_test("rotated_traces_are_whole_intervals_gzip_d_and_pruned") else {
+        return;
+    };
+    let dir = temp_path("rotation");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let trace = dir.join("trace.jsonl");
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--interval",
+            "200ms",
+            "--duration",
+            "3s",
+            "--counters",
+            "none",
+            "--energy-source",
+            "none",
+            "--rotate-size",
+            "4K",
+            "--compress",
+            "--keep",
+            "3",
+            "-o",
+        ])
+        .arg(&trace)
+        .output()
+        .expect("powerapi record");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated: Vec<_> = fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != &trace)
+        .collect();
+    assert_eq!(rotated.len(), 3, "three kept: {rotated:?}");
+    let mut files: Vec<Vec<u64>> = Vec::new();
+    for path in rotated.iter().chain([&trace]) {
+        let text = if path.extension().is_some_and(|e| e == "gz") {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(fs::File::open(path).expect("gz"))
+                .read_to_string(&mut text)
+                .expect("a whole gzip file");
+            text
+        } else {
+            assert_eq!(path, &trace, "rotated files are compressed: {path:?}");
+            fs::read_to_string(path).expect("read")
+        };
+        assert!(text.ends_with('\n'), "{path:?} ends with a complete line");
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        assert_eq!(records[0]["type"], "machine", "{path:?} starts an interval");
+        files.push(
+            of_type(&records, "machine")
+                .map(|m| u64_of(&m["interval"]["seq"]))
+                .collect(),
+        );
+    }
+    // In the order of their contents: kept files must be the newest, so together with the live
+    // file they hold one unbroken run of intervals up to the last.
+    files.sort();
+    let seqs: Vec<u64> = files.concat();
+    let last = *seqs.last().expect("intervals");
+    let first = seqs[0];
+    assert!(first > 1, "the oldest rotated files were removed");
+    assert_eq!(seqs, (first..=last).collect::<Vec<_>>(), "no interval lost");
+    assert_eq!(last, 15, "3 s of 200 ms intervals");
+    let _ = fs::remove_dir_all(&dir);
+}
