@@ -456,8 +456,20 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 });
             }
             files.extend(args.sinks.iter().filter_map(|s| s.output(existing)));
+            let rotation = Rotation {
+                max_bytes: args.rotate_size,
+                every: args.rotate_every,
+                compress: args.compress,
+                keep: args.keep.map(|k| k as usize),
+            };
             for file in &files {
                 file.check()?;
+                if rotation.is_on() && file.is_stdout() {
+                    return Err(SinkError::NotRotatable {
+                        path: "stdout".into(),
+                    }
+                    .into());
+                }
             }
             let servers: Vec<InfluxTarget> = args
                 .sinks
@@ -468,12 +480,6 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 })
                 .collect();
             let stop = stop_signal()?;
-            let rotation = Rotation {
-                max_bytes: args.rotate_size,
-                every: args.rotate_every,
-                compress: args.compress,
-                keep: args.keep.map(|k| k as usize),
-            };
             let open = |stop: &std::sync::mpsc::Receiver<()>| -> Result<Fanout, SinkError> {
                 let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
                 for file in &files {

@@ -15,11 +15,11 @@ use crate::{
 #[derive(Debug, Error)]
 pub enum SinkSpecError {
     #[error(
-        "--sink {0:?}: write KIND:TARGET with KIND jsonl, csv (TARGET a file or -) or influxdb (TARGET http://HOST:PORT/DATABASE)"
+        "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -) or influxdb (TARGET http://HOST:PORT/DATABASE)"
     )]
-    Form(String),
-    #[error("--sink {spec:?}: {source}")]
-    Influx { spec: String, source: InfluxError },
+    Form,
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
 }
 
 /// One `--sink` as written.
@@ -33,7 +33,7 @@ impl FromStr for SinkSpec {
     type Err = SinkSpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let form = || SinkSpecError::Form(spec.to_string());
+        let form = || SinkSpecError::Form;
         let (kind, target) = spec.split_once(':').ok_or_else(form)?;
         if target.is_empty() {
             return Err(form());
@@ -47,14 +47,7 @@ impl FromStr for SinkSpec {
                 path: target.into(),
                 format: Format::Csv,
             }),
-            "influxdb" | "influx" => {
-                InfluxTarget::parse(target)
-                    .map(Self::InfluxDb)
-                    .map_err(|source| SinkSpecError::Influx {
-                        spec: spec.to_string(),
-                        source,
-                    })
-            }
+            "influxdb" | "influx" => Ok(Self::InfluxDb(InfluxTarget::parse(target)?)),
             _ => Err(form()),
         }
     }

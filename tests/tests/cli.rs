@@ -172,3 +172,20 @@ fn contradictory_options_are_refused_not_silently_degraded() {
         assert!(stderr.contains(wanted), "{args:?}: {stderr}");
     }
 }
+
+/// Asked to rotate stdout, or to write to InfluxDB over https, `record` says so before
+/// measuring (no privilege needed to see it).
+#[test]
+fn outputs_that_cannot_work_are_refused_before_measuring() {
+    let (code, stderr) = powerapi_stderr(&["record", "--rotate-size", "1M"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "powerapi: error: stdout is not a regular file, so it cannot be rotated; drop --rotate-size/--rotate-every or write to a file\n"
+    );
+    let (code, stderr) = powerapi_stderr(&["record", "--sink", "influxdb:https://db:8086/power"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("https is not supported"), "{stderr}");
+    let (code, stderr) = powerapi_stderr(&["record", "--compress"]);
+    assert_eq!(code, 2, "--compress without a rotation: {stderr}");
+}
