@@ -336,6 +336,9 @@ fn rotated_traces_are_whole_intervals_gzip_d_and_pruned() {
             assert_eq!(path, &trace, "rotated files are compressed: {path:?}");
             fs::read_to_string(path).expect("read")
         };
+        if text.is_empty() && path == &trace {
+            continue; // rotated right after the last interval: the live file is new and empty
+        }
         assert!(text.ends_with('\n'), "{path:?} ends with a complete line");
         let records: Vec<serde_json::Value> = text
             .lines()
