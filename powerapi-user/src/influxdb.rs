@@ -278,13 +278,44 @@ fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {
     }
 }
 
+/// Intervals waiting to be sent, oldest first, each with a number so the sender can tell
+/// whether the batch it just sent is still there (it may have been dropped meanwhile).
 #[derive(Default)]
 struct Queue {
-    batches: VecDeque<String>,
+    batches: VecDeque<(u64, String)>,
+    next_id: u64,
     bytes: usize,
     /// Intervals dropped because the queue was full.
     dropped: u64,
     closing: bool,
+}
+
+impl Queue {
+    /// Adds a batch; beyond `max_bytes` the oldest go (never the one just added).
+    fn push(&mut self, batch: String, max_bytes: usize) {
+        self.bytes += batch.len();
+        self.batches.push_back((self.next_id, batch));
+        self.next_id += 1;
+        while self.bytes > max_bytes && self.batches.len() > 1 {
+            if let Some((_, old)) = self.batches.pop_front() {
+                self.bytes -= old.len();
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn front(&self) -> Option<(u64, String)> {
+        self.batches.front().cloned()
+    }
+
+    /// Batch `id` reached the server (or was refused for good): forget it, if still queued.
+    fn done(&mut self, id: u64) {
+        if self.batches.front().is_some_and(|(front, _)| *front == id) {
+            if let Some((_, sent)) = self.batches.pop_front() {
+                self.bytes -= sent.len();
+            }
+        }
+    }
 }
 
 /// Sends each interval to InfluxDB from a thread of its own.
@@ -331,14 +362,7 @@ impl Sink for InfluxSink {
         }
         let (lock, wake) = &*self.shared;
         let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-        queue.bytes += self.buf.len();
-        queue.batches.push_back(std::mem::take(&mut self.buf));
-        while queue.bytes > MAX_QUEUED_BYTES && queue.batches.len() > 1 {
-            if let Some(old) = queue.batches.pop_front() {
-                queue.bytes -= old.len();
-                queue.dropped += 1;
-            }
-        }
+        queue.push(std::mem::take(&mut self.buf), MAX_QUEUED_BYTES);
         wake.notify_one();
         Ok(())
     }
@@ -397,11 +421,12 @@ fn send_loop(target: &InfluxTarget, name: &str, shared: &(Mutex<Queue>, Condvar)
             if queue.closing {
                 final_deadline.get_or_insert_with(|| Instant::now() + FINAL_FLUSH);
             }
-            match queue.batches.front() {
-                Some(batch) => batch.clone(),
+            match queue.front() {
+                Some(batch) => batch,
                 None => return 0,
             }
         };
+        let (id, batch) = batch;
         let remaining = final_deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let timeout = remaining.map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
         let sent = runtime.block_on(async {
@@ -435,9 +460,7 @@ fn send_loop(target: &InfluxTarget, name: &str, shared: &(Mutex<Queue>, Condvar)
         };
         let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
         if done {
-            if let Some(sent) = queue.batches.pop_front() {
-                queue.bytes -= sent.len();
-            }
+            queue.done(id);
             continue;
         }
         if final_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -538,6 +561,60 @@ mod tests {
         }
         let t = InfluxTarget::parse("http://h/pow%2Dapi").expect("escaped");
         assert_eq!(t.write_path(), "/write?db=pow%252Dapi&precision=ns");
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_a_sent_batch_is_forgotten_once() {
+        let mut q = Queue::default();
+        q.push("aaaa".into(), 10);
+        q.push("bbbb".into(), 10);
+        assert_eq!((q.batches.len(), q.bytes, q.dropped), (2, 8, 0));
+        let (first, _) = q.front().expect("front");
+        // While "aaaa" is on its way, a third interval overflows the queue: "aaaa" goes.
+        q.push("cccc".into(), 10);
+        assert_eq!((q.batches.len(), q.bytes, q.dropped), (2, 8, 1));
+        // Its send then succeeds: the batch now in front ("bbbb") must stay.
+        q.done(first);
+        assert_eq!(q.front().map(|(_, b)| b), Some("bbbb".to_string()));
+        let (second, _) = q.front().expect("front");
+        q.done(second);
+        assert_eq!((q.batches.len(), q.bytes), (1, 4));
+        // One batch larger than the bound is kept, not dropped on arrival.
+        q.push("x".repeat(50), 10);
+        assert_eq!((q.batches.len(), q.bytes, q.dropped), (1, 50, 2));
+    }
+
+    #[test]
+    fn records_become_points_with_their_figures() {
+        let lines = [
+            r#"{"type":"machine","schema":3,"interval":{"seq":2,"start_ns":1,"end_ns":1000000001,"duration_ns":1000000000,"time":"2026-11-24T21:22:04Z","time_unix_ns":1795555324000000000,"partial":false},"mode":"counters","counters":["cycles"],"cpus":2,"busy_ns":800,"idle_ns":1200,"capacity_ns":2000,"processes":3,"threads":4,"losses":{"lost_slices":0,"lost_ns":5,"exit_overflow":0,"stale_slices":0,"counter_read_errors":0},"meter":{"cpu_ns":7,"drain_us":1,"peak_rss_kib":1},"energy":{"source":"powercap","estimated":false,"idle_policy":"none","domains":[{"domain":"package","socket":1,"measured_j":11.5,"attributed_j":7.0,"idle_j":4.0,"unattributed_j":0.5,"power_w":11.5,"idle_w":4.0,"idle_source":"flag","metric":"cycles"}]}}"#,
+            r#"{"type":"thread","schema":3,"interval":{"seq":2,"start_ns":1,"end_ns":1000000001,"duration_ns":1000000000,"time":"2026-11-24T21:22:04Z","time_unix_ns":1795555324000000000,"partial":false},"mode":"counters","pid":10,"tid":11,"comm":"web worker","uid":0,"user":"root","on_cpu_ns":600,"cpu_percent":0.5,"counters":{"cycles":1200},"cgroup":{"id":1,"path":"/system.slice/web.service","container":{"runtime":"docker","id":"abc"}},"exited":true,"energy":{"estimated":false,"joules":{"package":2.5},"watts":{"package":2.5}}}"#,
+            r#"{"type":"cgroup","schema":3,"interval":{"seq":2,"start_ns":1,"end_ns":1000000001,"duration_ns":1000000000,"time":"2026-11-24T21:22:04Z","time_unix_ns":1795555324000000000,"partial":true},"mode":"time-only","cgroup":{"id":77,"unit":"web.service"},"on_cpu_ns":900,"cpu_percent":0.9,"processes":2}"#,
+        ];
+        let records: Vec<Record> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("record"))
+            .collect();
+        let mut out = String::new();
+        encode(&records, "vm", &mut out);
+        let t = "1795555324000000000";
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                format!(
+                    "machine,host=vm duration_ns=1000000000i,cpus=2i,busy_ns=800i,idle_ns=1200i,capacity_ns=2000i,processes=3i,lost_ns=5i,meter_cpu_ns=7i,partial=false,mode=\"counters\" {t}"
+                ),
+                format!(
+                    "energy,host=vm,domain=package,socket=1,source=powercap measured_joules=11.5,idle_joules=4.0,attributed_joules=7.0,unattributed_joules=0.5,power_watts=11.5,idle_watts=4.0,estimated=false {t}"
+                ),
+                format!(
+                    "thread,host=vm,pid=10,tid=11,comm=web\\ worker,user=root,cgroup=/system.slice/web.service,container=abc on_cpu_ns=600i,cpu_percent=0.5,exited=true,cycles=1200i,package_joules=2.5,package_watts=2.5,estimated=false {t}"
+                ),
+                format!(
+                    "cgroup,host=vm,cgroup=77,unit=web.service on_cpu_ns=900i,cpu_percent=0.9,processes=2i {t}"
+                ),
+            ]
+        );
     }
 
     #[test]

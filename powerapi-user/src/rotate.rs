@@ -266,6 +266,15 @@ mod tests {
         assert!(r.due(0, Duration::from_secs(60)));
         assert!(!Rotation::default().due(u64::MAX, Duration::MAX));
         assert!(!Rotation::default().is_on() && r.is_on());
+        let by_size = Rotation {
+            max_bytes: Some(1),
+            ..Default::default()
+        };
+        let by_age = Rotation {
+            every: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(by_size.is_on() && by_age.is_on(), "either alone rotates");
     }
 
     #[test]
