@@ -10,14 +10,12 @@ use crate::{
     collect::CollectorConfig,
     doctor,
     energy::{EnergyOptions, SourceSpec},
-    identity,
-    influxdb::{InfluxSink, InfluxTarget},
     record::{self, Filter, Granularity, RecordConfig},
-    rotate::{RotatingSink, Rotation},
+    rotate::Rotation,
     run,
     sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
-    sink::{Existing, Format, OutputSpec, Sink, SinkError},
-    sinks::{Fanout, SinkSpec},
+    sink::{Existing, Format, OutputSpec},
+    sinks::{Outputs, SinkSpec},
     tui,
 };
 
@@ -184,20 +182,11 @@ impl FilterArgs {
     }
 }
 
+/// The outputs of `record` and `serve` besides `-o`: more sinks, what to do with existing files,
+/// and rotation.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("rotating").args(["rotate_size", "rotate_every"]).multiple(true))]
-pub struct RecordArgs {
-    #[command(flatten)]
-    pub sensor: SensorArgs,
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Stop after this long (default: until SIGINT/SIGTERM/SIGHUP).
-    #[arg(long, value_parser = parse_positive_duration)]
-    pub duration: Option<Duration>,
-    /// Output file (JSON lines), or - for stdout (the default when no --sink is given). An
-    /// existing non-empty file is refused unless --append or --force says what to do with it.
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+pub struct OutputArgs {
     /// Another output, repeatable: jsonl:FILE, csv:FILE (- for stdout), or
     /// influxdb:http://HOST:PORT/DATABASE (InfluxDB 1.x). Each gets every interval; one that
     /// fails is said once and retried, and the others go on.
@@ -217,6 +206,36 @@ pub struct RecordArgs {
     /// Keep only the N most recent rotated files of each output.
     #[arg(long, value_name = "N", requires = "rotating", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
+}
+
+impl OutputArgs {
+    /// The outputs, with `first` (`-o`) ahead of the `--sink`s.
+    pub fn outputs(&self, first: Option<PathBuf>) -> Outputs {
+        let rotation = Rotation {
+            max_bytes: self.rotate_size,
+            every: self.rotate_every,
+            compress: self.compress,
+            keep: self.keep.map(|k| k as usize),
+        };
+        Outputs::new(first, &self.sinks, self.existing.existing(), rotation)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub sensor: SensorArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after this long (default: until SIGINT/SIGTERM/SIGHUP).
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+    /// Output file (JSON lines), or - for stdout (the default when no --sink is given). An
+    /// existing non-empty file is refused unless --append or --force says what to do with it.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
     /// One record per process (default), per thread, or per cgroup.
     #[arg(long, value_enum, default_value_t = Granularity::Process)]
     pub granularity: Granularity,
@@ -255,6 +274,9 @@ pub struct ServeArgs {
     /// Docker's container state directory (for container names).
     #[arg(long, default_value = "/var/lib/docker/containers", hide = true)]
     pub docker_dir: PathBuf,
+    /// Records to write beside the metrics (as `record` does), e.g. to keep a trace.
+    #[command(flatten)]
+    pub outputs: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -445,59 +467,15 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 filter: args.filter.filter(),
                 collector: args.sensor.collector_config()?,
             };
-            let existing = args.existing.existing();
-            let mut files: Vec<OutputSpec> = Vec::new();
-            if args.output.is_some() || args.sinks.is_empty() {
-                files.push(OutputSpec {
-                    path: args.output.clone().unwrap_or_else(|| "-".into()),
-                    existing,
-                    flag: "-o",
-                    format: Format::JsonLines,
-                });
-            }
-            files.extend(args.sinks.iter().filter_map(|s| s.output(existing)));
-            let rotation = Rotation {
-                max_bytes: args.rotate_size,
-                every: args.rotate_every,
-                compress: args.compress,
-                keep: args.keep.map(|k| k as usize),
-            };
-            for file in &files {
-                file.check()?;
-                if rotation.is_on() && file.is_stdout() {
-                    return Err(SinkError::NotRotatable {
-                        path: "stdout".into(),
-                    }
-                    .into());
-                }
-            }
-            let servers: Vec<InfluxTarget> = args
-                .sinks
-                .iter()
-                .filter_map(|s| match s {
-                    SinkSpec::InfluxDb(target) => Some(target.clone()),
-                    SinkSpec::File { .. } => None,
-                })
-                .collect();
+            // Without --sink, stdout unless -o says otherwise.
+            let first = args
+                .output
+                .clone()
+                .or_else(|| args.outputs.sinks.is_empty().then(|| "-".into()));
+            let outputs = args.outputs.outputs(first);
+            outputs.check()?;
             let stop = stop_signal()?;
-            let open = |stop: &std::sync::mpsc::Receiver<()>| -> Result<Fanout, SinkError> {
-                let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
-                for file in &files {
-                    let name = file.path.display().to_string();
-                    if rotation.is_on() {
-                        let sink = RotatingSink::open(file.clone(), rotation.clone(), stop)?;
-                        sinks.push((name, Box::new(sink)));
-                    } else {
-                        sinks.push((name, Box::new(file.open(stop)?)));
-                    }
-                }
-                let host = identity::hostname().unwrap_or_default();
-                for target in servers {
-                    let sink = InfluxSink::start(target, &host);
-                    sinks.push(("influxdb".into(), Box::new(sink)));
-                }
-                Ok(Fanout::new(sinks))
-            };
+            let open = |stop: &std::sync::mpsc::Receiver<()>| outputs.open(stop);
             record::record(&config, open, &stop)?;
             Ok(0)
         }
@@ -568,7 +546,9 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 top: args.top as usize,
                 pods_dir: args.pods_dir.clone(),
                 docker_dir: args.docker_dir.clone(),
+                outputs: args.outputs.outputs(None),
             };
+            config.outputs.check()?;
             let stop = stop_signal()?;
             crate::serve::serve(&config, stop)?;
             Ok(0)

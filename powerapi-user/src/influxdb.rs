@@ -310,10 +310,10 @@ impl Queue {
 
     /// Batch `id` reached the server (or was refused for good): forget it, if still queued.
     fn done(&mut self, id: u64) {
-        if self.batches.front().is_some_and(|(front, _)| *front == id) {
-            if let Some((_, sent)) = self.batches.pop_front() {
-                self.bytes -= sent.len();
-            }
+        if self.batches.front().is_some_and(|(front, _)| *front == id)
+            && let Some((_, sent)) = self.batches.pop_front()
+        {
+            self.bytes -= sent.len();
         }
     }
 }

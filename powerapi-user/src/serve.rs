@@ -28,9 +28,13 @@ use thiserror::Error;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::{
+    collect::Snapshot,
     collect::{CollectError, Collector, CollectorConfig},
     export::{ContainerNames, Exporter},
-    record::{announce, run_info},
+    identity::Identities,
+    record::{Filter, Granularity, RunInfo, announce, build_records, run_info},
+    sink::{Sink, SinkError},
+    sinks::{Fanout, Outputs},
 };
 
 /// Connections served at once; more are closed on accept. Each idle one costs a few KiB until
@@ -72,6 +76,8 @@ pub struct ServeConfig {
     pub pods_dir: PathBuf,
     /// Docker's container state directory (`<id>/config.v2.json` holds the name).
     pub docker_dir: PathBuf,
+    /// Records written beside the metrics (`--sink`), as `record` writes them.
+    pub outputs: Outputs,
 }
 
 /// What the handlers serve: replaced whole once per interval.
@@ -159,6 +165,13 @@ fn collect_loop(
 ) {
     let mut exporter = Exporter::new(config.top, &collector.sensor().counter_names());
     let mut names = ContainerNames::new(config.pods_dir.clone(), config.docker_dir.clone());
+    let mut records = match RecordsOut::open(&config.outputs, &collector, stop) {
+        Ok(out) => out,
+        Err(e) => {
+            shared.shut_down(Some(e.to_string()));
+            return;
+        }
+    };
     let started = Instant::now();
     let mut seq = 0u32;
     loop {
@@ -169,6 +182,10 @@ fn collect_loop(
             Err(RecvTimeoutError::Timeout)
         ) || shared.stopping.load(Ordering::SeqCst)
         {
+            // What was measured since the last interval still reaches the outputs.
+            if let (Some(out), Ok(snapshot)) = (records.as_mut(), collector.collect()) {
+                out.write(&snapshot, &collector, seq, true);
+            }
             shared.shut_down(None);
             return;
         }
@@ -179,6 +196,9 @@ fn collect_loop(
                 return;
             }
         };
+        if let Some(out) = records.as_mut() {
+            out.write(&snapshot, &collector, seq, false);
+        }
         names.refresh();
         exporter.update(
             &snapshot,
@@ -193,6 +213,54 @@ fn collect_loop(
         };
         if let Ok(mut slot) = shared.page.lock() {
             *slot = Arc::new(page);
+        }
+    }
+}
+
+/// `serve --sink`: the same records `record` writes, beside the metrics. A failing output is
+/// said once; the metrics go on either way.
+struct RecordsOut {
+    sinks: Fanout,
+    run: RunInfo,
+    ids: Identities,
+    said: bool,
+}
+
+impl RecordsOut {
+    fn open(
+        outputs: &Outputs,
+        collector: &Collector,
+        stop: &Receiver<()>,
+    ) -> Result<Option<Self>, SinkError> {
+        if outputs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            sinks: outputs.open(stop)?,
+            run: run_info(collector),
+            ids: Identities::new(false),
+            said: false,
+        }))
+    }
+
+    fn write(&mut self, snapshot: &Snapshot, collector: &Collector, seq: u32, partial: bool) {
+        let interval = snapshot.interval(u64::from(seq), partial);
+        let records = build_records(
+            &self.run,
+            snapshot,
+            collector.resolver(),
+            &interval,
+            Granularity::Process,
+            &Filter::default(),
+            &mut self.ids,
+        );
+        match self.sinks.write_interval(&records) {
+            Ok(()) | Err(SinkError::Closed { .. }) => {}
+            Err(e) => {
+                if !std::mem::replace(&mut self.said, true) {
+                    eprintln!("powerapi: {e} (retried at each interval; the metrics go on)");
+                }
+            }
         }
     }
 }

@@ -2,13 +2,15 @@
 //! and one that fails does not stop the others or the sensor. It is said once, retried at each
 //! interval, and its recovery said once.
 
-use std::{path::PathBuf, str::FromStr};
+use std::{path::PathBuf, str::FromStr, sync::mpsc::Receiver};
 
 use thiserror::Error;
 
 use crate::{
-    influxdb::{InfluxError, InfluxTarget},
+    identity::hostname,
+    influxdb::{InfluxError, InfluxSink, InfluxTarget},
     report::Record,
+    rotate::{RotatingSink, Rotation},
     sink::{Existing, Format, OutputSpec, Sink, SinkError},
 };
 
@@ -65,6 +67,84 @@ impl SinkSpec {
             }),
             Self::InfluxDb(_) => None,
         }
+    }
+}
+
+/// Every output of a run: checked before measuring starts, opened once the sensor runs.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    pub files: Vec<OutputSpec>,
+    pub servers: Vec<InfluxTarget>,
+    pub rotation: Rotation,
+}
+
+impl Outputs {
+    /// `first` (a JSON lines file or `-`) ahead of the `sinks`, in the order given.
+    pub fn new(
+        first: Option<PathBuf>,
+        sinks: &[SinkSpec],
+        existing: Existing,
+        rotation: Rotation,
+    ) -> Self {
+        let mut files: Vec<OutputSpec> = first
+            .map(|path| OutputSpec {
+                path,
+                existing,
+                flag: "-o",
+                format: Format::JsonLines,
+            })
+            .into_iter()
+            .collect();
+        files.extend(sinks.iter().filter_map(|s| s.output(existing)));
+        let servers = sinks
+            .iter()
+            .filter_map(|s| match s {
+                SinkSpec::InfluxDb(target) => Some(target.clone()),
+                SinkSpec::File { .. } => None,
+            })
+            .collect();
+        Self {
+            files,
+            servers,
+            rotation,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.servers.is_empty()
+    }
+
+    /// What can be refused before measuring: bad paths, existing traces, rotating stdout.
+    pub fn check(&self) -> Result<(), SinkError> {
+        for file in &self.files {
+            file.check()?;
+            if self.rotation.is_on() && file.is_stdout() {
+                return Err(SinkError::NotRotatable {
+                    path: "stdout".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the files (waiting for a FIFO's reader until `stop`) and starts the senders.
+    pub fn open(&self, stop: &Receiver<()>) -> Result<Fanout, SinkError> {
+        let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
+        for file in &self.files {
+            let name = file.path.display().to_string();
+            if self.rotation.is_on() {
+                let sink = RotatingSink::open(file.clone(), self.rotation.clone(), stop)?;
+                sinks.push((name, Box::new(sink)));
+            } else {
+                sinks.push((name, Box::new(file.open(stop)?)));
+            }
+        }
+        let host = hostname().unwrap_or_default();
+        for target in &self.servers {
+            let sink = InfluxSink::start(target.clone(), &host);
+            sinks.push(("influxdb".into(), Box::new(sink)));
+        }
+        Ok(Fanout::new(sinks))
     }
 }
 
@@ -206,6 +286,52 @@ mod tests {
         *bad_fail.borrow_mut() = false;
         assert!(fanout.write_interval(&[]).is_ok());
         assert_eq!((*good_got.borrow(), *bad_got.borrow()), (4, 1));
+    }
+
+    #[test]
+    fn file_sinks_are_outputs_checked_like_o() {
+        let spec: SinkSpec = "csv:/tmp/p.csv".parse().expect("csv");
+        let out = spec.output(Existing::Append).expect("a file output");
+        assert_eq!(
+            (out.path, out.existing, out.flag, out.format),
+            ("/tmp/p.csv".into(), Existing::Append, "--sink", Format::Csv)
+        );
+        let influx: SinkSpec = "influxdb:http://h/db".parse().expect("influx");
+        assert!(influx.output(Existing::Refuse).is_none());
+        let outputs = Outputs::new(
+            Some("-".into()),
+            &[spec, influx],
+            Existing::Refuse,
+            Rotation::default(),
+        );
+        assert_eq!((outputs.files.len(), outputs.servers.len()), (2, 1));
+        assert_eq!(outputs.files[0].flag, "-o");
+        assert!(!outputs.is_empty() && Outputs::default().is_empty());
+    }
+
+    /// Closes like a reader that went away.
+    struct Gone;
+
+    impl Sink for Gone {
+        fn write_interval(&mut self, _: &[Record]) -> Result<(), SinkError> {
+            Err(SinkError::Closed { path: "-".into() })
+        }
+    }
+
+    #[test]
+    fn the_run_ends_quietly_only_when_every_reader_is_gone() {
+        let (_, got, good) = flaky(false);
+        let mut some = Fanout::new(vec![("gone".into(), Box::new(Gone)), ("good".into(), good)]);
+        assert!(some.write_interval(&[]).is_ok());
+        assert_eq!(*got.borrow(), 1);
+        let mut all = Fanout::new(vec![
+            ("a".into(), Box::new(Gone)),
+            ("b".into(), Box::new(Gone)),
+        ]);
+        assert!(matches!(
+            all.write_interval(&[]),
+            Err(SinkError::Closed { .. })
+        ));
     }
 
     #[test]

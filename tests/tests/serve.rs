@@ -226,3 +226,53 @@ fn hostile_clients_cannot_stall_serve() {
     // that grow with what clients send.
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
 }
+
+/// `serve --sink` writes the records `record` would, beside the metrics, and its last partial
+/// interval on SIGINT.
+#[test]
+fn serve_also_writes_records_to_its_sinks() {
+    let Some(_lock) = bpf_test("serve_also_writes_records_to_its_sinks") else {
+        return;
+    };
+    let trace = temp_path("serve-sink.csv");
+    let _ = fs::remove_file(&trace);
+    let port = free_port();
+    let mut child = Command::new(powerapi())
+        .args(["serve", "--counters", "none", "--energy-source", "model"])
+        .args([
+            "--interval",
+            "500ms",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--sink")
+        .arg(format!("csv:{}", trace.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("powerapi serve");
+    wait_until("serve's first interval", Duration::from_secs(30), || {
+        get(port, "/healthz").filter(|(s, _)| *s == 200)
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("serve exits");
+    assert!(status.success(), "{status}");
+    let mut reader = csv::Reader::from_path(&trace).expect("CSV");
+    let header = reader.headers().expect("header").clone();
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let machines: Vec<csv::StringRecord> = reader
+        .records()
+        .map(|r| r.expect("row"))
+        .filter(|r| &r[col("type")] == "machine")
+        .collect();
+    assert!(machines.len() >= 3, "{} intervals", machines.len());
+    let last = machines.last().expect("a machine row");
+    assert_eq!(&last[col("partial")], "true", "the interval cut by SIGINT");
+    assert!(
+        machines[..machines.len() - 1]
+            .iter()
+            .all(|m| &m[col("partial")] == "false")
+    );
+    let _ = fs::remove_file(&trace);
+}
