@@ -14,21 +14,9 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An instant query through Prometheus's HTTP API: the first sample's value.
 fn query(port: u16, promql: &str) -> Option<f64> {
-    let (status, body) = get(port, &format!("/api/v1/query?query={}", encode(promql)))?;
+    let (status, body) = get(port, &format!("/api/v1/query?query={}", url_encode(promql)))?;
     if status != 200 {
         return None;
     }
@@ -237,26 +225,12 @@ fn serve_also_writes_records_to_its_sinks() {
     let trace = temp_path("serve-sink.csv");
     let _ = fs::remove_file(&trace);
     let port = free_port();
-    let mut child = Command::new(powerapi())
-        .args(["serve", "--counters", "none", "--energy-source", "model"])
-        .args([
-            "--interval",
-            "500ms",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--sink")
-        .arg(format!("csv:{}", trace.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("powerapi serve");
-    wait_until("serve's first interval", Duration::from_secs(30), || {
-        get(port, "/healthz").filter(|(s, _)| *s == 200)
-    });
+    let sink = format!("csv:{}", trace.display());
+    let mut serve = start_serve(port, &["--sink", &sink]);
     std::thread::sleep(Duration::from_millis(1200));
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().expect("serve exits");
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGINT) };
+    let status = serve.0.wait().expect("serve exits");
     assert!(status.success(), "{status}");
     let mut reader = csv::Reader::from_path(&trace).expect("CSV");
     let header = reader.headers().expect("header").clone();

@@ -16,18 +16,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// POST with a form body over plain HTTP/1.1 (InfluxDB wants POST for CREATE DATABASE).
 fn post(port: u16, path: &str, body: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -47,7 +35,7 @@ fn post(port: u16, path: &str, body: &str) -> Option<u16> {
 fn influx_rows(port: u16, query: &str) -> Vec<BTreeMap<String, Value>> {
     let (status, body) = get(
         port,
-        &format!("/query?db=powerapi&epoch=ns&q={}", encode(query)),
+        &format!("/query?db=powerapi&epoch=ns&q={}", url_encode(query)),
     )
     .expect("InfluxDB answers");
     assert_eq!(status, 200, "{query}: {body}");
@@ -101,6 +89,23 @@ fn start_influxd(bin: &str, dir: &std::path::Path) -> (Killed, u16) {
     (server, port)
 }
 
+/// `record` at 500 ms for `duration` (time-only), to `jsonl` and the `sinks`.
+fn record_to(
+    duration: &str,
+    energy: &str,
+    jsonl: &std::path::Path,
+    sinks: &[String],
+) -> std::process::Output {
+    let mut cmd = Command::new(powerapi());
+    cmd.args(["record", "--interval", "500ms", "--duration", duration])
+        .args(["--counters", "none", "--energy-source", energy, "-o"])
+        .arg(jsonl);
+    for sink in sinks {
+        cmd.arg("--sink").arg(sink);
+    }
+    cmd.output().expect("powerapi record")
+}
+
 #[test]
 fn influxdb_csv_and_json_lines_of_one_run_agree() {
     let Some(_lock) = bpf_test("influxdb_csv_and_json_lines_of_one_run_agree") else {
@@ -129,26 +134,15 @@ fn influxdb_csv_and_json_lines_of_one_run_agree() {
     let pid = burner.0.id();
     let (jsonl, csv_path) = (temp_path("sinks.jsonl"), temp_path("sinks.csv"));
     let _ = (fs::remove_file(&jsonl), fs::remove_file(&csv_path));
-    let out = Command::new(powerapi())
-        .args([
-            "record",
-            "--interval",
-            "500ms",
-            "--duration",
-            "2500ms",
-            "--counters",
-            "none",
-            "--energy-source",
-            "model",
-            "-o",
-        ])
-        .arg(&jsonl)
-        .arg("--sink")
-        .arg(format!("csv:{}", csv_path.display()))
-        .arg("--sink")
-        .arg(format!("influxdb:http://127.0.0.1:{port}/powerapi"))
-        .output()
-        .expect("powerapi record");
+    let out = record_to(
+        "2500ms",
+        "model",
+        &jsonl,
+        &[
+            format!("csv:{}", csv_path.display()),
+            format!("influxdb:http://127.0.0.1:{port}/powerapi"),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("influxdb:"), "no write failed: {stderr}");
@@ -242,24 +236,12 @@ fn an_unreachable_influxdb_does_not_stop_the_other_outputs() {
     let _ = fs::remove_file(&jsonl);
     // A port nothing listens on.
     let port = free_port();
-    let out = Command::new(powerapi())
-        .args([
-            "record",
-            "--interval",
-            "500ms",
-            "--duration",
-            "2s",
-            "--counters",
-            "none",
-            "--energy-source",
-            "none",
-            "-o",
-        ])
-        .arg(&jsonl)
-        .arg("--sink")
-        .arg(format!("influxdb:http://127.0.0.1:{port}/powerapi"))
-        .output()
-        .expect("powerapi record");
+    let out = record_to(
+        "2s",
+        "none",
+        &jsonl,
+        &[format!("influxdb:http://127.0.0.1:{port}/powerapi")],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(

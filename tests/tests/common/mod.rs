@@ -411,3 +411,16 @@ pub fn debian_binary(package: &str, bin: &'static str) -> Option<&'static str> {
     }
     Path::new(bin).exists().then_some(bin)
 }
+
+/// Percent-encodes a query string value (RFC 3986 unreserved characters kept).
+pub fn url_encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
