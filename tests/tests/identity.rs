@@ -342,20 +342,26 @@ impl Drop for Online {
     }
 }
 
+/// CPU 1's online switch, put back on however the test ends; `None` (the skip said) where the
+/// kernel does not let us write it.
+fn cpu1_control(test: &str) -> Option<Online> {
+    let control = PathBuf::from("/sys/devices/system/cpu/cpu1/online");
+    if fs::write(&control, "1").is_err() {
+        skip(test, &format!("{} is not writable here", control.display()));
+        return None;
+    }
+    Some(Online(control))
+}
+
 #[test]
 fn cpus_going_offline_and_online_keep_the_books_balanced() {
     let Some(_lock) = bpf_test("cpus_going_offline_and_online") else {
         return;
     };
-    let control = PathBuf::from("/sys/devices/system/cpu/cpu1/online");
-    if fs::write(&control, "1").is_err() {
-        skip(
-            "cpus_going_offline_and_online",
-            &format!("{} is not writable here", control.display()),
-        );
+    let Some(online) = cpu1_control("cpus_going_offline_and_online") else {
         return;
-    }
-    let _online = Online(control.clone());
+    };
+    let control = online.0.clone();
     let recording = record_time_only("hotplug", "250ms", &[]);
     let mut burner = Command::new(LOAD)
         .args(["burn", "3"])
@@ -420,15 +426,10 @@ fn counters_follow_a_cpu_back_online() {
     let Some(_lock) = bpf_test("counters_follow_a_cpu_back_online") else {
         return;
     };
-    let control = PathBuf::from("/sys/devices/system/cpu/cpu1/online");
-    if fs::write(&control, "1").is_err() {
-        skip(
-            "counters_follow_a_cpu_back_online",
-            &format!("{} is not writable here", control.display()),
-        );
+    let Some(online) = cpu1_control("counters_follow_a_cpu_back_online") else {
         return;
-    }
-    let _online = Online(control.clone());
+    };
+    let control = online.0.clone();
     let recording = Recording::start(
         "hotplug-counters",
         &[
