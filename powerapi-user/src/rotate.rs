@@ -249,6 +249,14 @@ fn prune(path: &Path, keep: Option<usize>) {
 mod tests {
     use super::*;
 
+    /// An empty directory of this test's own.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("powerapi-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
     /// Rotated files of `path` (plain or `.gz`), oldest first.
     fn rotated_files(path: &Path) -> Vec<PathBuf> {
         rotations(path).into_iter().map(|(_, p)| p).collect()
@@ -279,9 +287,7 @@ mod tests {
 
     #[test]
     fn names_sort_in_time_and_only_rotated_files_are_pruned() {
-        let dir = std::env::temp_dir().join(format!("powerapi-rotate-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("mkdir");
+        let dir = fresh_dir("rotate");
         let path = dir.join("trace.jsonl");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         assert_eq!(
@@ -364,9 +370,7 @@ mod tests {
 
     #[test]
     fn a_rotation_caught_mid_compression_counts_once() {
-        let dir = std::env::temp_dir().join(format!("powerapi-midgz-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("mkdir");
+        let dir = fresh_dir("midgz");
         let path = dir.join("t.jsonl");
         for name in [
             "t.jsonl.20261118T110640Z",
@@ -397,9 +401,7 @@ mod tests {
     #[test]
     fn gzip_replaces_the_file_with_a_whole_archive() {
         use std::io::Read;
-        let dir = std::env::temp_dir().join(format!("powerapi-gzip-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("mkdir");
+        let dir = fresh_dir("gzip");
         let path = dir.join("t.jsonl.20261118T110640Z");
         let text = "{\"type\":\"machine\"}\n".repeat(1000);
         fs::write(&path, &text).expect("write");

@@ -232,21 +232,17 @@ fn serve_also_writes_records_to_its_sinks() {
     unsafe { libc::kill(serve.0.id() as i32, libc::SIGINT) };
     let status = serve.0.wait().expect("serve exits");
     assert!(status.success(), "{status}");
-    let mut reader = csv::Reader::from_path(&trace).expect("CSV");
-    let header = reader.headers().expect("header").clone();
-    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
-    let machines: Vec<csv::StringRecord> = reader
-        .records()
-        .map(|r| r.expect("row"))
-        .filter(|r| &r[col("type")] == "machine")
+    let machines: Vec<_> = read_csv(&trace)
+        .into_iter()
+        .filter(|r| r["type"] == "machine")
         .collect();
     assert!(machines.len() >= 3, "{} intervals", machines.len());
     let last = machines.last().expect("a machine row");
-    assert_eq!(&last[col("partial")], "true", "the interval cut by SIGINT");
+    assert_eq!(last["partial"], "true", "the interval cut by SIGINT");
     assert!(
         machines[..machines.len() - 1]
             .iter()
-            .all(|m| &m[col("partial")] == "false")
+            .all(|m| m["partial"] == "false")
     );
     let _ = fs::remove_file(&trace);
 }

@@ -213,15 +213,12 @@ fn influxdb_csv_and_json_lines_of_one_run_agree() {
     );
 
     // CSV: one row per JSON record, the same figures.
-    let mut reader = csv::Reader::from_path(&csv_path).expect("CSV");
-    let header = reader.headers().expect("header").clone();
-    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
-    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    let rows = read_csv(&csv_path);
     assert_eq!(rows.len(), records.len());
     let csv_ns: u64 = rows
         .iter()
-        .filter(|r| &r[col("type")] == "process" && r[col("pid")] == pid.to_string())
-        .map(|r| r[col("on_cpu_ns")].parse::<u64>().expect("ns"))
+        .filter(|r| r["type"] == "process" && r["pid"] == pid.to_string())
+        .map(|r| r["on_cpu_ns"].parse::<u64>().expect("ns"))
         .sum();
     assert_eq!(csv_ns, burner_ns);
     let _ = fs::remove_dir_all(&dir);

@@ -424,3 +424,20 @@ pub fn url_encode(query: &str) -> String {
         })
         .collect()
 }
+
+/// A CSV file's rows, each as column name → cell.
+pub fn read_csv(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).expect("CSV");
+    let header = reader.headers().expect("header").clone();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.expect("row");
+            header
+                .iter()
+                .zip(row.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
