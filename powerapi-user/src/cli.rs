@@ -187,9 +187,10 @@ impl FilterArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("rotating").args(["rotate_size", "rotate_every"]).multiple(true))]
 pub struct OutputArgs {
-    /// Another output, repeatable: jsonl:FILE, csv:FILE (- for stdout), or
-    /// influxdb:http://HOST:PORT/DATABASE (InfluxDB 1.x). Each gets every interval; one that
-    /// fails is said once and retried, and the others go on.
+    /// Another output, repeatable: jsonl:FILE, csv:FILE (- for stdout),
+    /// influxdb:http://HOST:PORT/DATABASE (InfluxDB 1.x) or tcp:HOST:PORT (JSON lines to a
+    /// collector). Each gets every interval; one that fails is said once and retried, and the
+    /// others go on.
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     pub sinks: Vec<SinkSpec>,
     #[command(flatten)]
@@ -203,6 +204,11 @@ pub struct OutputArgs {
     /// Gzip rotated files (on a thread of their own).
     #[arg(long, requires = "rotating")]
     pub compress: bool,
+    /// Most data each network sink (influxdb, tcp) holds while its server is away (e.g. 64M,
+    /// the default); beyond it the oldest intervals are dropped and counted in the machine
+    /// record's meter.dropped_records.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub sink_buffer: Option<u64>,
     /// Keep only the N most recent rotated files of each output.
     #[arg(long, value_name = "N", requires = "rotating", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
@@ -217,7 +223,11 @@ impl OutputArgs {
             compress: self.compress,
             keep: self.keep.map(|k| k as usize),
         };
-        Outputs::new(first, &self.sinks, self.existing.existing(), rotation)
+        let mut outputs = Outputs::new(first, &self.sinks, self.existing.existing(), rotation);
+        if let Some(bytes) = self.sink_buffer {
+            outputs.max_queued_bytes = bytes;
+        }
+        outputs
     }
 }
 

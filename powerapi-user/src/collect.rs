@@ -327,6 +327,7 @@ impl Collector {
             cpu_ns: cpu_ns.saturating_sub(self.last_cpu_ns),
             drain_us,
             peak_rss_kib,
+            dropped_records: 0,
         };
         self.last_cpu_ns = cpu_ns;
         if self.last_idle_save.elapsed() >= IDLE_SAVE_PERIOD {

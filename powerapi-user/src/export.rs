@@ -710,6 +710,7 @@ mod tests {
                 cpu_ns: 5_000_000,
                 drain_us: 300,
                 peak_rss_kib: 1024,
+                dropped_records: 0,
             },
         }
     }

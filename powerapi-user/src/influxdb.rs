@@ -1,17 +1,8 @@
 //! The InfluxDB 1.x sink: records as line protocol, POSTed to `/write?db=…&precision=ns`.
 //!
-//! Writes happen on a thread of their own, so a slow or absent server never holds up the
-//! sensor: each interval is one batch in a bounded queue; a failed batch stays at the front and
-//! is retried with backoff; when the queue is full the oldest batches are dropped and counted.
-//! The failure is said once (and the recovery once), not every interval.
+//! Writes go through a [`Relay`]: a thread of their own, a bounded queue, retries with backoff.
 
-use std::{
-    collections::VecDeque,
-    fmt::Write as _,
-    sync::{Arc, Condvar, Mutex},
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, time::Duration};
 
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, Uri, body::Bytes};
@@ -19,17 +10,10 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
 use crate::{
+    relay::{Failure, Relay, Transport},
     report::{CgroupRecord, MachineRecord, Mode, Record, TaskEnergy, TaskRecord},
     sink::{Sink, SinkError},
 };
-
-/// Most bytes of line protocol held while the server is unreachable (then the oldest intervals
-/// go, counted): about an hour of a busy 1,000-process machine at 1 s.
-const MAX_QUEUED_BYTES: usize = 64 << 20;
-/// How long the last intervals may take to leave at the end of a run.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum InfluxError {
@@ -247,6 +231,7 @@ fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {
         .int("processes", m.processes)
         .int("lost_ns", m.losses.lost_ns)
         .int("meter_cpu_ns", m.meter.cpu_ns)
+        .int("dropped_records", m.meter.dropped_records)
         .boolean("partial", m.interval.partial)
         .text(
             "mode",
@@ -278,76 +263,30 @@ fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {
     }
 }
 
-/// Intervals waiting to be sent, oldest first, each with a number so the sender can tell
-/// whether the batch it just sent is still there (it may have been dropped meanwhile).
-#[derive(Default)]
-struct Queue {
-    batches: VecDeque<(u64, String)>,
-    next_id: u64,
-    bytes: usize,
-    /// Intervals dropped because the queue was full.
-    dropped: u64,
-    closing: bool,
-}
-
-impl Queue {
-    /// Adds a batch; beyond `max_bytes` the oldest go (never the one just added).
-    fn push(&mut self, batch: String, max_bytes: usize) {
-        self.bytes += batch.len();
-        self.batches.push_back((self.next_id, batch));
-        self.next_id += 1;
-        while self.bytes > max_bytes && self.batches.len() > 1 {
-            if let Some((_, old)) = self.batches.pop_front() {
-                self.bytes -= old.len();
-                self.dropped += 1;
-            }
-        }
-    }
-
-    fn front(&self) -> Option<(u64, String)> {
-        self.batches.front().cloned()
-    }
-
-    /// Batch `id` reached the server (or was refused for good): forget it, if still queued.
-    fn done(&mut self, id: u64) {
-        if self.batches.front().is_some_and(|(front, _)| *front == id)
-            && let Some((_, sent)) = self.batches.pop_front()
-        {
-            self.bytes -= sent.len();
-        }
-    }
-}
-
-/// Sends each interval to InfluxDB from a thread of its own.
+/// Sends each interval to InfluxDB from a thread of its own ([`Relay`]).
 pub struct InfluxSink {
-    name: String,
     host: String,
-    shared: Arc<(Mutex<Queue>, Condvar)>,
-    sender: Option<JoinHandle<u64>>,
+    relay: Relay,
     buf: String,
 }
 
 impl InfluxSink {
     /// Starts the sending thread; nothing is sent until the first interval.
-    pub fn start(target: InfluxTarget, host: &str) -> Self {
-        let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+    pub fn start(target: InfluxTarget, host: &str, max_bytes: u64) -> Self {
         let name = format!(
             "influxdb:http://{}:{}/{}",
             target.host, target.port, target.database
         );
-        let sender = {
-            let shared = Arc::clone(&shared);
-            let name = name.clone();
-            std::thread::Builder::new()
-                .name("influxdb".into())
-                .spawn(move || send_loop(&target, &name, &shared))
-                .ok()
-        };
+        let relay = Relay::start(name, max_bytes, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(Http { runtime, target })
+        });
         Self {
-            name,
             host: host.to_string(),
-            shared,
-            sender,
+            relay,
             buf: String::new(),
         }
     }
@@ -357,131 +296,30 @@ impl Sink for InfluxSink {
     fn write_interval(&mut self, records: &[Record]) -> Result<(), SinkError> {
         self.buf.clear();
         encode(records, &self.host, &mut self.buf);
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let (lock, wake) = &*self.shared;
-        let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-        queue.push(std::mem::take(&mut self.buf), MAX_QUEUED_BYTES);
-        wake.notify_one();
-        Ok(())
+        self.relay
+            .push(std::mem::take(&mut self.buf), records.len() as u64)
+    }
+
+    fn dropped_records(&self) -> u64 {
+        self.relay.dropped_records()
     }
 }
 
-impl Drop for InfluxSink {
-    /// Lets the last intervals leave (for at most [`FINAL_FLUSH`]) and says what could not.
-    fn drop(&mut self) {
-        {
-            let (lock, wake) = &*self.shared;
-            let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-            queue.closing = true;
-            wake.notify_one();
-        }
-        let unsent = self.sender.take().and_then(|h| h.join().ok()).unwrap_or(0);
-        let dropped = self
-            .shared
-            .0
-            .lock()
-            .map(|q| q.dropped)
-            .unwrap_or_else(|e| e.into_inner().dropped);
-        if unsent + dropped > 0 {
-            eprintln!(
-                "powerapi: {}: {} interval(s) could not be written ({dropped} dropped while the server was unreachable, {unsent} unsent at exit)",
-                self.name,
-                unsent + dropped
-            );
-        }
-    }
+/// HTTP/1.1 POSTs on a current-thread runtime of the sending thread's own.
+struct Http {
+    runtime: tokio::runtime::Runtime,
+    target: InfluxTarget,
 }
 
-/// The sending thread: returns how many intervals were still unsent when it had to stop.
-fn send_loop(target: &InfluxTarget, name: &str, shared: &(Mutex<Queue>, Condvar)) -> u64 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!(
-                "powerapi: {name}: cannot start its sender ({e}); nothing will be written there"
-            );
-            return 0;
-        }
-    };
-    let (lock, wake) = shared;
-    let mut backoff = Duration::from_millis(500);
-    let mut failing = false;
-    let mut final_deadline: Option<Instant> = None;
-    loop {
-        let batch = {
-            let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while queue.batches.is_empty() && !queue.closing {
-                queue = wake.wait(queue).unwrap_or_else(|e| e.into_inner());
-            }
-            if queue.closing {
-                final_deadline.get_or_insert_with(|| Instant::now() + FINAL_FLUSH);
-            }
-            match queue.front() {
-                Some(batch) => batch,
-                None => return 0,
-            }
-        };
-        let (id, batch) = batch;
-        let remaining = final_deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let timeout = remaining.map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
-        let sent = runtime.block_on(async {
-            tokio::time::timeout(timeout, post(target, batch))
+impl Transport for Http {
+    fn send(&mut self, batch: &str, timeout: Duration) -> Result<(), Failure> {
+        let batch = batch.to_string();
+        self.runtime.block_on(async {
+            tokio::time::timeout(timeout, post(&self.target, batch))
                 .await
                 .unwrap_or_else(|_| Err(Failure::Retry("no answer in time".into())))
-        });
-        let done = match sent {
-            Ok(()) => {
-                if std::mem::take(&mut failing) {
-                    eprintln!("powerapi: {name}: writing again");
-                }
-                backoff = Duration::from_millis(500);
-                true
-            }
-            Err(Failure::Refused(why)) => {
-                // The server read the batch and refused it: sending it again cannot help.
-                eprintln!(
-                    "powerapi: {name}: the server refused an interval ({why}); it is skipped"
-                );
-                true
-            }
-            Err(Failure::Retry(why)) => {
-                if !std::mem::replace(&mut failing, true) {
-                    eprintln!(
-                        "powerapi: {name}: {why}; retrying with backoff, recording and the other outputs go on"
-                    );
-                }
-                false
-            }
-        };
-        let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if done {
-            queue.done(id);
-            continue;
-        }
-        if final_deadline.is_some_and(|d| Instant::now() >= d) {
-            return queue.batches.len() as u64;
-        }
-        let wait = final_deadline.map_or(backoff, |d| {
-            backoff.min(d.saturating_duration_since(Instant::now()))
-        });
-        let (guard, _) = wake
-            .wait_timeout(queue, wait)
-            .unwrap_or_else(|e| e.into_inner());
-        drop(guard);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        })
     }
-}
-
-enum Failure {
-    /// Worth sending again: no connection, a timeout, a server error.
-    Retry(String),
-    /// The server answered 4xx: the data itself was refused.
-    Refused(String),
 }
 
 async fn post(target: &InfluxTarget, batch: String) -> Result<(), Failure> {
@@ -564,27 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_the_oldest_and_a_sent_batch_is_forgotten_once() {
-        let mut q = Queue::default();
-        q.push("aaaa".into(), 10);
-        q.push("bbbb".into(), 10);
-        assert_eq!((q.batches.len(), q.bytes, q.dropped), (2, 8, 0));
-        let (first, _) = q.front().expect("front");
-        // While "aaaa" is on its way, a third interval overflows the queue: "aaaa" goes.
-        q.push("cccc".into(), 10);
-        assert_eq!((q.batches.len(), q.bytes, q.dropped), (2, 8, 1));
-        // Its send then succeeds: the batch now in front ("bbbb") must stay.
-        q.done(first);
-        assert_eq!(q.front().map(|(_, b)| b), Some("bbbb".to_string()));
-        let (second, _) = q.front().expect("front");
-        q.done(second);
-        assert_eq!((q.batches.len(), q.bytes), (1, 4));
-        // One batch larger than the bound is kept, not dropped on arrival.
-        q.push("x".repeat(50), 10);
-        assert_eq!((q.batches.len(), q.bytes, q.dropped), (1, 50, 2));
-    }
-
-    #[test]
     fn records_become_points_with_their_figures() {
         let lines = [
             r#"{"type":"machine","schema":3,"interval":{"seq":2,"start_ns":1,"end_ns":1000000001,"duration_ns":1000000000,"time":"2026-11-24T21:22:04Z","time_unix_ns":1795555324000000000,"partial":false},"mode":"counters","counters":["cycles"],"cpus":2,"busy_ns":800,"idle_ns":1200,"capacity_ns":2000,"processes":3,"threads":4,"losses":{"lost_slices":0,"lost_ns":5,"exit_overflow":0,"stale_slices":0,"counter_read_errors":0},"meter":{"cpu_ns":7,"drain_us":1,"peak_rss_kib":1},"energy":{"source":"powercap","estimated":false,"idle_policy":"none","domains":[{"domain":"package","socket":1,"measured_j":11.5,"attributed_j":7.0,"idle_j":4.0,"unattributed_j":0.5,"power_w":11.5,"idle_w":4.0,"idle_source":"flag","metric":"cycles"}]}}"#,
@@ -602,7 +419,7 @@ mod tests {
             out.lines().collect::<Vec<_>>(),
             [
                 format!(
-                    "machine,host=vm duration_ns=1000000000i,cpus=2i,busy_ns=800i,idle_ns=1200i,capacity_ns=2000i,processes=3i,lost_ns=5i,meter_cpu_ns=7i,partial=false,mode=\"counters\" {t}"
+                    "machine,host=vm duration_ns=1000000000i,cpus=2i,busy_ns=800i,idle_ns=1200i,capacity_ns=2000i,processes=3i,lost_ns=5i,meter_cpu_ns=7i,dropped_records=0i,partial=false,mode=\"counters\" {t}"
                 ),
                 format!(
                     "energy,host=vm,domain=package,socket=1,source=powercap measured_joules=11.5,idle_joules=4.0,attributed_joules=7.0,unattributed_joules=0.5,power_watts=11.5,idle_watts=4.0,estimated=false {t}"

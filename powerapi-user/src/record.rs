@@ -342,7 +342,8 @@ pub fn record<S: Sink>(
         );
         let partial = stopped || deadline < full_deadline;
         let last = stopped || end.is_some_and(|e| deadline >= e);
-        let snapshot = collector.collect()?;
+        let mut snapshot = collector.collect()?;
+        snapshot.meter.dropped_records = sink.dropped_records();
         let interval = snapshot.interval(seq, partial);
         let records = build_records(
             &run,

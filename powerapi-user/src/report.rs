@@ -70,6 +70,10 @@ pub struct MeterCost {
     /// Time to flush, drain and turn the maps into deltas.
     pub drain_us: u64,
     pub peak_rss_kib: u64,
+    /// Records the network sinks gave up since the start, because their server was away longer
+    /// than `--sink-buffer` holds (what a collector is missing, said in what it did get).
+    #[serde(default)]
+    pub dropped_records: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

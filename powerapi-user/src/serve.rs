@@ -245,7 +245,7 @@ impl RecordsOut {
 
     fn write(&mut self, snapshot: &Snapshot, collector: &Collector, seq: u32, partial: bool) {
         let interval = snapshot.interval(u64::from(seq), partial);
-        let records = build_records(
+        let mut records = build_records(
             &self.run,
             snapshot,
             collector.resolver(),
@@ -254,6 +254,9 @@ impl RecordsOut {
             &Filter::default(),
             &mut self.ids,
         );
+        if let Some(crate::report::Record::Machine(machine)) = records.first_mut() {
+            machine.meter.dropped_records = self.sinks.dropped_records();
+        }
         match self.sinks.write_interval(&records) {
             Ok(()) | Err(SinkError::Closed { .. }) => {}
             Err(e) => {

@@ -53,9 +53,19 @@ pub enum SinkError {
     Rotate { path: String, source: io::Error },
 }
 
-/// Receives every interval's records.
+/// Receives every interval's records: the destination end of a pipeline. Implement it to send
+/// records somewhere powerapi does not know of (see `examples/custom_meter.rs`).
 pub trait Sink {
+    /// Takes one whole interval (the machine record first). An error ends the run when this is
+    /// the only sink; among several it is said once and the interval retried at the next.
     fn write_interval(&mut self, records: &[Record]) -> Result<(), SinkError>;
+
+    /// Records given up since the start (a server away longer than the buffer holds): reported
+    /// in the machine record's `meter.dropped_records`, so a gap in a collector's data is
+    /// explained in the data that did arrive.
+    fn dropped_records(&self) -> u64 {
+        0
+    }
 }
 
 /// What to do with an output file that already holds data.

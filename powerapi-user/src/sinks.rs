@@ -9,26 +9,35 @@ use thiserror::Error;
 use crate::{
     identity::hostname,
     influxdb::{InfluxError, InfluxSink, InfluxTarget},
+    relay::DEFAULT_MAX_QUEUED_BYTES,
     report::Record,
     rotate::{RotatingSink, Rotation},
     sink::{Existing, Format, OutputSpec, Sink, SinkError},
+    tcp::{TcpSink, TcpTarget, TcpTargetError},
 };
 
 #[derive(Debug, Error)]
 pub enum SinkSpecError {
     #[error(
-        "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -) or influxdb (TARGET http://HOST:PORT/DATABASE)"
+        "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -), influxdb (TARGET http://HOST:PORT/DATABASE) or tcp (TARGET HOST:PORT)"
     )]
     Form,
     #[error(transparent)]
     Influx(#[from] InfluxError),
+    #[error(transparent)]
+    Tcp(#[from] TcpTargetError),
 }
 
 /// One `--sink` as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
-    File { path: PathBuf, format: Format },
+    File {
+        path: PathBuf,
+        format: Format,
+    },
     InfluxDb(InfluxTarget),
+    /// JSON lines streamed to a collector.
+    Tcp(TcpTarget),
 }
 
 impl FromStr for SinkSpec {
@@ -50,6 +59,7 @@ impl FromStr for SinkSpec {
                 format: Format::Csv,
             }),
             "influxdb" | "influx" => Ok(Self::InfluxDb(InfluxTarget::parse(target)?)),
+            "tcp" => Ok(Self::Tcp(target.parse()?)),
             _ => Err(form()),
         }
     }
@@ -65,7 +75,7 @@ impl SinkSpec {
                 flag: "--sink",
                 format: *format,
             }),
-            Self::InfluxDb(_) => None,
+            Self::InfluxDb(_) | Self::Tcp(_) => None,
         }
     }
 }
@@ -74,8 +84,11 @@ impl SinkSpec {
 #[derive(Clone, Debug, Default)]
 pub struct Outputs {
     pub files: Vec<OutputSpec>,
-    pub servers: Vec<InfluxTarget>,
+    /// The network sinks (InfluxDB, TCP), in the order given.
+    pub servers: Vec<SinkSpec>,
     pub rotation: Rotation,
+    /// Most bytes each network sink holds while its server is away (`--sink-buffer`).
+    pub max_queued_bytes: u64,
 }
 
 impl Outputs {
@@ -98,15 +111,14 @@ impl Outputs {
         files.extend(sinks.iter().filter_map(|s| s.output(existing)));
         let servers = sinks
             .iter()
-            .filter_map(|s| match s {
-                SinkSpec::InfluxDb(target) => Some(target.clone()),
-                SinkSpec::File { .. } => None,
-            })
+            .filter(|s| !matches!(s, SinkSpec::File { .. }))
+            .cloned()
             .collect();
         Self {
             files,
             servers,
             rotation,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 
@@ -140,9 +152,23 @@ impl Outputs {
             }
         }
         let host = hostname().unwrap_or_default();
-        for target in &self.servers {
-            let sink = InfluxSink::start(target.clone(), &host);
-            sinks.push(("influxdb".into(), Box::new(sink)));
+        for server in &self.servers {
+            let sink: Box<dyn Sink> = match server {
+                SinkSpec::InfluxDb(target) => Box::new(InfluxSink::start(
+                    target.clone(),
+                    &host,
+                    self.max_queued_bytes,
+                )),
+                SinkSpec::Tcp(target) => {
+                    Box::new(TcpSink::start(target.clone(), self.max_queued_bytes))
+                }
+                SinkSpec::File { .. } => continue,
+            };
+            let name = match server {
+                SinkSpec::Tcp(target) => target.to_string(),
+                _ => "influxdb".into(),
+            };
+            sinks.push((name, sink));
         }
         Ok(Fanout::new(sinks))
     }
@@ -205,6 +231,10 @@ impl Sink for Fanout {
         }
         Ok(())
     }
+
+    fn dropped_records(&self) -> u64 {
+        self.sinks.iter().map(|n| n.sink.dropped_records()).sum()
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +267,12 @@ mod tests {
             let e = bad.parse::<SinkSpec>().expect_err(bad).to_string();
             assert!(e.contains("KIND:TARGET"), "{e}");
         }
+        assert!(matches!(
+            "tcp:127.0.0.1:5170".parse::<SinkSpec>(),
+            Ok(SinkSpec::Tcp(TcpTarget { port: 5170, .. }))
+        ));
+        let e = "tcp:nowhere".parse::<SinkSpec>().expect_err("no port");
+        assert!(e.to_string().contains("tcp:HOST:PORT"), "{e}");
         let e = "influxdb:https://h/db"
             .parse::<SinkSpec>()
             .expect_err("https");
@@ -298,13 +334,15 @@ mod tests {
         );
         let influx: SinkSpec = "influxdb:http://h/db".parse().expect("influx");
         assert!(influx.output(Existing::Refuse).is_none());
+        let tcp: SinkSpec = "tcp:h:5170".parse().expect("tcp");
+        assert!(tcp.output(Existing::Refuse).is_none());
         let outputs = Outputs::new(
             Some("-".into()),
-            &[spec, influx],
+            &[spec, influx, tcp],
             Existing::Refuse,
             Rotation::default(),
         );
-        assert_eq!((outputs.files.len(), outputs.servers.len()), (2, 1));
+        assert_eq!((outputs.files.len(), outputs.servers.len()), (2, 2));
         assert_eq!(outputs.files[0].flag, "-o");
         assert!(!outputs.is_empty() && Outputs::default().is_empty());
     }

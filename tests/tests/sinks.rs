@@ -257,3 +257,182 @@ fn an_unreachable_influxdb_does_not_stop_the_other_outputs() {
     let machines = of_type(&read_records(&jsonl), "machine").count();
     assert_eq!(machines, 4, "the file got every interval");
 }
+
+/// Complete lines from `stream` (a cut last line is left out, as a collector would) until end
+/// of stream, or until `enough` says so.
+fn read_lines(stream: TcpStream, mut enough: impl FnMut(&Value) -> bool) -> Vec<String> {
+    use std::io::BufRead;
+    let mut lines = Vec::new();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+        if !line.ends_with('\n') {
+            break;
+        }
+        let value: Value = serde_json::from_str(&line).expect("every line is one JSON record");
+        lines.push(std::mem::take(&mut line));
+        if enough(&value) {
+            break;
+        }
+    }
+    lines
+}
+
+/// Interval number of a record line.
+fn seq_of(line: &str) -> u64 {
+    let v: Value = serde_json::from_str(line).expect("JSON");
+    u64_of(&v["interval"]["seq"])
+}
+
+/// The record lines of `path` by interval.
+fn lines_by_seq(path: &std::path::Path) -> BTreeMap<u64, Vec<String>> {
+    let mut by_seq: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for line in fs::read_to_string(path).expect("trace").lines() {
+        by_seq
+            .entry(seq_of(line))
+            .or_default()
+            .push(format!("{line}\n"));
+    }
+    by_seq
+}
+
+#[test]
+fn a_tcp_collector_that_restarts_gets_every_interval_after_it_returns() {
+    let Some(_lock) =
+        bpf_test("a_tcp_collector_that_restarts_gets_every_interval_after_it_returns")
+    else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let collector = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("first connection");
+        // The collector goes away once interval 2 has begun, for 1.2 s (connections refused).
+        let first = read_lines(stream, |v| {
+            v["type"] == "machine" && u64_of(&v["interval"]["seq"]) == 2
+        });
+        drop(listener);
+        std::thread::sleep(Duration::from_millis(1200));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("rebind");
+        let (stream, _) = listener.accept().expect("second connection");
+        (first, read_lines(stream, |_| false))
+    });
+    let jsonl = temp_path("tcp.jsonl");
+    let _ = fs::remove_file(&jsonl);
+    let out = record_to("4s", "none", &jsonl, &[format!("tcp:127.0.0.1:{port}")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (first, second) = collector.join().expect("collector");
+    assert_eq!(
+        stderr.matches("cannot connect").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert_eq!(stderr.matches("writing again").count(), 1, "{stderr}");
+    let file = lines_by_seq(&jsonl);
+    let last = *file.keys().last().expect("intervals");
+    assert_eq!(last, 8, "4 s at 500 ms");
+    // After the collector's return, the stream is the file's lines exactly, from the interval
+    // that found the collector gone (queued meanwhile) to the last.
+    let resumed = seq_of(second.first().expect("the second connection got records"));
+    assert!(
+        resumed <= 3,
+        "interval 3 onwards were queued, not lost: from {resumed}"
+    );
+    let expected: String = file
+        .range(resumed..)
+        .flat_map(|(_, l)| l.iter().cloned())
+        .collect();
+    assert_eq!(second.concat(), expected);
+    // Before it left, the collector got intervals 1 and 2 as in the file (what it had read).
+    let before: String = file
+        .range(..resumed)
+        .flat_map(|(_, l)| l.iter().cloned())
+        .collect();
+    assert!(
+        before.starts_with(&first.concat()),
+        "the first connection's lines are the file's"
+    );
+    let machines = of_type(&read_records(&jsonl), "machine")
+        .map(|m| u64_of(&m["meter"]["dropped_records"]))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        machines,
+        vec![0; 8],
+        "nothing dropped: the buffer held the gap"
+    );
+}
+
+#[test]
+fn a_full_tcp_buffer_drops_whole_intervals_and_counts_their_records() {
+    let name = "a_full_tcp_buffer_drops_whole_intervals_and_counts_their_records";
+    let Some(_lock) = bpf_test(name) else {
+        return;
+    };
+    let port = free_port();
+    let collector = std::thread::spawn(move || {
+        // Away for the first 1.6 s (about three intervals), then there until the end.
+        std::thread::sleep(Duration::from_millis(1600));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        let (stream, _) = listener.accept().expect("connection");
+        read_lines(stream, |_| false)
+    });
+    let jsonl = temp_path("tcp-drops.jsonl");
+    let _ = fs::remove_file(&jsonl);
+    let mut cmd = Command::new(powerapi());
+    // 1 KiB holds less than one interval: each interval queued while the collector is away
+    // pushes out the one before.
+    cmd.args([
+        "record",
+        "--interval",
+        "500ms",
+        "--duration",
+        "4s",
+        "--counters",
+        "none",
+    ])
+    .args(["--energy-source", "none", "--sink-buffer", "1K", "-o"])
+    .arg(&jsonl)
+    .arg("--sink")
+    .arg(format!("tcp:127.0.0.1:{port}"));
+    let out = cmd.output().expect("powerapi record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let received = collector.join().expect("collector");
+    let file = lines_by_seq(&jsonl);
+    let mut got: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for line in received {
+        got.entry(seq_of(&line)).or_default().push(line);
+    }
+    // Whole intervals arrive or none of one.
+    for (seq, lines) in &got {
+        assert_eq!(Some(lines), file.get(seq), "interval {seq} arrived whole");
+    }
+    let missing: Vec<u64> = file
+        .keys()
+        .filter(|s| !got.contains_key(s))
+        .copied()
+        .collect();
+    assert!(
+        !missing.is_empty(),
+        "the collector was away long enough to lose intervals"
+    );
+    let missing_records: u64 = missing.iter().map(|s| file[s].len() as u64).sum();
+    let records = read_records(&jsonl);
+    let last = of_type(&records, "machine")
+        .last()
+        .expect("machine records");
+    assert_eq!(
+        u64_of(&last["meter"]["dropped_records"]),
+        missing_records,
+        "the last machine record counts every record the collector lacks ({missing:?})"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{} interval(s) could not be written ({} dropped",
+            missing.len(),
+            missing.len()
+        )),
+        "{stderr}"
+    );
+}
