@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     delta::IntervalDeltas,
     energy::{Domain, DomainKey, EnergySample, Unmeasured},
+    formula::{Formula, Proportional, Split},
 };
 
 /// Joules per domain (indexed by [`Domain::index`]).
@@ -61,7 +62,7 @@ pub enum IdleSource {
     None,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AttributionConfig {
     pub metric: Metric,
     pub idle_policy: IdlePolicy,
@@ -107,34 +108,15 @@ const HISTORY: usize = 300;
 const LOW_ACTIVITY: f64 = 0.2;
 
 /// Holds the configuration and the recent (power, busy) history the online idle estimate needs.
-#[derive(Debug)]
 pub struct Attribution {
     config: AttributionConfig,
+    formula: Box<dyn Formula>,
+    /// Reused per domain: one weight per task.
+    weights: Vec<f64>,
     history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
     /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
     /// online estimate) or a persisted estimate (which only stands in until there is one).
     prior: HashMap<DomainKey, (f64, IdleSource)>,
-}
-
-/// Which counter slot (if any) a domain is shared by, and its name.
-fn metric_for(domain: Domain, metric: Metric, counters: &[String]) -> (Option<usize>, String) {
-    let slot = |name: &str| counters.iter().position(|c| c == name);
-    let cpu_time = (None, "cpu-time".to_string());
-    match domain {
-        Domain::Psys | Domain::Gpu => cpu_time,
-        Domain::Dram if slot("llc-misses").is_some() => (slot("llc-misses"), "llc-misses".into()),
-        _ => {
-            let wanted = match metric {
-                Metric::Auto | Metric::Cycles => "cycles",
-                Metric::Instructions => "instructions",
-                Metric::CpuTime => return cpu_time,
-            };
-            match slot(wanted) {
-                Some(s) => (Some(s), wanted.to_string()),
-                None => cpu_time,
-            }
-        }
-    }
 }
 
 fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
@@ -147,9 +129,20 @@ fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
 }
 
 impl Attribution {
+    /// With the proportional formula by `config.metric`.
     pub fn new(config: AttributionConfig) -> Self {
+        let formula = Box::new(Proportional {
+            metric: config.metric,
+        });
+        Self::with_formula(config, formula)
+    }
+
+    /// With a formula of the caller's ([`Formula`]); `config.metric` is then unused.
+    pub fn with_formula(config: AttributionConfig, formula: Box<dyn Formula>) -> Self {
         Self {
             config,
+            formula,
+            weights: Vec::new(),
             history: HashMap::new(),
             prior: HashMap::new(),
         }
@@ -208,10 +201,18 @@ impl Attribution {
             let measured_j = measured_j.max(0.0);
             let platform_wide = key.domain == Domain::Psys;
             let on_socket = |socket: u32| platform_wide || socket == key.socket;
-            let (slot, metric_name) = metric_for(key.domain, self.config.metric, counters);
+            self.weights.clear();
+            self.weights.resize(deltas.tasks.len(), 0.0);
+            let split = Split {
+                domain: key,
+                tasks: &deltas.tasks,
+                counters,
+            };
+            let metric_name = self.formula.weights(&split, &mut self.weights);
+            let weights = &self.weights;
             let weight = |i: usize| {
-                let t = &deltas.tasks[i];
-                slot.map_or(t.on_cpu_ns as f64, |s| t.counters[s] as f64)
+                let w = weights[i];
+                if w.is_finite() && w > 0.0 { w } else { 0.0 }
             };
             let members: Vec<usize> = (0..deltas.tasks.len())
                 .filter(|&i| !deltas.tasks[i].key.is_idle() && on_socket(deltas.tasks[i].socket))
@@ -457,6 +458,41 @@ mod tests {
         assert!((r.task_joules[0][0] - 15.0).abs() < 1e-9);
         assert!((r.task_joules[1][0] - 5.0).abs() < 1e-9);
         assert_eq!(r.task_joules[2][0], 0.0, "idle tasks get nothing");
+    }
+
+    /// A user's formula that returns garbage for some tasks.
+    struct Garbage;
+
+    impl Formula for Garbage {
+        fn name(&self) -> &str {
+            "garbage"
+        }
+
+        fn weights(&mut self, _: &Split<'_>, out: &mut [f64]) -> String {
+            out.copy_from_slice(&[3.0, f64::NAN, -5.0, f64::INFINITY, 1.0]);
+            "made-up".into()
+        }
+    }
+
+    #[test]
+    fn any_formula_keeps_the_books_and_its_bad_weights_count_as_zero() {
+        let mut a = Attribution::with_formula(
+            config(Metric::Auto, IdlePolicy::None, Some(10.0)),
+            Box::new(Garbage),
+        );
+        let d = deltas(vec![
+            task(1, 0, 100, 0),
+            task(2, 0, 100, 0),
+            task(3, 0, 100, 0),
+            task(4, 0, 100, 0),
+            task(5, 0, 100, 0),
+        ]);
+        let r = a.attribute(&d, &[], &[(0, 2)], &sample(vec![(pkg(0), 30.0)]));
+        assert_conserved(&r, &d, &[true]);
+        assert_eq!(r.domains[0].metric, "made-up");
+        // 20 J active, by weights 3 : 0 : 0 : 0 : 1.
+        let got: Vec<f64> = r.task_joules.iter().map(|j| j[0]).collect();
+        assert_eq!(got, [15.0, 0.0, 0.0, 0.0, 5.0]);
     }
 
     #[test]

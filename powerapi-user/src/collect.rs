@@ -10,7 +10,10 @@ use crate::{
     attribution::{Attribution, AttributionConfig, IdleSource, Metric, PowerReport},
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
-    energy::{DomainKey, EnergyError, EnergyOptions, EnergySource, SourceSpec, UnmeasuredReason},
+    energy::{
+        DomainKey, EnergyError, EnergyOptions, EnergySource, Source, SourceSpec, UnmeasuredReason,
+    },
+    formula::Formula,
     idle::IdleStore,
     report::{Interval, MeterCost},
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
@@ -63,6 +66,28 @@ pub struct CollectorConfig {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
+impl Default for CollectorConfig {
+    /// The command line's defaults, with the idle estimate not kept between runs.
+    fn default() -> Self {
+        Self {
+            sensor: SensorConfig::default(),
+            energy: SourceSpec::Auto,
+            model: EnergyOptions::default(),
+            attribution: AttributionConfig::default(),
+            state_dir: None,
+        }
+    }
+}
+
+/// Parts a library user brings instead of the built-in ones (`None`: built from the config).
+#[derive(Default)]
+pub struct Parts {
+    /// Replaces `CollectorConfig::energy`.
+    pub source: Option<Box<dyn Source>>,
+    /// Replaces the proportional formula of `CollectorConfig::attribution`.
+    pub formula: Option<Box<dyn Formula>>,
+}
+
 /// One interval, fully digested.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -93,7 +118,7 @@ impl Snapshot {
 }
 
 pub struct Collector {
-    energy: Option<EnergySource>,
+    energy: Option<Box<dyn Source>>,
     energy_note: Option<String>,
     attribution: Attribution,
     cpus_by_socket: Vec<(u32, u32)>,
@@ -144,6 +169,11 @@ fn self_usage() -> (u64, u64) {
 
 impl Collector {
     pub fn start(config: &CollectorConfig) -> Result<Self, CollectError> {
+        Self::start_with(config, Parts::default())
+    }
+
+    /// Starts with the caller's energy source and formula where `parts` has them.
+    pub fn start_with(config: &CollectorConfig, parts: Parts) -> Result<Self, CollectError> {
         let mut sensor = Sensor::start(&config.sensor)?;
         check_metric(
             config.attribution.metric,
@@ -151,12 +181,18 @@ impl Collector {
             sensor.time_only_reason(),
         )
         .map_err(CollectError::Config)?;
-        let (energy, mut energy_note) = EnergySource::open(
-            &config.energy,
-            &config.sensor.root,
-            sensor.cpus(),
-            &config.model,
-        )?;
+        let (energy, mut energy_note): (Option<Box<dyn Source>>, _) = match parts.source {
+            Some(source) => (Some(source), None),
+            None => {
+                let (energy, note) = EnergySource::open(
+                    &config.energy,
+                    &config.sensor.root,
+                    sensor.cpus(),
+                    &config.model,
+                )?;
+                (energy.map(|e| Box::new(e) as Box<dyn Source>), note)
+            }
+        };
         if config.model.max_watts.is_some() && energy.as_ref().is_some_and(|e| !e.estimated()) {
             let ignored = "--max-watts is the model's and is ignored: energy is measured";
             energy_note = Some(match energy_note {
@@ -179,7 +215,10 @@ impl Collector {
         let resolver = read_cgroup2_mount(std::path::Path::new("/"))
             .ok()
             .map(CgroupResolver::new);
-        let mut attribution = Attribution::new(config.attribution.clone());
+        let mut attribution = match parts.formula {
+            Some(formula) => Attribution::with_formula(config.attribution.clone(), formula),
+            None => Attribution::new(config.attribution.clone()),
+        };
         let idle_store = match (&energy, &config.state_dir) {
             (Some(energy), Some(dir)) if !energy.estimated() => {
                 // Keyed by what is measured: a powercap-dir tree is its own source.
@@ -262,7 +301,7 @@ impl Collector {
     }
 
     pub fn energy_estimated(&self) -> bool {
-        self.energy.as_ref().is_some_and(EnergySource::estimated)
+        self.energy.as_ref().is_some_and(|e| e.estimated())
     }
 
     pub fn attribution_config(&self) -> &AttributionConfig {

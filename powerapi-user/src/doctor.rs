@@ -4,7 +4,7 @@ use std::{fmt, fs, path::Path};
 
 use crate::{
     cgroup::read_cgroup2_mount,
-    energy::{EnergyOptions, EnergySource, SourceSpec},
+    energy::{EnergyOptions, EnergySource, Source, SourceSpec},
     privilege,
     sensor::{self, Sensor, SensorConfig, SlotLookup, counters},
     topology::read_cpus,

@@ -1,10 +1,7 @@
 //! `powerapi record`: snapshots → JSON-lines records, every interval, until the duration ends or
 //! a signal arrives (the last, partial interval is still written, marked `partial`).
 
-use std::{
-    sync::mpsc::{Receiver, RecvTimeoutError},
-    time::{Duration, Instant},
-};
+use std::{sync::mpsc::Receiver, time::Duration};
 
 use clap::ValueEnum;
 use thiserror::Error;
@@ -14,6 +11,7 @@ use crate::{
     cgroup::{CgroupResolver, parse_container, parse_systemd_unit},
     collect::{CollectError, Collector, CollectorConfig, Snapshot},
     identity::Identities,
+    pipeline::Pipeline,
     report::{
         CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA,
         TaskRecord, ipc, machine_energy, named_counters, task_energy,
@@ -139,6 +137,20 @@ pub struct RecordConfig {
     pub granularity: Granularity,
     pub filter: Filter,
     pub collector: CollectorConfig,
+}
+
+impl Default for RecordConfig {
+    /// The command line's defaults: 1 s intervals until stopped, a record per process.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            cmdline: false,
+            duration: None,
+            granularity: Granularity::Process,
+            filter: Filter::default(),
+            collector: CollectorConfig::default(),
+        }
+    }
 }
 
 /// What every record of a run shares.
@@ -319,49 +331,15 @@ pub fn run_info(collector: &Collector) -> RunInfo {
 /// Runs until `duration` ends, `stop` receives (or disconnects) or the output's reader goes
 /// away; returns how many intervals were written. The sink is opened by `open_sink` only once
 /// the sensor runs, so a start that fails leaves an existing output untouched.
-pub fn record<S: Sink>(
+pub fn record<S: Sink + 'static>(
     config: &RecordConfig,
     open_sink: impl FnOnce(&Receiver<()>) -> Result<S, SinkError>,
     stop: &Receiver<()>,
 ) -> Result<u64, RecordError> {
-    let mut collector = Collector::start(&config.collector)?;
-    let run = run_info(&collector);
-    announce(&collector, &run);
-    let mut sink = open_sink(stop)?;
-    let mut ids = Identities::new(config.cmdline);
-    let started = Instant::now();
-    let end = config.duration.map(|d| started + d);
-    let mut seq = 0;
-    loop {
-        seq += 1;
-        let full_deadline = started + config.interval * seq as u32;
-        let deadline = end.map_or(full_deadline, |e| e.min(full_deadline));
-        let stopped = !matches!(
-            stop.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-            Err(RecvTimeoutError::Timeout)
-        );
-        let partial = stopped || deadline < full_deadline;
-        let last = stopped || end.is_some_and(|e| deadline >= e);
-        let mut snapshot = collector.collect()?;
-        snapshot.meter.dropped_records = sink.dropped_records();
-        let interval = snapshot.interval(seq, partial);
-        let records = build_records(
-            &run,
-            &snapshot,
-            collector.resolver(),
-            &interval,
-            config.granularity,
-            &config.filter,
-            &mut ids,
-        );
-        match sink.write_interval(&records) {
-            Err(SinkError::Closed { .. }) => return Ok(seq),
-            result => result?,
-        }
-        if last {
-            return Ok(seq);
-        }
-    }
+    let mut pipeline = Pipeline::builder().config(config.clone()).start()?;
+    announce(pipeline.collector(), pipeline.run_info());
+    pipeline.add_sink("output", Box::new(open_sink(stop)?));
+    pipeline.run(stop)
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ impl Relay {
 }
 
 impl Drop for Relay {
-    /// Lets the last intervals leave (for at most [`FINAL_FLUSH`]) and says what could not.
+    /// Lets the last intervals leave (for at most 5 s) and says what could not.
     fn drop(&mut self) {
         {
             let (lock, wake) = &*self.shared;

@@ -416,6 +416,24 @@ impl FromStr for SourceSpec {
     }
 }
 
+/// An energy input of a pipeline: joules per domain and socket over each interval. The built-in
+/// sources are [`EnergySource`]s (RAPL through perf, powercap or MSRs, or the model); implement
+/// this to feed another (a wattmeter, a BMC, a host's figures for its guest).
+pub trait Source: Send {
+    /// Recorded as the machine record's `energy.source`.
+    fn name(&self) -> &str;
+    /// True when the figures are a model's, not a measurement: every figure derived from them is
+    /// then labelled estimated.
+    fn estimated(&self) -> bool;
+    /// Energy over the interval that just ended (`duration_ns` long); `busy_ns_by_socket` (on-CPU
+    /// time of every task but idle, per socket) is there for sources that model.
+    fn sample(
+        &mut self,
+        duration_ns: u64,
+        busy_ns_by_socket: &[(u32, u64)],
+    ) -> Result<EnergySample, EnergyError>;
+}
+
 /// Energy options: the model's coefficients (`--idle-watts`, `--max-watts`) and how long a
 /// measured source may stay unreadable (`--energy-timeout`).
 #[derive(Clone, Debug)]
@@ -424,6 +442,17 @@ pub struct EnergyOptions {
     pub max_watts: Option<f64>,
     /// How long a measured source may stay unreadable before the run ends (`--energy-timeout`).
     pub timeout: Duration,
+}
+
+impl Default for EnergyOptions {
+    /// The command line's defaults: the model's coefficients from the CPU count, 30 s.
+    fn default() -> Self {
+        Self {
+            idle_watts: None,
+            max_watts: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The energy input of a pipeline: a measured source or the model.
@@ -507,9 +536,10 @@ impl EnergySource {
             other => Ok((measured(other)?, None)),
         }
     }
+}
 
-    /// Energy over the interval that just ended; `busy_ns_by_socket` feeds the model.
-    pub fn sample(
+impl Source for EnergySource {
+    fn sample(
         &mut self,
         duration_ns: u64,
         busy_ns_by_socket: &[(u32, u64)],
@@ -520,11 +550,11 @@ impl EnergySource {
         }
     }
 
-    pub fn estimated(&self) -> bool {
+    fn estimated(&self) -> bool {
         matches!(self, Self::Model(_))
     }
 
-    pub fn name(&self) -> &str {
+    fn name(&self) -> &str {
         match self {
             Self::Measured(meter) => meter.source.name(),
             Self::Model(_) => "model",

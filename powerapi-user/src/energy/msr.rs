@@ -87,7 +87,13 @@ impl Msr {
         let dev = Path::new("/dev/cpu");
         if !dev.join("0/msr").exists() {
             // Loading the module is harmless when allowed and answers the question definitively.
-            let _ = Command::new("modprobe").arg("msr").status();
+            // Its complaint is not ours to print: a missing device file is said below, with
+            // what to do, when the MSR source was asked for.
+            let _ = Command::new("modprobe")
+                .arg("msr")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         let mut sockets: Vec<&Cpu> = Vec::new();
         for cpu in cpus {

@@ -113,6 +113,8 @@ impl SlotLookup {
 }
 
 impl Default for SensorConfig {
+    /// The command line's defaults: cycles and instructions where the CPU has them (else
+    /// time-only, said), 65,536 threads, a 4 MiB exit ring, `/sys` at `/`.
     fn default() -> Self {
         Self {
             counters: default_counters(),
