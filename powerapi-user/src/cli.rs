@@ -3,11 +3,14 @@
 use std::{io::Write, path::PathBuf, sync::mpsc, time::Duration};
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource,
+};
 
 use crate::{
     attribution::{AttributionConfig, IdlePolicy, Metric},
     collect::CollectorConfig,
+    config::{self, MeterConfig},
     doctor,
     energy::{EnergyOptions, SourceSpec},
     record::{self, Filter, Granularity, RecordConfig},
@@ -26,6 +29,11 @@ use crate::{
     about = "eBPF software power meter: CPU time, counters and (soon) watts per process"
 )]
 pub struct Cli {
+    /// A JSON file declaring the pipeline (sensor, energy source, formula, sinks, outputs);
+    /// the command line and POWERAPI_* environment variables override it. See
+    /// examples/configs/.
+    #[arg(long, global = true, value_name = "FILE", env = "POWERAPI_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,16 +62,16 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SensorArgs {
     /// Sampling interval (e.g. 500ms, 1s, 2m).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    #[arg(long, default_value = "1s", value_parser = parse_interval, env = "POWERAPI_INTERVAL")]
     pub interval: Duration,
     /// Counters to read at each switch: comma-separated names (cycles, instructions, ref-cycles,
     /// llc-misses, cache-misses, branch-misses, cpu-clock, page-faults, major-faults,
     /// cpu-migrations, raw:0xCONFIG) or `none`.
     /// Default: cycles,instructions when the CPU has a PMU, else time-only mode.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "POWERAPI_COUNTERS")]
     pub counters: Option<Vec<String>>,
     /// Most threads tracked at once; beyond it slices are counted as lost (never silently).
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=4_194_304), env = "POWERAPI_MAX_TASKS")]
     pub max_tasks: u32,
     /// Exit ring buffer size in KiB (a power of two ≥ 4). Tests shrink it to exercise the
     /// overflow path.
@@ -74,29 +82,34 @@ pub struct SensorArgs {
     #[arg(long, value_enum, default_value_t = SlotLookup::Auto, hide = true)]
     pub slot_lookup: SlotLookup,
     /// Where /sys is found (for containers that mount the host's elsewhere).
-    #[arg(long = "sysfs-root", alias = "root", default_value = "/")]
+    #[arg(
+        long = "sysfs-root",
+        alias = "root",
+        default_value = "/",
+        env = "POWERAPI_SYSFS_ROOT"
+    )]
     pub root: PathBuf,
     /// Energy source: auto (perf PMU, else powercap, else MSR, else the model — said loudly),
     /// perf, powercap, powercap-dir:PATH (a powercap-shaped tree a host writes for its guest),
     /// msr, model (ESTIMATED from CPU utilisation), or none (CPU time only).
-    #[arg(long, default_value = "auto", value_parser = parse_source)]
+    #[arg(long, default_value = "auto", value_parser = parse_source, env = "POWERAPI_ENERGY_SOURCE")]
     pub energy_source: SourceSpec,
     /// What active energy is shared by: cycles when counted, else on-CPU time.
-    #[arg(long, value_enum, default_value_t = Metric::Auto)]
+    #[arg(long, value_enum, default_value_t = Metric::Auto, env = "POWERAPI_METRIC")]
     pub metric: Metric,
     /// Whether idle energy stays a separate row (none) or is shared by CPU time or equally.
-    #[arg(long, value_enum, default_value_t = IdlePolicy::None)]
+    #[arg(long, value_enum, default_value_t = IdlePolicy::None, env = "POWERAPI_IDLE_POLICY")]
     pub idle_policy: IdlePolicy,
     /// Idle power of the package domain(s) in watts (default: estimated online). For the model,
     /// its P_idle (default 2 W per CPU).
-    #[arg(long, value_parser = parse_watts)]
+    #[arg(long, value_parser = parse_watts, env = "POWERAPI_IDLE_WATTS")]
     pub idle_watts: Option<f64>,
     /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
-    #[arg(long, value_parser = parse_watts)]
+    #[arg(long, value_parser = parse_watts, env = "POWERAPI_MAX_WATTS")]
     pub max_watts: Option<f64>,
     /// How long a measured energy source may stay unreadable before powerapi stops; until then
     /// its intervals are reported unmeasured and recording goes on.
-    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, env = "POWERAPI_ENERGY_TIMEOUT")]
     pub energy_timeout: Duration,
 }
 
@@ -185,38 +198,47 @@ impl FilterArgs {
 /// The outputs of `record` and `serve` besides `-o`: more sinks, what to do with existing files,
 /// and rotation.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("rotating").args(["rotate_size", "rotate_every"]).multiple(true))]
 pub struct OutputArgs {
     /// Another output, repeatable: jsonl:FILE, csv:FILE (- for stdout),
     /// influxdb:http://HOST:PORT/DATABASE (InfluxDB 1.x) or tcp:HOST:PORT (JSON lines to a
     /// collector). Each gets every interval; one that fails is said once and retried, and the
     /// others go on.
-    #[arg(long = "sink", value_name = "KIND:TARGET")]
+    #[arg(long = "sink", value_name = "KIND:TARGET", env = "POWERAPI_SINK")]
     pub sinks: Vec<SinkSpec>,
     #[command(flatten)]
     pub existing: ExistingArgs,
     /// Rotate file outputs once they hold this much (e.g. 100M, 1G), at an interval boundary.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "POWERAPI_ROTATE_SIZE")]
     pub rotate_size: Option<u64>,
     /// Rotate file outputs after this long (e.g. 1h, 1d), at an interval boundary.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, env = "POWERAPI_ROTATE_EVERY")]
     pub rotate_every: Option<Duration>,
-    /// Gzip rotated files (on a thread of their own).
-    #[arg(long, requires = "rotating")]
+    /// Gzip rotated files (on a thread of their own); needs a rotation.
+    #[arg(long)]
     pub compress: bool,
     /// Most data each network sink (influxdb, tcp) holds while its server is away (e.g. 64M,
     /// the default); beyond it the oldest intervals are dropped and counted in the machine
     /// record's meter.dropped_records.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "POWERAPI_SINK_BUFFER")]
     pub sink_buffer: Option<u64>,
-    /// Keep only the N most recent rotated files of each output.
-    #[arg(long, value_name = "N", requires = "rotating", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Keep only the N most recent rotated files of each output; needs a rotation.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "POWERAPI_KEEP")]
     pub keep: Option<u32>,
 }
 
 impl OutputArgs {
-    /// The outputs, with `first` (`-o`) ahead of the `--sink`s.
-    pub fn outputs(&self, first: Option<PathBuf>) -> Outputs {
+    /// The outputs, with `first` (`-o`) ahead of the `--sink`s. Checked here rather than by
+    /// clap, because a rotation may come from the config file while `--keep` comes from the
+    /// command line.
+    pub fn outputs(&self, first: Option<PathBuf>) -> Result<Outputs> {
+        if (self.compress || self.keep.is_some())
+            && self.rotate_size.is_none()
+            && self.rotate_every.is_none()
+        {
+            bail!(
+                "--compress and --keep apply to rotated files: add --rotate-size or --rotate-every (or drop them)"
+            );
+        }
         let rotation = Rotation {
             max_bytes: self.rotate_size,
             every: self.rotate_every,
@@ -227,7 +249,7 @@ impl OutputArgs {
         if let Some(bytes) = self.sink_buffer {
             outputs.max_queued_bytes = bytes;
         }
-        outputs
+        Ok(outputs)
     }
 }
 
@@ -238,7 +260,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Stop after this long (default: until SIGINT/SIGTERM/SIGHUP).
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, value_parser = parse_positive_duration, env = "POWERAPI_DURATION")]
     pub duration: Option<Duration>,
     /// Output file (JSON lines), or - for stdout (the default when no --sink is given). An
     /// existing non-empty file is refused unless --append or --force says what to do with it.
@@ -247,7 +269,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub outputs: OutputArgs,
     /// One record per process (default), per thread, or per cgroup.
-    #[arg(long, value_enum, default_value_t = Granularity::Process)]
+    #[arg(long, value_enum, default_value_t = Granularity::Process, env = "POWERAPI_GRANULARITY")]
     pub granularity: Granularity,
     /// Add each process's command line (read from /proc once per process) to its records.
     #[arg(long)]
@@ -273,10 +295,10 @@ pub struct ServeArgs {
     pub sensor: SensorArgs,
     /// Address to listen on. Binding beyond loopback (0.0.0.0:9185) exposes what runs on this
     /// machine to the network: a deliberate choice.
-    #[arg(long, default_value = "127.0.0.1:9185")]
+    #[arg(long, default_value = "127.0.0.1:9185", env = "POWERAPI_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// Processes exported as their own series (by energy); the rest are summed as pid="other".
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), env = "POWERAPI_TOP")]
     pub top: u32,
     /// The kubelet's pod log directory (its entries name pods: `<namespace>_<name>_<uid>`).
     #[arg(long, default_value = "/var/log/pods", hide = true)]
@@ -320,7 +342,7 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
 }
 
 /// `100M`, `1G`, `512K`, `4096`: binary units (a K is 1,024 bytes).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (digits, unit) = t
         .find(|c: char| !c.is_ascii_digit())
@@ -341,7 +363,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: write a size such as 512K, 100M or 1G"))
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 500ms, 1s, 2m)"))?;
     if d.is_zero() {
@@ -350,7 +372,7 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_positive_duration(text)?;
     if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
         return Err("must be between 10ms and 1h".into());
@@ -428,6 +450,131 @@ impl SensorArgs {
     }
 }
 
+/// True when `id` was given neither on the command line nor in the environment: the config file
+/// may set it (precedence: command line > environment > file > default).
+fn open_to_file(m: &ArgMatches, id: &str) -> bool {
+    !matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Sets `$target` to the file's `$value` where `$id` is open to the file.
+macro_rules! from_file {
+    ($m:expr, $id:literal, $target:expr, $value:expr) => {
+        if let Some(v) = $value
+            && open_to_file($m, $id)
+        {
+            $target = v;
+        }
+    };
+}
+
+impl Cli {
+    /// Parses the command line and the POWERAPI_* environment (clap prints usage and exits on a
+    /// bad one), then lays the `--config` file under them.
+    pub fn load() -> Result<Self> {
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(path) = &cli.config {
+            let file = config::load(path)?;
+            cli.apply(&file, &matches);
+        }
+        Ok(cli)
+    }
+
+    /// Fills every option the command line and environment left open from `file`.
+    pub fn apply(&mut self, file: &MeterConfig, matches: &ArgMatches) {
+        let Some((_, m)) = matches.subcommand() else {
+            return;
+        };
+        match &mut self.command {
+            Command::Record(a) => {
+                a.sensor.apply(file, m);
+                a.filter.apply(file, m);
+                a.outputs.apply(file, m);
+                let r = &file.record;
+                from_file!(m, "output", a.output, r.output.clone().map(Some));
+                from_file!(m, "duration", a.duration, r.duration.map(Some));
+                from_file!(m, "granularity", a.granularity, r.granularity);
+                from_file!(m, "cmdline", a.cmdline, r.cmdline);
+            }
+            Command::Top(a) => {
+                a.sensor.apply(file, m);
+                a.filter.apply(file, m);
+                a.existing.apply(file, m);
+                from_file!(m, "record", a.record, file.top.record.clone().map(Some));
+            }
+            Command::Serve(a) => {
+                a.sensor.apply(file, m);
+                a.outputs.apply(file, m);
+                from_file!(m, "listen", a.listen, file.serve.listen);
+                from_file!(m, "top", a.top, file.serve.top);
+            }
+            Command::Run(a) => a.sensor.apply(file, m),
+            Command::Doctor { root } => {
+                from_file!(m, "root", *root, file.sensor.sysfs_root.clone());
+            }
+            Command::BenchNoop => {}
+        }
+    }
+}
+
+impl SensorArgs {
+    fn apply(&mut self, f: &MeterConfig, m: &ArgMatches) {
+        from_file!(m, "interval", self.interval, f.interval);
+        let s = &f.sensor;
+        from_file!(m, "counters", self.counters, s.counters.clone().map(Some));
+        from_file!(m, "max_tasks", self.max_tasks, s.max_tasks);
+        from_file!(m, "root", self.root, s.sysfs_root.clone());
+        let e = &f.energy;
+        from_file!(m, "energy_source", self.energy_source, e.source.clone());
+        from_file!(m, "energy_timeout", self.energy_timeout, e.timeout);
+        from_file!(m, "idle_watts", self.idle_watts, e.idle_watts.map(Some));
+        from_file!(m, "max_watts", self.max_watts, e.max_watts.map(Some));
+        from_file!(m, "metric", self.metric, f.formula.metric);
+        from_file!(m, "idle_policy", self.idle_policy, f.formula.idle_policy);
+    }
+}
+
+impl FilterArgs {
+    fn apply(&mut self, f: &MeterConfig, m: &ArgMatches) {
+        from_file!(m, "pids", self.pids, f.filter.pids.clone());
+        from_file!(m, "comms", self.comms, f.filter.comms.clone());
+        from_file!(m, "cgroups", self.cgroups, f.filter.cgroups.clone());
+    }
+}
+
+impl ExistingArgs {
+    fn apply(&mut self, f: &MeterConfig, m: &ArgMatches) {
+        if open_to_file(m, "append")
+            && open_to_file(m, "force")
+            && let Some(existing) = f.outputs.existing
+        {
+            self.append = existing == Existing::Append;
+            self.force = existing == Existing::Overwrite;
+        }
+    }
+}
+
+impl OutputArgs {
+    fn apply(&mut self, f: &MeterConfig, m: &ArgMatches) {
+        from_file!(m, "sinks", self.sinks, f.sinks.clone());
+        self.existing.apply(f, m);
+        let o = &f.outputs;
+        from_file!(m, "rotate_size", self.rotate_size, o.rotate_size.map(Some));
+        from_file!(
+            m,
+            "rotate_every",
+            self.rotate_every,
+            o.rotate_every.map(Some)
+        );
+        from_file!(m, "compress", self.compress, o.compress);
+        from_file!(m, "keep", self.keep, o.keep.map(Some));
+        from_file!(m, "sink_buffer", self.sink_buffer, o.sink_buffer.map(Some));
+    }
+}
+
 /// A channel that receives once per SIGINT/SIGTERM/SIGHUP, so every loop can finish its
 /// interval (SIGHUP: the ssh session that started us dropped; the trace must still end whole).
 pub fn stop_signal() -> Result<mpsc::Receiver<()>> {
@@ -482,7 +629,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 .output
                 .clone()
                 .or_else(|| args.outputs.sinks.is_empty().then(|| "-".into()));
-            let outputs = args.outputs.outputs(first);
+            let outputs = args.outputs.outputs(first)?;
             outputs.check()?;
             let stop = stop_signal()?;
             let open = |stop: &std::sync::mpsc::Receiver<()>| outputs.open(stop);
@@ -556,7 +703,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 top: args.top as usize,
                 pods_dir: args.pods_dir.clone(),
                 docker_dir: args.docker_dir.clone(),
-                outputs: args.outputs.outputs(None),
+                outputs: args.outputs.outputs(None)?,
             };
             config.outputs.check()?;
             let stop = stop_signal()?;
@@ -615,6 +762,142 @@ mod tests {
         );
     }
 
+    /// Parses `argv` and lays `file` under it, as `Cli::load` does.
+    fn with_file(argv: &[&str], file: &str) -> Cli {
+        let matches = Cli::command()
+            .try_get_matches_from(argv)
+            .expect("valid command line");
+        let mut cli = Cli::from_arg_matches(&matches).expect("parsed");
+        cli.apply(&config::parse(file).expect("valid file"), &matches);
+        cli
+    }
+
+    const FULL: &str = r#"{
+        "interval": "2s",
+        "sensor": {"counters": ["cpu-clock"], "max_tasks": 1024, "sysfs_root": "/host"},
+        "energy": {"source": "model", "timeout": "1m", "idle_watts": 3, "max_watts": 30},
+        "formula": {"name": "proportional", "metric": "cpu-time", "idle_policy": "equal"},
+        "filter": {"pids": [1], "comms": ["nginx"], "cgroups": ["/system.slice"]},
+        "sinks": ["csv:/tmp/p.csv"],
+        "outputs": {"existing": "append", "rotate_size": "1M", "compress": true, "keep": 3, "sink_buffer": "2M"},
+        "record": {"output": "/tmp/t.jsonl", "duration": "1h", "granularity": "cgroup", "cmdline": true},
+        "serve": {"listen": "0.0.0.0:9999", "top": 7},
+        "top": {"record": "/tmp/top.jsonl"}
+    }"#;
+
+    #[test]
+    fn the_file_fills_what_the_command_line_left_open() {
+        let cli = with_file(
+            &["powerapi", "record", "--interval", "500ms", "--force"],
+            FULL,
+        );
+        let Command::Record(a) = cli.command else {
+            panic!("record");
+        };
+        // Given on the command line: kept. --force also keeps the file's `existing` out.
+        assert_eq!(a.sensor.interval, Duration::from_millis(500));
+        assert!(a.outputs.existing.existing() == Existing::Overwrite);
+        // Left open: from the file.
+        assert_eq!(a.sensor.counters, Some(vec!["cpu-clock".to_string()]));
+        assert_eq!(a.sensor.max_tasks, 1024);
+        assert_eq!(a.sensor.root, PathBuf::from("/host"));
+        assert_eq!(a.sensor.energy_source, SourceSpec::Model);
+        assert_eq!(a.sensor.energy_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (a.sensor.idle_watts, a.sensor.max_watts),
+            (Some(3.0), Some(30.0))
+        );
+        assert_eq!(a.sensor.metric, Metric::CpuTime);
+        assert_eq!(a.sensor.idle_policy, IdlePolicy::Equal);
+        assert_eq!(
+            (a.filter.pids, a.filter.comms),
+            (vec![1], vec!["nginx".to_string()])
+        );
+        assert_eq!(a.output, Some(PathBuf::from("/tmp/t.jsonl")));
+        assert_eq!(a.duration, Some(Duration::from_secs(3600)));
+        assert_eq!((a.granularity, a.cmdline), (Granularity::Cgroup, true));
+        let outputs = a
+            .outputs
+            .outputs(a.output.clone())
+            .expect("rotation from the file");
+        assert_eq!(
+            (outputs.files.len(), outputs.max_queued_bytes),
+            (2, 2 << 20)
+        );
+        assert_eq!(outputs.rotation.max_bytes, Some(1 << 20));
+        assert!(outputs.rotation.compress && outputs.rotation.keep == Some(3));
+
+        // --keep on the command line, the rotation it needs in the file: accepted.
+        let cli = with_file(
+            &["powerapi", "serve", "--keep", "9", "--top", "3"],
+            r#"{"outputs": {"rotate_every": "1h"}, "serve": {"listen": "0.0.0.0:9999", "top": 7}}"#,
+        );
+        let Command::Serve(a) = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!((a.top, a.listen.port()), (3, 9999));
+        let outputs = a.outputs.outputs(None).expect("rotation from the file");
+        assert_eq!(outputs.rotation.keep, Some(9));
+    }
+
+    #[test]
+    fn every_command_takes_the_whole_file() {
+        // Also proves every id the file sets exists (clap panics on an unknown one).
+        let cmds: [&[&str]; 5] = [
+            &["powerapi", "record"],
+            &["powerapi", "top"],
+            &["powerapi", "serve"],
+            &["powerapi", "run", "--", "true"],
+            &["powerapi", "doctor"],
+        ];
+        for argv in cmds {
+            let cli = with_file(argv, FULL);
+            match cli.command {
+                Command::Top(a) => {
+                    assert_eq!(a.record, Some(PathBuf::from("/tmp/top.jsonl")));
+                    assert_eq!(a.existing.existing(), Existing::Append);
+                }
+                Command::Run(a) => assert_eq!(a.sensor.interval, Duration::from_secs(2)),
+                Command::Doctor { root } => assert_eq!(root, PathBuf::from("/host")),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_configs_are_valid_for_their_commands() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/configs") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            let file = config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // Each says which command it is for.
+            let description = file.description.clone().unwrap_or_default();
+            let command = ["record", "serve", "top"]
+                .into_iter()
+                .find(|c| description.contains(&format!(".json {c}")))
+                .unwrap_or_else(|| panic!("{}: no command in its description", path.display()));
+            let cli = with_file(&["powerapi", command], &text);
+            match cli.command {
+                Command::Record(a) => {
+                    a.sensor.collector_config().expect("a valid pipeline");
+                    a.outputs.outputs(a.output.clone()).expect("valid outputs");
+                }
+                Command::Serve(a) => {
+                    a.sensor.collector_config().expect("a valid pipeline");
+                    a.outputs.outputs(None).expect("valid outputs");
+                }
+                Command::Top(a) => {
+                    a.sensor.collector_config().expect("a valid pipeline");
+                }
+                _ => unreachable!(),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 5, "laptop, server, VM, production tracing, InfluxDB");
+    }
+
     #[test]
     fn sizes_and_rotation_flags() {
         assert_eq!(parse_size("4096"), Ok(4096));
@@ -626,10 +909,14 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         // --compress and --keep mean nothing without a rotation.
-        assert!(Cli::try_parse_from(["powerapi", "record", "--compress"]).is_err());
-        assert!(Cli::try_parse_from(["powerapi", "record", "--keep", "3"]).is_err());
+        let outputs = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Record(args)) => args.outputs.outputs(None).map(|_| ()),
+            other => panic!("{other:?}"),
+        };
+        assert!(outputs(&["powerapi", "record", "--compress"]).is_err());
+        assert!(outputs(&["powerapi", "record", "--keep", "3"]).is_err());
         assert!(
-            Cli::try_parse_from([
+            outputs(&[
                 "powerapi",
                 "record",
                 "--rotate-every",

@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
+pub mod config;
 pub mod delta;
 pub mod doctor;
 pub mod energy;

@@ -28,7 +28,8 @@ pub enum RecordError {
 }
 
 /// Which records to write besides the machine record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Granularity {
     #[default]
     Process,

@@ -69,7 +69,8 @@ pub trait Sink {
 }
 
 /// What to do with an output file that already holds data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Existing {
     /// Refuse it: yesterday's trace is never lost to a typo.
     #[default]

@@ -189,3 +189,102 @@ fn outputs_that_cannot_work_are_refused_before_measuring() {
     let (code, stderr) = powerapi_stderr(&["record", "--compress"]);
     assert_eq!(code, 2, "--compress without a rotation: {stderr}");
 }
+
+#[test]
+fn a_bad_config_file_is_one_line_with_the_json_path() {
+    let dir = temp_path("configs");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (text, expected) in [
+        (
+            r#"{"sensor": {"max_tasks": 10}}"#,
+            "at $.sensor.max_tasks: 10 is out of range: write a whole number from 64 to 4194304",
+        ),
+        (
+            r#"{"sinks": ["jsonl:/tmp/x", "kafka:broker:9092"]}"#,
+            "at $.sinks: \"kafka:broker:9092\": write KIND:TARGET",
+        ),
+        (
+            r#"{"energy": {"sorce": "auto"}}"#,
+            "at $.energy.sorce: unknown field `sorce`, expected one of `source`, `timeout`, `idle_watts`, `max_watts`",
+        ),
+        (
+            r#"{"interval": "1s""#,
+            "not valid JSON: EOF while parsing an object",
+        ),
+    ] {
+        let path = dir.join("meter.json");
+        std::fs::write(&path, text).expect("write");
+        let config = path.display().to_string();
+        let (code, stderr) = powerapi_stderr(&["--config", &config, "record", "-o", "/dev/null"]);
+        assert_eq!(code, 1, "{text}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "powerapi: error: config file {config}: {expected}"
+            )),
+            "{text}: {stderr}"
+        );
+    }
+    let (code, stderr) = powerapi_stderr(&["record", "--config", "/nonexistent/meter.json"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot read the config file /nonexistent/meter.json")
+            && stderr.contains("--config"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_command_line_beats_the_environment_which_beats_the_file() {
+    let Some(_lock) = bpf_test("the_command_line_beats_the_environment_which_beats_the_file")
+    else {
+        return;
+    };
+    let dir = temp_path("precedence");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = dir.join("meter.json");
+    std::fs::write(
+        &config,
+        r#"{"interval": "250ms", "sensor": {"counters": ["none"]}, "energy": {"source": "none"},
+            "record": {"duration": "1s"}}"#,
+    )
+    .expect("write");
+    // How many intervals a 1 s recording had, and how long the first was.
+    let run = |env: Option<&str>, flags: &[&str]| {
+        let out_path = dir.join("trace.jsonl");
+        let _ = std::fs::remove_file(&out_path);
+        let mut cmd = Command::new(powerapi());
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("record")
+            .args(flags)
+            .arg("-o")
+            .arg(&out_path);
+        cmd.env_remove("POWERAPI_INTERVAL");
+        if let Some(interval) = env {
+            cmd.env("POWERAPI_INTERVAL", interval);
+        }
+        let out = cmd.output().expect("powerapi");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let records = read_records(&out_path);
+        let machines: Vec<_> = of_type(&records, "machine").collect();
+        let first = u64_of(&machines[0]["interval"]["duration_ns"]);
+        (machines.len(), (first as f64 / 1e6).round() as u64)
+    };
+    // Durations are within a few ms of the interval: the drain's delay.
+    let near = |(n, ms): (usize, u64), want_n: usize, want_ms: u64| {
+        n == want_n && ms.abs_diff(want_ms) < 30
+    };
+    let file = run(None, &[]);
+    assert!(near(file, 4, 250), "the file's 250 ms: {file:?}");
+    let env = run(Some("500ms"), &[]);
+    assert!(near(env, 2, 500), "the environment's 500 ms: {env:?}");
+    let cli = run(Some("500ms"), &["--interval", "1s"]);
+    assert!(near(cli, 1, 1000), "the command line's 1 s: {cli:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
