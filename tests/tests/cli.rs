@@ -186,8 +186,13 @@ fn outputs_that_cannot_work_are_refused_before_measuring() {
     let (code, stderr) = powerapi_stderr(&["record", "--sink", "influxdb:https://db:8086/power"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("https is not supported"), "{stderr}");
+    // Checked once the config file is read (it may hold the rotation), so not by clap.
     let (code, stderr) = powerapi_stderr(&["record", "--compress"]);
-    assert_eq!(code, 2, "--compress without a rotation: {stderr}");
+    assert_eq!(code, 1, "--compress without a rotation: {stderr}");
+    assert_eq!(
+        stderr,
+        "powerapi: error: --compress and --keep apply to rotated files: add --rotate-size or --rotate-every (or drop them)\n"
+    );
 }
 
 #[test]

@@ -48,6 +48,14 @@ pub enum Which {
         #[arg(long, default_value_t = 200)]
         scrapes: usize,
     },
+    /// CPU cost of three sinks at once (rotated gzip JSON lines, InfluxDB, CSV) over
+    /// `record -o /dev/null`, with many processes.
+    Sinks {
+        #[arg(long, default_value_t = 1_000)]
+        processes: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 pub fn run(which: Which, binary: &Path) -> Result<()> {
@@ -66,6 +74,7 @@ pub fn run(which: Which, binary: &Path) -> Result<()> {
             seconds,
             scrapes,
         } => serve(binary, processes, seconds, scrapes),
+        Which::Sinks { processes, seconds } => sinks(binary, processes, seconds),
     }
 }
 
@@ -607,6 +616,87 @@ fn serve(binary: &Path, processes: usize, seconds: u64, scrapes: usize) -> Resul
         "scrape latency over {scrapes} scrapes: p50 {:.2} ms, p99 {:.2} ms (target p99 ≤ 5 ms)",
         p(0.5),
         p(0.99)
+    );
+    Ok(())
+}
+
+/// Starts Debian's `influxd` on a free port with everything under `dir`, with database
+/// `powerapi`; returns it and its HTTP port.
+fn start_influxd(dir: &Path) -> Result<(Child, u16)> {
+    let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (port, rpc) = (free()?, free()?);
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    let d = dir.display();
+    fs::write(
+        dir.join("influxdb.conf"),
+        format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n[monitor]\n  store-enabled = false\n"
+        ),
+    )?;
+    let child = Command::new("/usr/bin/influxd")
+        .arg("-config")
+        .arg(dir.join("influxdb.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start /usr/bin/influxd: run `cargo xtask setup` (installs Debian's influxdb)")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        use std::io::Write;
+        let body = "q=CREATE+DATABASE+powerapi";
+        let created = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            write!(
+                s,
+                "POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply.starts_with("HTTP/1.1 200"))
+        });
+        if matches!(created, Ok(true)) {
+            return Ok((child, port));
+        }
+        if Instant::now() > deadline {
+            stop(child);
+            bail!("influxd did not answer on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sinks(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("powerapi-bench-sinks-{}", std::process::id()));
+    let (influxd, port) = start_influxd(&dir.join("influxdb"))?;
+    let (load, record_cpu) = processes_and_record_cpu(binary, processes, seconds)?;
+    let mut three = Command::new(binary);
+    three
+        .args(["record", "--interval", "1s", "--force", "-o"])
+        .arg(dir.join("trace.jsonl"))
+        .args(["--rotate-size", "1M", "--compress", "--keep", "5", "--sink"])
+        .arg(format!("influxdb:http://127.0.0.1:{port}/powerapi"))
+        .arg("--sink")
+        .arg(format!("csv:{}", dir.join("power.csv").display()))
+        .stderr(Stdio::null());
+    let three_cpu = measure_cpu(three, seconds)?;
+    stop(load);
+    stop(influxd);
+    let rotated = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+        .count();
+    let _ = fs::remove_dir_all(&dir);
+    let percent = |cpu: f64| cpu / seconds as f64 * 100.0;
+    println!("{processes} processes, 1 s interval, {seconds} s measured (after 3 s warm-up):");
+    println!("  powerapi record -o /dev/null: {:.2}% of one CPU", percent(record_cpu));
+    println!(
+        "  powerapi record, JSON lines and CSV rotated at 1 MiB and gzipped ({rotated} files kept, --keep 5 each) + InfluxDB: {:.2}% of one CPU",
+        percent(three_cpu)
+    );
+    println!(
+        "the three sinks' cost: {:.2}% of one CPU (target ≤ 1%)",
+        percent(three_cpu - record_cpu)
     );
     Ok(())
 }
