@@ -623,7 +623,11 @@ fn serve(binary: &Path, processes: usize, seconds: u64, scrapes: usize) -> Resul
 /// Starts Debian's `influxd` on a free port with everything under `dir`, with database
 /// `powerapi`; returns it and its HTTP port.
 fn start_influxd(dir: &Path) -> Result<(Child, u16)> {
-    let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let free = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
     let (port, rpc) = (free()?, free()?);
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
@@ -640,7 +644,9 @@ fn start_influxd(dir: &Path) -> Result<(Child, u16)> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("cannot start /usr/bin/influxd: run `cargo xtask setup` (installs Debian's influxdb)")?;
+        .context(
+            "cannot start /usr/bin/influxd: run `cargo xtask setup` (installs Debian's influxdb)",
+        )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         use std::io::Write;
@@ -689,7 +695,10 @@ fn sinks(binary: &Path, processes: usize, seconds: u64) -> Result<()> {
     let _ = fs::remove_dir_all(&dir);
     let percent = |cpu: f64| cpu / seconds as f64 * 100.0;
     println!("{processes} processes, 1 s interval, {seconds} s measured (after 3 s warm-up):");
-    println!("  powerapi record -o /dev/null: {:.2}% of one CPU", percent(record_cpu));
+    println!(
+        "  powerapi record -o /dev/null: {:.2}% of one CPU",
+        percent(record_cpu)
+    );
     println!(
         "  powerapi record, JSON lines and CSV rotated at 1 MiB and gzipped ({rotated} files kept, --keep 5 each) + InfluxDB: {:.2}% of one CPU",
         percent(three_cpu)
