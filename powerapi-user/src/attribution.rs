@@ -26,8 +26,11 @@ pub enum Metric {
     /// cycles when counted, else on-CPU time.
     #[default]
     Auto,
+    /// The `cycles` counter (refused when it is not read).
     Cycles,
+    /// The `instructions` counter (refused when it is not read).
     Instructions,
+    /// On-CPU time, counters or not.
     CpuTime,
 }
 
@@ -63,8 +66,11 @@ pub enum IdleSource {
 }
 
 #[derive(Clone, Debug, Default)]
+/// How energy is split: the proportional formula's metric, and what happens to idle energy.
 pub struct AttributionConfig {
+    /// What the proportional formula shares active energy by.
     pub metric: Metric,
+    /// Whether idle energy stays a separate figure or is handed to tasks.
     pub idle_policy: IdlePolicy,
     /// Total idle power of the package domain(s), split evenly across sockets.
     pub idle_watts: Option<f64>,
@@ -75,32 +81,44 @@ pub struct AttributionConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DomainReport {
     #[serde(flatten)]
+    /// Which domain on which socket.
     pub key: DomainKey,
+    /// What the energy source gave for the interval, in joules.
     pub measured_j: f64,
+    /// Joules handed to tasks (active energy, and idle energy when the policy shares it).
     pub attributed_j: f64,
     /// Idle energy not handed to tasks (all of it with `--idle-policy none`).
     pub idle_j: f64,
     /// Active energy no task could take (nothing ran on the socket).
     pub unattributed_j: f64,
+    /// `measured_j` over the interval's duration, in watts.
     pub power_w: f64,
     /// The idle power used, and where it came from.
     pub idle_w: f64,
+    /// Where `idle_w` came from.
     pub idle_source: IdleSource,
     /// The usage metric this domain was shared by (`cycles`, `cpu-time`, `llc-misses`, …).
     pub metric: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// One interval's energy, split: per domain, and per task.
 pub struct PowerReport {
+    /// The energy source's name.
     pub source: String,
+    /// True when the figures come from a model, not a measurement.
     pub estimated: bool,
+    /// The idle policy the split followed.
     pub idle_policy: IdlePolicy,
+    /// One entry per domain and socket that had a trustworthy reading.
     pub domains: Vec<DomainReport>,
     /// Parallel to `IntervalDeltas::tasks`.
     pub task_joules: Vec<DomainJoules>,
     /// Domains with no trustworthy figure this interval (not in `domains`).
     pub unmeasured: Vec<Unmeasured>,
+    /// Readings rejected since the start because they implied an impossible power.
     pub implausible_readings: u64,
+    /// Readings that failed (after retries) since the start.
     pub unreadable_readings: u64,
 }
 
@@ -175,6 +193,7 @@ impl Attribution {
         out
     }
 
+    /// The configuration this attribution was built with.
     pub fn config(&self) -> &AttributionConfig {
         &self.config
     }

@@ -21,10 +21,13 @@ use crate::{
 };
 
 #[derive(Debug, Error)]
+/// Why a pipeline could not start or take an interval.
 pub enum CollectError {
     #[error(transparent)]
+    /// The kernel sensor failed (privileges, kernel features, maps).
     Sensor(#[from] SensorError),
     #[error("energy source: {0}")]
+    /// The energy source failed.
     Energy(#[from] EnergyError),
     /// Options that cannot work together on this machine.
     #[error("{0}")]
@@ -58,9 +61,13 @@ fn check_metric(
 /// Everything a pipeline measures with: the sensor, the energy source, the attribution formula.
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
+    /// The kernel sensor: counters, table size, where `/sys` is.
     pub sensor: SensorConfig,
+    /// Which built-in energy source to open.
     pub energy: SourceSpec,
+    /// The model's coefficients and how long a measured source may stay unreadable.
     pub model: EnergyOptions,
+    /// How energy is split among tasks.
     pub attribution: AttributionConfig,
     /// Where the idle estimate is kept between commands (`None`: not kept).
     pub state_dir: Option<std::path::PathBuf>,
@@ -91,11 +98,15 @@ pub struct Parts {
 /// One interval, fully digested.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Per-task deltas of the interval, as the sensor booked them.
     pub deltas: IntervalDeltas,
+    /// The deltas grouped by thread, process and cgroup, with their energy.
     pub aggregate: Aggregate,
     /// `None` with `--energy-source none`.
     pub power: Option<PowerReport>,
+    /// Wall-clock time at the end of the interval.
     pub wall_end: SystemTime,
+    /// What the meter itself cost during the interval.
     pub meter: MeterCost,
 }
 
@@ -117,6 +128,7 @@ impl Snapshot {
     }
 }
 
+/// The sensor, the energy source and the formula, taking one interval at a time.
 pub struct Collector {
     energy: Option<Box<dyn Source>>,
     energy_note: Option<String>,
@@ -168,6 +180,7 @@ fn self_usage() -> (u64, u64) {
 }
 
 impl Collector {
+    /// Starts the built-in parts `config` names.
     pub fn start(config: &CollectorConfig) -> Result<Self, CollectError> {
         Self::start_with(config, Parts::default())
     }
@@ -286,6 +299,7 @@ impl Collector {
         }
     }
 
+    /// The kernel sensor (counters in use, CPUs, sockets).
     pub fn sensor(&self) -> &Sensor {
         &self.sensor
     }
@@ -300,14 +314,17 @@ impl Collector {
         self.energy.as_ref().map(|e| e.name().to_string())
     }
 
+    /// True when energy comes from a model: every figure is then labelled estimated.
     pub fn energy_estimated(&self) -> bool {
         self.energy.as_ref().is_some_and(|e| e.estimated())
     }
 
+    /// How energy is split among tasks.
     pub fn attribution_config(&self) -> &AttributionConfig {
         self.attribution.config()
     }
 
+    /// Cgroup ids to paths (`None` without cgroup v2).
     pub fn resolver(&self) -> Option<&CgroupResolver> {
         self.resolver.as_ref()
     }

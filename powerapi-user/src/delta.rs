@@ -19,7 +19,9 @@ pub type Counters = [u64; MAX_COUNTERS];
 /// What one thread did on one socket during one interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskDelta {
+    /// The thread and its process.
     pub key: TaskKey,
+    /// The socket whose lane this delta was booked in.
     pub socket: u32,
     /// With the slot, the identity of this thread incarnation.
     pub first_seen_ns: u64,
@@ -30,9 +32,11 @@ pub struct TaskDelta {
     pub exit_ns: u64,
     /// `task->comm`, NUL-padded (kept as bytes: the drain path must not allocate per task).
     pub comm: [u8; 16],
+    /// The cgroup v2 id (inode) of the thread at the end of the interval.
     pub cgroup_id: u64,
     /// Real uid of the thread (read by the kernel with comm).
     pub uid: u32,
+    /// Time on CPU during the interval, in nanoseconds.
     pub on_cpu_ns: u64,
     /// One value per counter slot, scaled for multiplexing; slots beyond those in use stay 0.
     pub counters: Counters,
@@ -43,17 +47,24 @@ pub struct TaskDelta {
 /// A live thread-group leader at the end of an interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Leader {
+    /// When the leader was first seen (its incarnation).
     pub first_seen_ns: u64,
+    /// `task->comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// The leader's cgroup v2 id.
     pub cgroup_id: u64,
+    /// The leader's real uid.
     pub uid: u32,
 }
 
 /// All deltas of one interval.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IntervalDeltas {
+    /// CLOCK_MONOTONIC at the previous reading.
     pub start_ns: u64,
+    /// CLOCK_MONOTONIC at this reading.
     pub end_ns: u64,
+    /// Every thread that ran, or died, in the interval; idle tasks included (per CPU).
     pub tasks: Vec<TaskDelta>,
     /// Losses counted by the kernel during this interval.
     pub losses: SensorStats,
@@ -75,6 +86,7 @@ pub struct IntervalDeltas {
 }
 
 impl IntervalDeltas {
+    /// `end_ns - start_ns`.
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
@@ -99,6 +111,7 @@ pub fn counter_delta(now: &CounterReading, before: &CounterReading) -> u64 {
     )
 }
 
+/// `comm` up to its first NUL, invalid UTF-8 replaced.
 pub fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()

@@ -13,6 +13,7 @@ use crate::{
 
 /// What a formula is asked to split: one domain on one socket, over one interval.
 pub struct Split<'a> {
+    /// Which domain on which socket.
     pub domain: DomainKey,
     /// Every task of the interval (idle tasks and other sockets' included; they get no share).
     pub tasks: &'a [TaskDelta],
@@ -36,6 +37,7 @@ pub trait Formula: Send {
 /// counted, else on-CPU time; DRAM by LLC misses when counted; psys and GPU by on-CPU time.
 #[derive(Clone, Debug, Default)]
 pub struct Proportional {
+    /// What active energy is shared by.
     pub metric: Metric,
 }
 

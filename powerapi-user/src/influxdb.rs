@@ -1,6 +1,6 @@
 //! The InfluxDB 1.x sink: records as line protocol, POSTed to `/write?db=…&precision=ns`.
 //!
-//! Writes go through a [`Relay`]: a thread of their own, a bounded queue, retries with backoff.
+//! Writes go through a relay: a thread of their own, a bounded queue, retries with backoff.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -16,22 +16,28 @@ use crate::{
 };
 
 #[derive(Debug, Error)]
+/// A bad InfluxDB address.
 pub enum InfluxError {
     #[error(
         "bad InfluxDB address {0:?}: write influxdb:http://HOST:PORT/DATABASE (https is not supported; put a TLS proxy on localhost)"
     )]
+    /// The address as written.
     BadUrl(String),
 }
 
 /// Where to write: `http://HOST:PORT/DATABASE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InfluxTarget {
+    /// Host name or address.
     pub host: String,
+    /// HTTP port (8086 when not written).
     pub port: u16,
+    /// Database to write to (it must exist).
     pub database: String,
 }
 
 impl InfluxTarget {
+    /// Parses `http://HOST[:PORT]/DATABASE`.
     pub fn parse(url: &str) -> Result<Self, InfluxError> {
         let bad = || InfluxError::BadUrl(url.to_string());
         let uri: Uri = url.parse().map_err(|_| bad())?;
@@ -263,7 +269,7 @@ fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {
     }
 }
 
-/// Sends each interval to InfluxDB from a thread of its own ([`Relay`]).
+/// Sends each interval to InfluxDB from a thread of its own.
 pub struct InfluxSink {
     host: String,
     relay: Relay,

@@ -1,36 +1,49 @@
-//! powerapi: an eBPF, kernel-assisted software power meter.
+//! powerapi: an eBPF, kernel-assisted software power meter, as a library.
+//!
+//! A meter is a [`pipeline::Pipeline`] of parts: the kernel [`sensor`] (on-CPU time and
+//! counters per thread, booked at every context switch), an energy [`energy::Source`] (RAPL
+//! through perf, powercap or MSRs; the linear model; or one's own), a [`formula::Formula`] that
+//! splits each interval's energy among tasks ([`formula::Proportional`], or one's own), and any
+//! number of [`sink::Sink`]s that receive every interval's [`report::Record`]s (the built-in ones
+//! are in [`sinks`]: JSON lines and CSV files, [`influxdb`], [`tcp`]). `powerapi record` is the
+//! same pipeline built from the command line; `examples/custom_meter.rs` builds one in under 60
+//! lines.
 //!
 //! Data flows one way: [`sensor`] (kernel maps → cumulative totals) → [`delta`] (per-interval
-//! deltas) → [`aggregate`] (threads, processes, cgroups) → [`report`] records → [`sinks`] (files
-//! in [`sink`], JSON lines or CSV from [`table`]; [`influxdb`]).
-//! [`collect`] strings the first stages together for every consumer.
+//! deltas) → aggregation (threads, processes, cgroups) and [`attribution`] (energy per task) →
+//! [`report`] records → sinks. [`collect`] strings the first stages together for every consumer.
+//! Whatever the formula, attributed + idle + unattributed energy = measured, per domain and
+//! socket, in every interval.
 
-pub mod aggregate;
+#![deny(missing_docs)]
+
+pub(crate) mod aggregate;
 pub mod attribution;
-pub mod cgroup;
+pub(crate) mod cgroup;
+#[doc(hidden)]
 pub mod cli;
 pub mod collect;
-pub mod config;
+pub(crate) mod config;
 pub mod delta;
-pub mod doctor;
+pub(crate) mod doctor;
 pub mod energy;
-pub mod export;
+pub(crate) mod export;
 pub mod formula;
-pub mod identity;
-pub mod idle;
+pub(crate) mod identity;
+pub(crate) mod idle;
 pub mod influxdb;
 pub mod pipeline;
-pub mod privilege;
+pub(crate) mod privilege;
 pub mod record;
-pub mod relay;
+pub(crate) mod relay;
 pub mod report;
-pub mod rotate;
-pub mod run;
+pub(crate) mod rotate;
+pub(crate) mod run;
 pub mod sensor;
-pub mod serve;
+pub(crate) mod serve;
 pub mod sink;
 pub mod sinks;
-pub mod table;
+pub(crate) mod table;
 pub mod tcp;
-pub mod topology;
-pub mod tui;
+pub(crate) mod topology;
+pub(crate) mod tui;

@@ -138,6 +138,7 @@ impl PipelineBuilder {
 }
 
 impl Pipeline {
+    /// A pipeline with the command line's defaults, to adjust.
     pub fn builder() -> PipelineBuilder {
         PipelineBuilder::default()
     }
@@ -148,6 +149,7 @@ impl Pipeline {
         self.sinks.push((name.into(), sink));
     }
 
+    /// The parts measuring: the sensor, the energy source, the formula.
     pub fn collector(&self) -> &Collector {
         &self.collector
     }

@@ -20,10 +20,13 @@ use crate::{
 };
 
 #[derive(Debug, Error)]
+/// Why a recording stopped.
 pub enum RecordError {
     #[error(transparent)]
+    /// Measuring failed.
     Collect(#[from] CollectError),
     #[error(transparent)]
+    /// The only sink failed.
     Sink(#[from] SinkError),
 }
 
@@ -32,15 +35,20 @@ pub enum RecordError {
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     #[default]
+    /// One record per process (thread group).
     Process,
+    /// One record per thread.
     Thread,
+    /// One record per cgroup.
     Cgroup,
 }
 
 /// Which tasks to report. Empty lists match everything; the machine record is never filtered.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
+    /// Only these processes (tgid).
     pub pids: Vec<u32>,
+    /// Only processes with these command names.
     pub comms: Vec<String>,
     /// cgroup path prefixes (`/system.slice/docker-…`) or numeric ids.
     pub cgroups: Vec<String>,
@@ -50,6 +58,7 @@ pub struct Filter {
 const COMM_LEN: usize = 15;
 
 impl Filter {
+    /// True when nothing is filtered out.
     pub fn is_empty(&self) -> bool {
         self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty()
     }
@@ -109,6 +118,7 @@ impl Filter {
         warnings
     }
 
+    /// Whether a process with this pid, command name and cgroup is reported.
     pub fn matches(&self, pid: u32, comm: &str, cgroup: &CgroupInfo) -> bool {
         (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
@@ -130,13 +140,19 @@ impl Filter {
 }
 
 #[derive(Clone, Debug)]
+/// What a recording measures, how often, for how long, and which records it writes.
 pub struct RecordConfig {
+    /// How often an interval closes.
     pub interval: Duration,
     /// Read each process's command line from `/proc` into its records.
     pub cmdline: bool,
+    /// Stop after this long (`None`: until stopped).
     pub duration: Option<Duration>,
+    /// One record per process, thread or cgroup.
     pub granularity: Granularity,
+    /// Which tasks are reported.
     pub filter: Filter,
+    /// The sensor, energy source and formula.
     pub collector: CollectorConfig,
 }
 
@@ -157,12 +173,17 @@ impl Default for RecordConfig {
 /// What every record of a run shares.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
+    /// Time-only or counters.
     pub mode: Mode,
+    /// Why counters are off, when they are.
     pub mode_reason: Option<String>,
+    /// Counter names in use.
     pub counters: Vec<String>,
+    /// CPUs online at the start.
     pub cpus: u32,
 }
 
+/// The cgroup `id` as records show it: path, container and systemd unit where known.
 pub fn cgroup_info(resolver: Option<&CgroupResolver>, id: u64) -> CgroupInfo {
     let path = resolver.and_then(|r| r.path(id)).map(str::to_string);
     CgroupInfo {
@@ -314,6 +335,7 @@ pub fn announce(collector: &Collector, run: &RunInfo) {
     }
 }
 
+/// What the records of a run share, from the running collector.
 pub fn run_info(collector: &Collector) -> RunInfo {
     let sensor = collector.sensor();
     let counters = sensor.counter_names();

@@ -21,7 +21,9 @@ pub struct Interval {
     pub seq: u64,
     /// CLOCK_MONOTONIC nanoseconds (the clock `bpf_ktime_get_ns` uses).
     pub start_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds at the interval's end.
     pub end_ns: u64,
+    /// `end_ns - start_ns`.
     pub duration_ns: u64,
     /// Wall-clock end of the interval, RFC 3339 UTC.
     pub time: String,
@@ -38,15 +40,22 @@ pub struct Interval {
 pub enum Mode {
     /// On-CPU time only: this machine (or the configuration) has no usable counters.
     TimeOnly,
+    /// Hardware (or software) counters read at every switch.
     Counters,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What the sensor could not book in an interval, and why.
 pub struct Losses {
+    /// Slices not booked: every `--max-tasks` slot was in use.
     pub lost_slices: u64,
+    /// Their time.
     pub lost_ns: u64,
+    /// Exits collected from the slots because the ring buffer was full (not lost).
     pub exit_overflow: u64,
+    /// Slices left open on a CPU while it was offline, discarded when it returned.
     pub stale_slices: u64,
+    /// Slices whose counter reads failed: their counts are missing, not charged to anyone.
     pub counter_read_errors: u64,
 }
 
@@ -69,6 +78,7 @@ pub struct MeterCost {
     pub cpu_ns: u64,
     /// Time to flush, drain and turn the maps into deltas.
     pub drain_us: u64,
+    /// Peak resident memory of the powerapi process, in KiB.
     pub peak_rss_kib: u64,
     /// Records the network sinks gave up since the start, because their server was away longer
     /// than `--sink-buffer` holds (what a collector is missing, said in what it did get).
@@ -77,14 +87,19 @@ pub struct MeterCost {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The machine in one interval: CPU time, losses, the meter's cost, energy.
 pub struct MachineRecord {
+    /// [`SCHEMA`] when written.
     pub schema: u32,
+    /// When the interval ran.
     pub interval: Interval,
     /// This machine's name, to join records from a fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Time-only or counters.
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why counters are off, when they are.
     pub mode_reason: Option<String>,
     /// Counter names in use (empty in time-only mode).
     pub counters: Vec<String>,
@@ -95,18 +110,25 @@ pub struct MachineRecord {
     pub cpus_changed: bool,
     /// On-CPU time of every task but the idle tasks.
     pub busy_ns: u64,
+    /// On-CPU time of the per-CPU idle tasks.
     pub idle_ns: u64,
     /// CPU time the CPUs had in this interval, each from its own flush instant to the next (or
     /// to when it went offline, or from when it came back): what busy + idle + lost add up to.
     /// `cpus × duration_ns` when no CPU changed, within each CPU's flush delay.
     pub capacity_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Counter totals over busy tasks, by name.
     pub counter_totals: Option<BTreeMap<String, u64>>,
+    /// Processes that ran (or ended) in the interval.
     pub processes: u64,
+    /// Threads that ran (or ended) in the interval.
     pub threads: u64,
+    /// What could not be booked.
     pub losses: Losses,
+    /// What the meter cost.
     pub meter: MeterCost,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Measured energy and where it went (`None` without an energy source).
     pub energy: Option<MachineEnergy>,
 }
 
@@ -117,7 +139,9 @@ pub struct MachineEnergy {
     pub source: String,
     /// True when the figures come from the model, not from RAPL.
     pub estimated: bool,
+    /// The idle policy energy was split with.
     pub idle_policy: IdlePolicy,
+    /// One entry per domain and socket.
     pub domains: Vec<DomainReport>,
     /// Domains whose reading was rejected or unreadable this interval: they have no figure
     /// (rather than one that balances but lies).
@@ -134,71 +158,101 @@ pub struct MachineEnergy {
 /// A task's or cgroup's share of the energy, per domain (sockets summed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskEnergy {
+    /// True when derived from a model's figures.
     pub estimated: bool,
+    /// Joules per domain, sockets summed.
     pub joules: BTreeMap<Domain, f64>,
+    /// Average watts per domain over the interval.
     pub watts: BTreeMap<Domain, f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A cgroup as records name it.
 pub struct CgroupInfo {
     /// cgroup v2 id (inode of the cgroup directory).
     pub id: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its path under the cgroup v2 root, when known.
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The container it belongs to, when its path names one.
     pub container: Option<Container>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The systemd unit it belongs to, when its path names one.
     pub unit: Option<String>,
 }
 
 /// One process (`type: process`) or thread (`type: thread`) for one interval.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
+    /// [`SCHEMA`] when written.
     pub schema: u32,
+    /// When the interval ran.
     pub interval: Interval,
+    /// Time-only or counters.
     pub mode: Mode,
+    /// The process (tgid).
     pub pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The thread (thread records only).
     pub tid: Option<u32>,
     /// Parent pid from `/proc` when the process was first reported (absent if it was gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
+    /// Command name (`/proc/PID/comm`) at the end of the interval.
     pub comm: String,
     /// Real uid as the kernel read it when the task ran, and its name (the uid when passwd
     /// does not know it).
     pub uid: u32,
+    /// The passwd name of `uid`, or the uid as text.
     pub user: String,
     /// The command line from `/proc`, with `record --cmdline` (absent if the process was gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Time on CPU in the interval, in nanoseconds.
     pub on_cpu_ns: u64,
     /// Share of one CPU over the interval (200 = two CPUs fully).
     pub cpu_percent: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Counter deltas by name (counters mode only).
     pub counters: Option<BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Instructions per cycle, when both are counted.
     pub ipc: Option<f64>,
     /// Threads seen in the interval (processes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    /// The cgroup at the end of the interval.
     pub cgroup: CgroupInfo,
+    /// Died during the interval: these are its final figures.
     pub exited: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its share of the energy (`None` without an energy source).
     pub energy: Option<TaskEnergy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A cgroup in one interval (`--granularity cgroup`).
 pub struct CgroupRecord {
+    /// [`SCHEMA`] when written.
     pub schema: u32,
+    /// When the interval ran.
     pub interval: Interval,
+    /// Time-only or counters.
     pub mode: Mode,
+    /// Which cgroup.
     pub cgroup: CgroupInfo,
+    /// Time on CPU of its tasks, in nanoseconds.
     pub on_cpu_ns: u64,
+    /// That time as a percentage of one CPU.
     pub cpu_percent: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Counter deltas by name (counters mode only).
     pub counters: Option<BTreeMap<String, u64>>,
+    /// Processes of the cgroup that ran.
     pub processes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its share of the energy.
     pub energy: Option<TaskEnergy>,
 }
 
@@ -206,9 +260,13 @@ pub struct CgroupRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Record {
+    /// The machine: written first in every interval.
     Machine(MachineRecord),
+    /// A process (`--granularity process`).
     Process(TaskRecord),
+    /// A thread (`--granularity thread`).
     Thread(TaskRecord),
+    /// A cgroup (`--granularity cgroup`).
     Cgroup(CgroupRecord),
 }
 

@@ -17,40 +17,78 @@ use thiserror::Error;
 use crate::report::Record;
 
 #[derive(Debug, Error)]
+/// Why a sink could not write.
 pub enum SinkError {
     #[error(
         "{path} already holds data; pass --append to add to it or --force to overwrite it, or choose another file"
     )]
-    Exists { path: String },
-    #[error("cannot write {path}: {source}; choose a writable path with {flag}")]
-    Open {
+    /// The output holds data and neither `--append` nor `--force` was given.
+    Exists {
+        /// The output.
         path: String,
+    },
+    #[error("cannot write {path}: {source}; choose a writable path with {flag}")]
+    /// The output could not be opened.
+    Open {
+        /// The output.
+        path: String,
+        /// The flag that named it.
         flag: &'static str,
+        /// The cause.
         source: io::Error,
     },
     #[error("{path} is being written by another powerapi; give each recording its own file")]
-    Locked { path: String },
+    /// Another powerapi writes the output.
+    Locked {
+        /// The output.
+        path: String,
+    },
     #[error(
         "writing {path} failed: {source}; it ends with the last complete interval, free space or choose another file"
     )]
-    Write { path: String, source: io::Error },
+    /// A write failed (the file ends with the last complete interval).
+    Write {
+        /// The output.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
     #[error("cannot encode a record: {0}")]
+    /// A record could not be encoded as JSON.
     Encode(#[from] serde_json::Error),
     #[error("cannot encode a CSV row: {0}")]
+    /// A record could not be encoded as CSV.
     Csv(#[from] csv::Error),
     #[error("interrupted while waiting for a reader on the FIFO {path}")]
-    Interrupted { path: String },
+    /// Stopped while waiting for a FIFO's reader.
+    Interrupted {
+        /// The FIFO.
+        path: String,
+    },
     /// The reader of stdout or of a FIFO went away (`record | head`): a quiet end, not a failure.
     #[error("the reader of {path} went away")]
-    Closed { path: String },
+    Closed {
+        /// The output.
+        path: String,
+    },
     #[error(
         "{path} is not a regular file, so it cannot be rotated; drop --rotate-size/--rotate-every or write to a file"
     )]
-    NotRotatable { path: String },
+    /// Rotation was asked for an output that is not a regular file.
+    NotRotatable {
+        /// The output.
+        path: String,
+    },
     #[error(
         "rotating {path} failed: {source}; it keeps growing, check the directory's permissions and space"
     )]
-    Rotate { path: String, source: io::Error },
+    /// A rotation failed (the file keeps growing).
+    Rotate {
+        /// The output.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// Receives every interval's records: the destination end of a pipeline. Implement it to send
@@ -85,9 +123,13 @@ pub enum Existing {
 /// flag that named it (errors tell the user which flag to change).
 #[derive(Clone, Debug)]
 pub struct OutputSpec {
+    /// The file, or `-` for stdout.
     pub path: PathBuf,
+    /// What to do when it holds data.
     pub existing: Existing,
+    /// The flag that named it, for errors.
     pub flag: &'static str,
+    /// JSON lines or CSV.
     pub format: Format,
 }
 
@@ -102,6 +144,7 @@ pub enum Format {
 }
 
 impl OutputSpec {
+    /// True for `-`.
     pub fn is_stdout(&self) -> bool {
         self.path == Path::new("-")
     }
@@ -314,6 +357,7 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// The file written to.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(&self.name)
     }

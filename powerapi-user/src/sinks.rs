@@ -17,24 +17,32 @@ use crate::{
 };
 
 #[derive(Debug, Error)]
+/// A `--sink` that cannot be parsed.
 pub enum SinkSpecError {
     #[error(
         "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -), influxdb (TARGET http://HOST:PORT/DATABASE) or tcp (TARGET HOST:PORT)"
     )]
+    /// Not `KIND:TARGET`, or an unknown kind.
     Form,
     #[error(transparent)]
+    /// A bad InfluxDB address.
     Influx(#[from] InfluxError),
     #[error(transparent)]
+    /// A bad TCP address.
     Tcp(#[from] TcpTargetError),
 }
 
 /// One `--sink` as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
+    /// JSON lines or CSV to a file (or stdout).
     File {
+        /// The file, or `-`.
         path: PathBuf,
+        /// JSON lines or CSV.
         format: Format,
     },
+    /// InfluxDB 1.x over HTTP.
     InfluxDb(InfluxTarget),
     /// JSON lines streamed to a collector.
     Tcp(TcpTarget),
@@ -83,9 +91,11 @@ impl SinkSpec {
 /// Every output of a run: checked before measuring starts, opened once the sensor runs.
 #[derive(Clone, Debug, Default)]
 pub struct Outputs {
+    /// The file outputs (`-o` first).
     pub files: Vec<OutputSpec>,
     /// The network sinks (InfluxDB, TCP), in the order given.
     pub servers: Vec<SinkSpec>,
+    /// When file outputs rotate.
     pub rotation: Rotation,
     /// Most bytes each network sink holds while its server is away (`--sink-buffer`).
     pub max_queued_bytes: u64,
@@ -122,6 +132,7 @@ impl Outputs {
         }
     }
 
+    /// True when there is nothing to write to.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.servers.is_empty()
     }
@@ -187,6 +198,7 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// Every interval to every one of `sinks` (name, sink).
     pub fn new(sinks: Vec<(String, Box<dyn Sink>)>) -> Self {
         Self {
             sinks: sinks

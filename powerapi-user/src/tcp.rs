@@ -1,5 +1,5 @@
 //! The TCP sink: JSON lines streamed to a collector (`tcp:HOST:PORT`), one connection kept open
-//! and made again with backoff when it breaks. Sending goes through a [`Relay`], so a collector
+//! and made again with backoff when it breaks. Sending goes through a relay thread, so a collector
 //! that is down costs the sensor nothing, and what the bounded buffer cannot hold is counted.
 //!
 //! Delivery is at least once per interval: a batch whose write failed is sent whole again on the
@@ -24,12 +24,15 @@ use crate::{
 
 #[derive(Debug, Error)]
 #[error("bad TCP address {0:?}: write tcp:HOST:PORT (e.g. tcp:127.0.0.1:5170 or tcp:[::1]:5170)")]
+/// A bad `tcp:` address (the text as written).
 pub struct TcpTargetError(String);
 
 /// Where to stream: a host name or address and a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpTarget {
+    /// Host name or address.
     pub host: String,
+    /// Port.
     pub port: u16,
 }
 

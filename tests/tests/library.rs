@@ -184,3 +184,19 @@ fn the_custom_meter_example_runs() {
     assert!(lines[0].starts_with("interval 1: ") && lines[1].starts_with("interval 2: "));
     assert_eq!(lines[2], "2 intervals");
 }
+
+/// Every public item is documented (`#![deny(missing_docs)]` in the library) and rustdoc finds
+/// nothing to warn about: no broken or private links.
+#[test]
+fn the_library_docs_build_without_warnings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["doc", "-q", "-p", "powerapi-user", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .output()
+        .expect("cargo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -2,10 +2,10 @@
 //! linear model when there is no RAPL. Sources report raw cumulative counters; [`EnergyMeter`]
 //! turns them into joules per interval and handles wraparound — here, once, for every source.
 
-pub mod model;
-pub mod msr;
-pub mod perf_pmu;
-pub mod powercap;
+pub(crate) mod model;
+pub(crate) mod msr;
+pub(crate) mod perf_pmu;
+pub(crate) mod powercap;
 
 use std::{
     collections::HashMap,
@@ -24,16 +24,22 @@ use crate::topology::Cpu;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Domain {
+    /// The whole processor package (RAPL PKG).
     Package,
+    /// The cores (RAPL PP0), inside the package.
     Core,
+    /// The uncore, often the integrated GPU (RAPL PP1), inside the package.
     Uncore,
+    /// Memory (RAPL DRAM).
     Dram,
     /// Integrated graphics (RAPL PP1 / perf `energy-gpu`).
     Gpu,
+    /// The whole platform (RAPL PSYS): a platform-wide figure, not per socket.
     Psys,
 }
 
 impl Domain {
+    /// Every domain, in index order.
     pub const ALL: [Domain; 6] = [
         Domain::Package,
         Domain::Core,
@@ -43,6 +49,7 @@ impl Domain {
         Domain::Psys,
     ];
 
+    /// The name records use (`package`, `core`, …).
     pub fn name(self) -> &'static str {
         match self {
             Domain::Package => "package",
@@ -54,6 +61,7 @@ impl Domain {
         }
     }
 
+    /// This domain's position in [`Domain::ALL`] and in per-domain arrays.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -83,18 +91,23 @@ pub fn headline_domains(measured: &[Domain]) -> Vec<Domain> {
 /// Where an energy figure comes from: a domain on a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DomainKey {
+    /// Which domain.
     pub domain: Domain,
+    /// Which socket (0 for platform-wide domains).
     pub socket: u32,
 }
 
 /// One raw cumulative counter as a source read it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CounterValue {
+    /// Which domain on which socket.
     pub key: DomainKey,
+    /// The counter as read, in the source's units.
     pub raw: u64,
     /// The counter wraps to 0 after this value (powercap `max_energy_range_uj`, 2³² for MSRs);
     /// `None` for 64-bit counters (perf), which are treated as modular 2⁶⁴.
     pub range: Option<u64>,
+    /// Joules per unit of `raw`.
     pub joules_per_unit: f64,
 }
 
@@ -105,6 +118,7 @@ pub struct EnergySample {
     pub source: String,
     /// True for the model: every figure derived from it must be labelled estimated.
     pub estimated: bool,
+    /// Joules per domain and socket over the interval.
     pub domains: Vec<(DomainKey, f64)>,
     /// The model's own idle power per key (watts), when the source knows it.
     pub known_idle_w: Vec<(DomainKey, f64)>,
@@ -112,6 +126,7 @@ pub struct EnergySample {
     pub unmeasured: Vec<Unmeasured>,
     /// Readings rejected since the start, by reason.
     pub implausible_readings: u64,
+    /// Readings that failed since the start.
     pub unreadable_readings: u64,
 }
 
@@ -130,9 +145,13 @@ pub enum UnmeasuredReason {
 /// A domain left out of an interval, and why, for the machine record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unmeasured {
+    /// The domain left out.
     pub domain: Domain,
+    /// Its socket.
     pub socket: u32,
+    /// Why.
     pub reason: UnmeasuredReason,
+    /// What was read, for a person.
     pub detail: String,
 }
 
@@ -148,19 +167,34 @@ pub fn default_bound_watts(domain: Domain) -> f64 {
 }
 
 #[derive(Debug, Error)]
+/// Why an energy source could not open or be read.
 pub enum EnergyError {
     #[error(
         "cannot read {path}: permission denied; energy_uj is root-only since Linux 5.10 (PLATYPUS): run as root, and in Docker unmask /sys/devices/virtual/powercap"
     )]
-    PermissionDenied { path: String },
-    #[error("cannot read {path}: {source}; check --energy-source and --sysfs-root")]
-    Read {
+    /// A file of the source is root-only.
+    PermissionDenied {
+        /// The file.
         path: String,
+    },
+    #[error("cannot read {path}: {source}; check --energy-source and --sysfs-root")]
+    /// A file of the source could not be read.
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
         source: std::io::Error,
     },
     #[error("cannot parse {path}: {detail}; whatever writes it does not write an energy counter")]
-    Parse { path: String, detail: String },
+    /// A file of the source did not hold a counter.
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
     #[error("{0}")]
+    /// The source does not exist on this machine (absent RAPL, no MSR device).
     Unavailable(String),
     /// Options that contradict each other or the machine.
     #[error("{0}")]
@@ -168,13 +202,23 @@ pub enum EnergyError {
     #[error(
         "the energy source stayed unreadable for {seconds} s (last: {cause}); fix the source or raise --energy-timeout"
     )]
-    Unreadable { seconds: f64, cause: String },
+    /// A measured source stayed unreadable longer than `--energy-timeout`.
+    Unreadable {
+        /// For how long.
+        seconds: f64,
+        /// The last failure.
+        cause: String,
+    },
     #[error(
         "cannot open perf event {event} on CPU {cpu}: {source}; run as root or with CAP_PERFMON"
     )]
+    /// A perf `power` event could not be opened.
     PerfOpen {
+        /// The event's name.
         event: String,
+        /// The CPU it was opened on.
         cpu: u32,
+        /// The cause.
         source: std::io::Error,
     },
 }
@@ -199,6 +243,7 @@ pub type Reading = Result<CounterValue, (DomainKey, EnergyError)>;
 
 /// A hardware source of cumulative energy counters.
 pub trait CounterSource: Send {
+    /// `perf`, `powercap`, `powercap-dir` or `msr`.
     fn name(&self) -> &str;
     /// One reading per counter, in a stable order.
     fn read(&mut self) -> Vec<Reading>;
@@ -294,6 +339,7 @@ impl EnergyMeter {
         readings
     }
 
+    /// Energy since the previous sample, with wraps, resets and implausible readings handled.
     pub fn sample(&mut self) -> Result<EnergySample, EnergyError> {
         let readings = self.read_with_retries();
         self.sample_from(readings, Instant::now())
@@ -384,11 +430,15 @@ impl EnergyMeter {
 pub enum SourceSpec {
     /// perf PMU, else powercap, else MSR, else the model (with a warning).
     Auto,
+    /// RAPL through the perf `power` PMU.
     Perf,
+    /// RAPL through `/sys/class/powercap`.
     Powercap,
     /// A powercap-shaped directory that a host writes for its guest.
     PowercapDir(PathBuf),
+    /// RAPL MSRs through `/dev/cpu/*/msr`.
     Msr,
+    /// ESTIMATED from CPU utilisation by the linear model.
     Model,
     /// CPU time and counters only.
     None,
@@ -438,7 +488,9 @@ pub trait Source: Send {
 /// measured source may stay unreadable (`--energy-timeout`).
 #[derive(Clone, Debug)]
 pub struct EnergyOptions {
+    /// The model's idle power (default 2 W per CPU), or the package's idle power for attribution.
     pub idle_watts: Option<f64>,
+    /// The model's power at 100 % CPU (default 10 W per CPU).
     pub max_watts: Option<f64>,
     /// How long a measured source may stay unreadable before the run ends (`--energy-timeout`).
     pub timeout: Duration,
@@ -457,7 +509,9 @@ impl Default for EnergyOptions {
 
 /// The energy input of a pipeline: a measured source or the model.
 pub enum EnergySource {
+    /// RAPL, through one of its interfaces.
     Measured(EnergyMeter),
+    /// The linear model (estimated).
     Model(model::LinearModel),
 }
 

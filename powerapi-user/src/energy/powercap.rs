@@ -164,6 +164,7 @@ impl Powercap {
         Ok(source)
     }
 
+    #[cfg(test)]
     pub fn zones(&self) -> &[Zone] {
         &self.zones
     }

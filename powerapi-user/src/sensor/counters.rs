@@ -14,7 +14,9 @@ use thiserror::Error;
 pub struct CounterSpec {
     /// The name records use for it (`cycles`, `instructions`, `raw:0x1234`).
     pub name: String,
+    /// `perf_event_attr.type`.
     pub perf_type: u32,
+    /// `perf_event_attr.config`.
     pub config: u64,
 }
 
@@ -107,19 +109,28 @@ pub fn default_counters() -> Vec<CounterSpec> {
 }
 
 #[derive(Debug, Error)]
+/// Why a counter could not be opened.
 pub enum CounterError {
     #[error(
         "counter {name} is not available on CPU {cpu} ({source}); this machine may have no PMU (VMs often don't): drop it from --counters or use --counters none"
     )]
+    /// The CPU has no such counter.
     Unsupported {
+        /// The counter's name.
         name: String,
+        /// The CPU.
         cpu: u32,
+        /// The cause.
         source: std::io::Error,
     },
     #[error("cannot open counter {name} on CPU {cpu}: {source}; run as root or with CAP_PERFMON")]
+    /// Opening it was not permitted.
     Denied {
+        /// The counter's name.
         name: String,
+        /// The CPU.
         cpu: u32,
+        /// The cause.
         source: std::io::Error,
     },
 }

@@ -1,8 +1,8 @@
 //! The task sensor: loads the kernel programs, opens the counters, and reads cumulative
 //! per-thread totals (`SensorReading`). Delta math lives in [`crate::delta`], not here.
 
-pub mod bpf_sys;
-pub mod counters;
+pub(crate) mod bpf_sys;
+pub(crate) mod counters;
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -34,50 +34,79 @@ pub use counters::{CounterError, CounterSpec, default_counters};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/powerapi"));
 
 #[derive(Debug, Error)]
+/// Why the kernel sensor could not start or be read.
 pub enum SensorError {
     #[error("{}", privilege::PRIVILEGE_HINT)]
+    /// Neither root nor the capabilities BPF needs.
     NotPrivileged,
     #[error(
         "this powerapi was built without its eBPF programs (AYA_BUILD_SKIP); build it with `cargo xtask run`"
     )]
+    /// Built without its kernel programs.
     NotBuilt,
     #[error(
         "the kernel refused powerapi's BPF programs: {0}; `powerapi doctor` lists what this kernel lacks"
     )]
+    /// The kernel's verifier refused the programs.
     Load(String),
     #[error(
         "cannot attach {program} to the {tracepoint} raw tracepoint: {source}; a kernel ≥ 5.10 with CONFIG_BPF_EVENTS is needed"
     )]
+    /// A program could not be attached.
     Attach {
+        /// The program.
         program: &'static str,
+        /// The raw tracepoint.
         tracepoint: &'static str,
+        /// The cause.
         source: ProgramError,
     },
     #[error("BPF map {name}: {detail}; `powerapi doctor` checks what this kernel lacks")]
-    Map { name: &'static str, detail: String },
+    /// A BPF map could not be created, read or written.
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What failed.
+        detail: String,
+    },
     #[error(
         "cannot run the slice flush on CPU {cpu}: {source}; `powerapi doctor` checks what this kernel lacks"
     )]
-    Flush { cpu: u32, source: std::io::Error },
+    /// The per-CPU flush could not run.
+    Flush {
+        /// The CPU.
+        cpu: u32,
+        /// The cause.
+        source: std::io::Error,
+    },
     #[error(
         "Linux {found} is too old: powerapi needs Linux ≥ {MIN_KERNEL_MAJOR}.{MIN_KERNEL_MINOR} (sched_switch's prev_state argument); upgrade the kernel"
     )]
-    KernelTooOld { found: String },
+    /// The kernel predates what the programs need.
+    KernelTooOld {
+        /// The running kernel's release.
+        found: String,
+    },
     #[error(transparent)]
+    /// A counter could not be opened.
     Counter(#[from] CounterError),
     #[error(transparent)]
+    /// The CPU topology could not be read.
     Topology(#[from] TopologyError),
     #[error("at most {MAX_COUNTERS} counters can be followed at once, {0} were asked for")]
+    /// More counters than the sensor has slots for.
     TooManyCounters(usize),
 }
 
 /// What the sensor is asked to follow.
 #[derive(Clone, Debug)]
 pub struct SensorConfig {
+    /// Counters read at every switch (empty: time-only).
     pub counters: Vec<CounterSpec>,
     /// When false (the defaults), counters this machine lacks are dropped and the sensor runs in
     /// time-only mode, saying so; when true (the user named them), a missing counter is an error.
     pub counters_required: bool,
+    /// Most threads tracked at once; beyond it slices are counted lost.
     pub max_tasks: u32,
     /// Size of the ring buffer that carries exits (a power of two, ≥ one page). Beyond it, exits
     /// wait in their slots for the next drain (counted as `exit_overflow`).
@@ -85,6 +114,7 @@ pub struct SensorConfig {
     /// Where `/sys` is found (`/` unless a test or a container with the host's `/sys` mounted
     /// elsewhere says otherwise): topology and energy are read under it.
     pub root: std::path::PathBuf,
+    /// How the switch path finds a thread's slot.
     pub slot_lookup: SlotLookup,
 }
 
@@ -130,6 +160,7 @@ impl Default for SensorConfig {
 /// The oldest kernel the programs attach to: `prev_state` became a `sched_switch` argument in
 /// 5.18, and task death is detected from it.
 pub const MIN_KERNEL_MAJOR: u32 = 5;
+/// See [`MIN_KERNEL_MAJOR`].
 pub const MIN_KERNEL_MINOR: u32 = 18;
 
 /// One thread's totals, and the slot they were read from: `(slot, totals.first_seen_ns)` is the
@@ -137,8 +168,11 @@ pub const MIN_KERNEL_MINOR: u32 = 18;
 /// at exec, is told apart or followed by it).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TaskEntry {
+    /// Its slot in the kernel's table.
     pub slot: u32,
+    /// The thread and its process.
     pub key: TaskKey,
+    /// Cumulative on-CPU time and counters.
     pub totals: TaskTotals,
 }
 
@@ -147,6 +181,7 @@ pub struct TaskEntry {
 pub struct SensorReading {
     /// CLOCK_MONOTONIC (same clock as `bpf_ktime_get_ns`) right after every CPU's slice was closed.
     pub taken_at_ns: u64,
+    /// Every live thread's totals.
     pub live: Vec<TaskEntry>,
     /// Final totals of threads that died since the previous reading.
     pub exited: Vec<TaskEntry>,
@@ -166,6 +201,7 @@ pub struct SensorReading {
 /// interval follows from two marks (see [`crate::delta::booked_span_ns`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuMark {
+    /// The CPU.
     pub cpu: u32,
     /// Everything on this CPU up to here is booked (the start of its open slice).
     pub booked_to_ns: u64,
@@ -222,11 +258,13 @@ impl Lanes {
         (MAX_SOCKETS - 1) as u32
     }
 
+    /// The socket of each lane.
     pub fn sockets(&self) -> &[u32] {
         &self.sockets
     }
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds (the clock `bpf_ktime_get_ns` reads).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -772,12 +810,15 @@ fn init_slots(ebpf: &Ebpf, max_tasks: u32) -> Result<bpf_sys::MappedArray<TaskSl
         })?;
     }
     let totals = map_data(ebpf, TASK_TOTALS_MAP)?;
-    bpf_sys::MappedArray::map(totals.fd().as_fd(), max_tasks as usize).map_err(|e| {
-        SensorError::Map {
-            name: TASK_TOTALS_MAP,
-            detail: format!("mmap of the task slots failed ({e}); Linux ≥ 5.5 is needed"),
-        }
-    })
+    let slots =
+        bpf_sys::MappedArray::map(totals.fd().as_fd(), max_tasks as usize).map_err(|e| {
+            SensorError::Map {
+                name: TASK_TOTALS_MAP,
+                detail: format!("mmap of the task slots failed ({e}); Linux ≥ 5.5 is needed"),
+            }
+        })?;
+    slots.prefault();
+    Ok(slots)
 }
 
 /// Copies a slot consistently: retries while the kernel is writing it (odd or changed `seq`).
