@@ -294,9 +294,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub sensor: SensorArgs,
     /// Address to listen on. Binding beyond loopback (0.0.0.0:9185) exposes what runs on this
-    /// machine to the network: a deliberate choice.
-    #[arg(long, default_value = "127.0.0.1:9185", env = "POWERAPI_LISTEN")]
-    pub listen: std::net::SocketAddr,
+    /// machine to the network: a deliberate choice. Default 127.0.0.1:9185. Also written as
+    /// --sink prometheus:ADDR.
+    #[arg(long, env = "POWERAPI_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Processes exported as their own series (by energy); the rest are summed as pid="other".
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), env = "POWERAPI_TOP")]
     pub top: u32,
@@ -309,6 +310,28 @@ pub struct ServeArgs {
     /// Records to write beside the metrics (as `record` does), e.g. to keep a trace.
     #[command(flatten)]
     pub outputs: OutputArgs,
+}
+
+impl ServeArgs {
+    /// Where to listen: `--sink prometheus:ADDR` is `--listen ADDR` written as a sink, so a
+    /// pipeline can be one list of sinks.
+    pub fn endpoint(&self) -> Result<std::net::SocketAddr> {
+        let mut endpoints = self.outputs.sinks.iter().filter_map(|s| match s {
+            SinkSpec::Prometheus(addr) => Some(*addr),
+            _ => None,
+        });
+        let default = std::net::SocketAddr::from(([127, 0, 0, 1], 9185));
+        match (endpoints.next(), endpoints.next(), self.listen) {
+            (None, _, listen) => Ok(listen.unwrap_or(default)),
+            (Some(_), Some(_), _) => {
+                bail!("serve has one Prometheus endpoint: give one prometheus: sink")
+            }
+            (Some(addr), None, Some(listen)) if addr != listen => {
+                bail!("--listen {listen} and --sink prometheus:{addr} disagree: give one")
+            }
+            (Some(addr), None, _) => Ok(addr),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -508,7 +531,7 @@ impl Cli {
             Command::Serve(a) => {
                 a.sensor.apply(file, m);
                 a.outputs.apply(file, m);
-                from_file!(m, "listen", a.listen, file.serve.listen);
+                from_file!(m, "listen", a.listen, file.serve.listen.map(Some));
                 from_file!(m, "top", a.top, file.serve.top);
             }
             Command::Run(a) => a.sensor.apply(file, m),
@@ -624,6 +647,16 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 filter: args.filter.filter(),
                 collector: args.sensor.collector_config()?,
             };
+            if let Some(SinkSpec::Prometheus(addr)) = args
+                .outputs
+                .sinks
+                .iter()
+                .find(|s| matches!(s, SinkSpec::Prometheus(_)))
+            {
+                bail!(
+                    "record has no Prometheus endpoint: run `powerapi serve --sink prometheus:{addr}` with the same other --sink outputs (serve writes them too)"
+                );
+            }
             // Without --sink, stdout unless -o says otherwise.
             let first = args
                 .output
@@ -699,7 +732,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             let config = crate::serve::ServeConfig {
                 collector: args.sensor.collector_config()?,
                 interval: args.sensor.interval,
-                listen: args.listen,
+                listen: args.endpoint()?,
                 top: args.top as usize,
                 pods_dir: args.pods_dir.clone(),
                 docker_dir: args.docker_dir.clone(),
@@ -835,7 +868,32 @@ mod tests {
         let Command::Serve(a) = cli.command else {
             panic!("serve");
         };
-        assert_eq!((a.top, a.listen.port()), (3, 9999));
+        assert_eq!(
+            (a.top, a.endpoint().map(|e| e.port()).ok()),
+            (3, Some(9999))
+        );
+        // The endpoint written as a sink, or refused when it contradicts --listen.
+        let serve = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a
+                .endpoint()
+                .map(|e| e.to_string())
+                .map_err(|e| e.to_string()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(serve(&["powerapi", "serve"]), Ok("127.0.0.1:9185".into()));
+        assert_eq!(
+            serve(&["powerapi", "serve", "--sink", "prometheus:0.0.0.0:9100"]),
+            Ok("0.0.0.0:9100".into())
+        );
+        let e = serve(&[
+            "powerapi",
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--sink",
+            "prometheus:0.0.0.0:9100",
+        ]);
+        assert!(e.is_err_and(|e| e.contains("disagree")));
         let outputs = a.outputs.outputs(None).expect("rotation from the file");
         assert_eq!(outputs.rotation.keep, Some(9));
     }

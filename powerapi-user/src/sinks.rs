@@ -20,7 +20,7 @@ use crate::{
 /// A `--sink` that cannot be parsed.
 pub enum SinkSpecError {
     #[error(
-        "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -), influxdb (TARGET http://HOST:PORT/DATABASE) or tcp (TARGET HOST:PORT)"
+        "write KIND:TARGET with KIND jsonl, csv (TARGET a file or -), influxdb (TARGET http://HOST:PORT/DATABASE), tcp (TARGET HOST:PORT) or prometheus (TARGET ADDRESS:PORT, serve only)"
     )]
     /// Not `KIND:TARGET`, or an unknown kind.
     Form,
@@ -46,6 +46,8 @@ pub enum SinkSpec {
     InfluxDb(InfluxTarget),
     /// JSON lines streamed to a collector.
     Tcp(TcpTarget),
+    /// The Prometheus endpoint of `serve` (where it listens).
+    Prometheus(std::net::SocketAddr),
 }
 
 impl FromStr for SinkSpec {
@@ -68,6 +70,10 @@ impl FromStr for SinkSpec {
             }),
             "influxdb" | "influx" => Ok(Self::InfluxDb(InfluxTarget::parse(target)?)),
             "tcp" => Ok(Self::Tcp(target.parse()?)),
+            "prometheus" => target
+                .parse()
+                .map(Self::Prometheus)
+                .map_err(|_| SinkSpecError::Form),
             _ => Err(form()),
         }
     }
@@ -83,7 +89,7 @@ impl SinkSpec {
                 flag: "--sink",
                 format: *format,
             }),
-            Self::InfluxDb(_) | Self::Tcp(_) => None,
+            Self::InfluxDb(_) | Self::Tcp(_) | Self::Prometheus(_) => None,
         }
     }
 }
@@ -121,7 +127,7 @@ impl Outputs {
         files.extend(sinks.iter().filter_map(|s| s.output(existing)));
         let servers = sinks
             .iter()
-            .filter(|s| !matches!(s, SinkSpec::File { .. }))
+            .filter(|s| matches!(s, SinkSpec::InfluxDb(_) | SinkSpec::Tcp(_)))
             .cloned()
             .collect();
         Self {
@@ -173,7 +179,7 @@ impl Outputs {
                 SinkSpec::Tcp(target) => {
                     Box::new(TcpSink::start(target.clone(), self.max_queued_bytes))
                 }
-                SinkSpec::File { .. } => continue,
+                SinkSpec::File { .. } | SinkSpec::Prometheus(_) => continue,
             };
             let name = match server {
                 SinkSpec::Tcp(target) => target.to_string(),

@@ -246,3 +246,26 @@ fn serve_also_writes_records_to_its_sinks() {
     );
     let _ = fs::remove_file(&trace);
 }
+
+/// A pipeline written as one list of sinks: `--sink prometheus:ADDR` is where serve listens.
+#[test]
+fn the_prometheus_endpoint_can_be_written_as_a_sink() {
+    let Some(_lock) = bpf_test("the_prometheus_endpoint_can_be_written_as_a_sink") else {
+        return;
+    };
+    let port = free_port();
+    let child = Command::new(powerapi())
+        .args(["serve", "--counters", "none", "--energy-source", "model"])
+        .args(["--interval", "500ms", "--sink"])
+        .arg(format!("prometheus:127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("powerapi serve");
+    let _serve = Killed(child);
+    let (status, body) = wait_until(
+        "serve on the sink's address",
+        Duration::from_secs(30),
+        || get(port, "/metrics").filter(|(s, b)| *s == 200 && b.contains("powerapi_node_")),
+    );
+    assert_eq!(status, 200, "{body}");
+}
