@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     delta::IntervalDeltas,
     energy::{Domain, DomainKey, EnergySample, Unmeasured},
-    formula::{Formula, Proportional, Split},
+    formula::{Formula, FormulaNote, Proportional, Split},
+    smartwatts::ModelFit,
 };
 
 /// Joules per domain (indexed by [`Domain::index`]).
@@ -61,6 +62,8 @@ pub enum IdleSource {
     Online,
     /// Saved by an earlier powerapi command on this machine (no quiet interval seen yet here).
     Persisted,
+    /// The formula's own model (SmartWatts' fitted intercept).
+    Formula,
     /// No low-activity interval seen yet, and nothing saved: idle counted as 0 until one is.
     None,
 }
@@ -99,6 +102,9 @@ pub struct DomainReport {
     pub idle_source: IdleSource,
     /// The usage metric this domain was shared by (`cycles`, `cpu-time`, `llc-misses`, …).
     pub metric: String,
+    /// What a model-based formula says of this domain (absent for the proportional formula).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formula: Option<FormulaNote>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +126,8 @@ pub struct PowerReport {
     pub implausible_readings: u64,
     /// Readings that failed (after retries) since the start.
     pub unreadable_readings: u64,
+    /// Models the formula fitted this interval.
+    pub fits: Vec<ModelFit>,
 }
 
 const HISTORY: usize = 300;
@@ -131,6 +139,8 @@ pub struct Attribution {
     formula: Box<dyn Formula>,
     /// Reused per domain: one weight per task.
     weights: Vec<f64>,
+    /// Average frequency per socket over the interval being attributed (MHz), when known.
+    frequencies: Vec<(u32, f64)>,
     history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
     /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
     /// online estimate) or a persisted estimate (which only stands in until there is one).
@@ -161,6 +171,7 @@ impl Attribution {
             config,
             formula,
             weights: Vec::new(),
+            frequencies: Vec::new(),
             history: HashMap::new(),
             prior: HashMap::new(),
         }
@@ -191,6 +202,13 @@ impl Attribution {
             .collect();
         out.sort_by_key(|(k, _)| *k);
         out
+    }
+
+    /// The average frequency of each socket over the next interval to attribute (MHz): the
+    /// layer a model-based formula uses.
+    pub fn set_frequencies(&mut self, frequencies: &[(u32, f64)]) {
+        self.frequencies.clear();
+        self.frequencies.extend_from_slice(frequencies);
     }
 
     /// The configuration this attribution was built with.
@@ -226,6 +244,13 @@ impl Attribution {
                 domain: key,
                 tasks: &deltas.tasks,
                 counters,
+                measured_j,
+                duration_ns: deltas.duration_ns(),
+                frequency_mhz: self
+                    .frequencies
+                    .iter()
+                    .find(|(s, _)| platform_wide || *s == key.socket)
+                    .map(|(_, f)| *f),
             };
             let metric_name = self.formula.weights(&split, &mut self.weights);
             let weights = &self.weights;
@@ -256,6 +281,8 @@ impl Attribution {
                     (w / package_sockets as f64, IdleSource::Flag)
                 } else if let Some(&(w, IdleSource::Baseline)) = self.prior.get(&key) {
                     (w, IdleSource::Baseline)
+                } else if let Some(w) = self.formula.idle_watts(key) {
+                    (w, IdleSource::Formula)
                 } else {
                     let history = self.history.entry(key).or_default();
                     let mut low: Vec<f64> = history
@@ -334,9 +361,11 @@ impl Attribution {
                 idle_w,
                 idle_source,
                 metric: metric_name,
+                formula: self.formula.note(key),
             });
         }
         PowerReport {
+            fits: self.formula.take_fits(),
             source: sample.source.clone(),
             estimated: sample.estimated,
             idle_policy: self.config.idle_policy,

@@ -13,12 +13,14 @@ use crate::{
     config::{self, MeterConfig},
     doctor,
     energy::{EnergyOptions, SourceSpec},
+    formula::FormulaKind,
     record::{self, Filter, Granularity, RecordConfig},
     rotate::Rotation,
     run,
     sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
     sink::{Existing, Format, OutputSpec},
     sinks::{Outputs, SinkSpec},
+    smartwatts::SmartWattsConfig,
     tui,
 };
 
@@ -100,6 +102,21 @@ pub struct SensorArgs {
     /// Whether idle energy stays a separate row (none) or is shared by CPU time or equally.
     #[arg(long, value_enum, default_value_t = IdlePolicy::None, env = "POWERAPI_IDLE_POLICY")]
     pub idle_policy: IdlePolicy,
+    /// How each interval's energy is split among tasks: proportional (by cycles, else on-CPU
+    /// time) or smartwatts (a power model per CPU frequency layer, fitted online against the
+    /// measured energy; proportional until a layer is fitted, which records say).
+    #[arg(long, value_enum, default_value_t = FormulaKind::Proportional, env = "POWERAPI_FORMULA")]
+    pub formula: FormulaKind,
+    /// smartwatts: width of a frequency layer, in MHz.
+    #[arg(long, value_name = "MHZ", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000), env = "POWERAPI_FREQ_STEP")]
+    pub freq_step: u32,
+    /// smartwatts: re-fit a layer when its median error over 10 intervals exceeds this many
+    /// watts.
+    #[arg(long, value_name = "WATTS", default_value = "2", value_parser = parse_watts, env = "POWERAPI_MAX_ERROR")]
+    pub max_error: f64,
+    /// smartwatts: intervals of history kept per layer (a layer is fitted from 10).
+    #[arg(long, value_name = "N", default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=100_000), env = "POWERAPI_MODEL_HISTORY")]
+    pub model_history: u32,
     /// Idle power of the package domain(s) in watts (default: estimated online). For the model,
     /// its P_idle (default 2 W per CPU).
     #[arg(long, value_parser = parse_watts, env = "POWERAPI_IDLE_WATTS")]
@@ -455,7 +472,29 @@ impl SensorArgs {
         {
             bail!("--max-watts ({max}) is below --idle-watts ({idle})");
         }
+        let smartwatts = SmartWattsConfig {
+            freq_step_mhz: self.freq_step,
+            max_error_w: self.max_error,
+            history: self.model_history as usize,
+            ..SmartWattsConfig::default()
+        };
+        let smartwatts = match self.formula {
+            FormulaKind::Smartwatts => Some(smartwatts),
+            FormulaKind::Proportional => {
+                let defaults = SmartWattsConfig::default();
+                if smartwatts.freq_step_mhz != defaults.freq_step_mhz
+                    || smartwatts.max_error_w != defaults.max_error_w
+                    || smartwatts.history != defaults.history
+                {
+                    bail!(
+                        "--freq-step, --max-error and --model-history are the smartwatts formula's: add --formula smartwatts or drop them"
+                    );
+                }
+                None
+            }
+        };
         Ok(CollectorConfig {
+            smartwatts,
             sensor: self.sensor_config()?,
             energy: self.energy_source.clone(),
             model: EnergyOptions {
@@ -557,6 +596,10 @@ impl SensorArgs {
         from_file!(m, "max_watts", self.max_watts, e.max_watts.map(Some));
         from_file!(m, "metric", self.metric, f.formula.metric);
         from_file!(m, "idle_policy", self.idle_policy, f.formula.idle_policy);
+        from_file!(m, "formula", self.formula, f.formula.name);
+        from_file!(m, "freq_step", self.freq_step, f.formula.freq_step);
+        from_file!(m, "max_error", self.max_error, f.formula.max_error);
+        from_file!(m, "model_history", self.model_history, f.formula.history);
     }
 }
 

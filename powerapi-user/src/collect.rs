@@ -14,9 +14,11 @@ use crate::{
         DomainKey, EnergyError, EnergyOptions, EnergySource, Source, SourceSpec, UnmeasuredReason,
     },
     formula::Formula,
+    frequency::Frequencies,
     idle::IdleStore,
     report::{Interval, MeterCost},
     sensor::{Sensor, SensorConfig, SensorError, SensorReading},
+    smartwatts::{SmartWatts, SmartWattsConfig},
     topology::cpus_by_socket,
 };
 
@@ -71,6 +73,8 @@ pub struct CollectorConfig {
     pub attribution: AttributionConfig,
     /// Where the idle estimate is kept between commands (`None`: not kept).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The formula, when not the proportional one (`None`).
+    pub smartwatts: Option<SmartWattsConfig>,
 }
 
 impl Default for CollectorConfig {
@@ -82,6 +86,7 @@ impl Default for CollectorConfig {
             model: EnergyOptions::default(),
             attribution: AttributionConfig::default(),
             state_dir: None,
+            smartwatts: None,
         }
     }
 }
@@ -148,6 +153,10 @@ pub struct Collector {
     kept_idle: Option<Vec<(DomainKey, f64)>>,
     /// Which kinds of unmeasured energy were already said on stderr (each is said once).
     said_unmeasured: Vec<UnmeasuredReason>,
+    /// Each socket's CPU frequency (the formula's layer), where cpufreq exists.
+    frequencies: Option<Frequencies>,
+    /// Where `/sys` is (for the frequency files of CPUs that come back).
+    root: std::path::PathBuf,
 }
 
 /// How often a long-running command refreshes the saved idle estimate.
@@ -228,10 +237,21 @@ impl Collector {
         let resolver = read_cgroup2_mount(std::path::Path::new("/"))
             .ok()
             .map(CgroupResolver::new);
-        let mut attribution = match parts.formula {
-            Some(formula) => Attribution::with_formula(config.attribution.clone(), formula),
-            None => Attribution::new(config.attribution.clone()),
+        let mut attribution = match (parts.formula, &config.smartwatts) {
+            (Some(formula), _) => Attribution::with_formula(config.attribution.clone(), formula),
+            (None, Some(smartwatts)) => {
+                let smartwatts = SmartWattsConfig {
+                    fallback: config.attribution.metric,
+                    ..smartwatts.clone()
+                };
+                Attribution::with_formula(
+                    config.attribution.clone(),
+                    Box::new(SmartWatts::new(smartwatts)),
+                )
+            }
+            (None, None) => Attribution::new(config.attribution.clone()),
         };
+        let frequencies = Frequencies::open(&config.sensor.root, sensor.cpus());
         let idle_store = match (&energy, &config.state_dir) {
             (Some(energy), Some(dir)) if !energy.estimated() => {
                 // Keyed by what is measured: a powercap-dir tree is its own source.
@@ -260,6 +280,8 @@ impl Collector {
             last_idle_save: Instant::now(),
             kept_idle: None,
             said_unmeasured: Vec::new(),
+            frequencies,
+            root: config.sensor.root.clone(),
         })
     }
 
@@ -343,6 +365,7 @@ impl Collector {
         if deltas.cpus_changed {
             // CPU hotplug: share each socket's energy over the CPUs it has now.
             self.cpus_by_socket = cpus_by_socket(&self.reading.cpus);
+            self.frequencies = Frequencies::open(&self.root, &self.reading.cpus);
         }
         let drain_us = began.elapsed().as_micros() as u64;
         let power = match &mut self.energy {
@@ -367,6 +390,9 @@ impl Collector {
                     }
                 }
                 let counters = self.sensor.counter_names();
+                if let Some(frequencies) = &self.frequencies {
+                    self.attribution.set_frequencies(&frequencies.read());
+                }
                 Some(
                     self.attribution
                         .attribute(&deltas, &counters, &self.cpus_by_socket, &sample),

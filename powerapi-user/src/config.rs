@@ -14,6 +14,7 @@ use thiserror::Error;
 use crate::{
     attribution::{IdlePolicy, Metric},
     energy::SourceSpec,
+    formula::FormulaKind,
     record::Granularity,
     sink::Existing,
     sinks::SinkSpec,
@@ -91,22 +92,24 @@ pub struct EnergySection {
     pub max_watts: Option<f64>,
 }
 
-/// The formulas a file can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FormulaName {
-    /// Active energy by a usage metric (cycles, else on-CPU time).
-    Proportional,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormulaSection {
-    pub name: Option<FormulaName>,
+    /// `--formula`: `proportional` or `smartwatts`.
+    pub name: Option<FormulaKind>,
     /// `--metric`.
     pub metric: Option<Metric>,
     /// `--idle-policy`.
     pub idle_policy: Option<IdlePolicy>,
+    /// `--freq-step` (smartwatts), MHz.
+    #[serde(default, deserialize_with = "freq_step")]
+    pub freq_step: Option<u32>,
+    /// `--max-error` (smartwatts), watts.
+    #[serde(default, deserialize_with = "watts")]
+    pub max_error: Option<f64>,
+    /// `--model-history` (smartwatts), intervals.
+    #[serde(default, deserialize_with = "history")]
+    pub history: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +303,14 @@ fn keep<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     ranged(d, 1..=u32::MAX)
 }
 
+fn freq_step<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ranged(d, 1..=10_000)
+}
+
+fn history<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ranged(d, 10..=100_000)
+}
+
 fn top<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     ranged(d, 1..=10_000)
 }
@@ -375,7 +386,7 @@ mod tests {
             ),
             (
                 r#"{"formula": {"name": "smartwatt"}}"#,
-                "at $.formula.name: unknown variant `smartwatt`, expected `proportional`",
+                "at $.formula.name: unknown variant `smartwatt`, expected `proportional` or `smartwatts`",
             ),
             (
                 r#"{"formula": {"idle_policy": "half"}}"#,

@@ -683,6 +683,7 @@ mod tests {
                 ..Default::default()
             },
             power: Some(PowerReport {
+                fits: Vec::new(),
                 source: "powercap".into(),
                 estimated: false,
                 idle_policy: Default::default(),
@@ -699,6 +700,7 @@ mod tests {
                     idle_w: measured - attributed,
                     idle_source: IdleSource::Flag,
                     metric: "cpu-time".into(),
+                    formula: None,
                 }],
                 task_joules: vec![],
                 unmeasured: vec![],

@@ -5,10 +5,13 @@
 //! the shares of a domain add up with idle and unattributed energy to what was measured. A
 //! formula cannot unbalance the books, and a user's formula needs no accounting of its own.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     attribution::Metric,
     delta::TaskDelta,
     energy::{Domain, DomainKey},
+    smartwatts::ModelFit,
 };
 
 /// What a formula is asked to split: one domain on one socket, over one interval.
@@ -19,6 +22,39 @@ pub struct Split<'a> {
     pub tasks: &'a [TaskDelta],
     /// Names of the counter slots of [`TaskDelta::counters`].
     pub counters: &'a [String],
+    /// The energy the domain measured over the interval, in joules.
+    pub measured_j: f64,
+    /// The interval's length.
+    pub duration_ns: u64,
+    /// The socket's average CPU frequency over the interval, when known.
+    pub frequency_mhz: Option<f64>,
+}
+
+impl Split<'_> {
+    /// Whether task `i` may get a share: not an idle task, and on the domain's socket (every
+    /// socket for platform-wide domains).
+    pub fn is_member(&self, i: usize) -> bool {
+        let t = &self.tasks[i];
+        !t.key.is_idle() && (self.domain.domain == Domain::Psys || t.socket == self.domain.socket)
+    }
+}
+
+/// What a model-based formula says of one domain in one interval (in the machine record's
+/// domain, under `formula`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FormulaNote {
+    /// The formula that produced the weights (a model's fallback says so here).
+    pub name: String,
+    /// The frequency layer used (lower bound, MHz), when frequencies are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_mhz: Option<u32>,
+    /// True when the layer's model produced the weights.
+    pub fitted: bool,
+    /// The model's error on this interval (|measured − predicted| watts), or its fit error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_w: Option<f64>,
+    /// Samples the layer holds.
+    pub samples: usize,
 }
 
 /// Splits one domain's active energy in one interval among tasks, by weight.
@@ -31,6 +67,33 @@ pub trait Formula: Send {
     /// on the domain's socket and are not idle get a share; a negative or non-finite weight
     /// counts as 0.
     fn weights(&mut self, split: &Split<'_>, out: &mut [f64]) -> String;
+
+    /// The idle power of `domain` this interval, when the formula models it (a fitted
+    /// intercept). Used unless `--idle-watts` or a baseline says otherwise.
+    fn idle_watts(&self, _domain: DomainKey) -> Option<f64> {
+        None
+    }
+
+    /// What to record about the weights of `domain` this interval.
+    fn note(&self, _domain: DomainKey) -> Option<FormulaNote> {
+        None
+    }
+
+    /// Models fitted since the last call (each becomes a `model` record).
+    fn take_fits(&mut self) -> Vec<ModelFit> {
+        Vec::new()
+    }
+}
+
+/// The formulas the command line and config files can name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormulaKind {
+    /// Active energy by a usage metric (cycles when counted, else on-CPU time).
+    #[default]
+    Proportional,
+    /// A power model per CPU frequency layer, fitted online against the measured energy.
+    Smartwatts,
 }
 
 /// Today's default: shares in proportion to a usage metric: cycles (or instructions) when

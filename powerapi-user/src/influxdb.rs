@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::{
     relay::{Failure, Relay, Transport},
-    report::{CgroupRecord, MachineRecord, Mode, Record, TaskEnergy, TaskRecord},
+    report::{CgroupRecord, MachineRecord, Mode, ModelRecord, Record, TaskEnergy, TaskRecord},
     sink::{Sink, SinkError},
 };
 
@@ -82,6 +82,7 @@ pub fn encode(records: &[Record], host: &str, out: &mut String) {
             Record::Process(t) => encode_task("process", t, host, out),
             Record::Thread(t) => encode_task("thread", t, host, out),
             Record::Cgroup(c) => encode_cgroup(c, host, out),
+            Record::Model(m) => encode_model(m, host, out),
         }
     }
 }
@@ -223,6 +224,26 @@ fn encode_cgroup(c: &CgroupRecord, host: &str, out: &mut String) {
     counters(&mut point, &c.counters);
     energy(&mut point, &c.energy);
     point.end(c.interval.time_unix_ns);
+}
+
+fn encode_model(m: &ModelRecord, host: &str, out: &mut String) {
+    let fit = &m.fit;
+    let socket = fit.key.socket.to_string();
+    let layer = fit.layer_mhz.map(|l| l.to_string()).unwrap_or_default();
+    let mut point = Point::new(out, "model", host);
+    point
+        .tag("domain", fit.key.domain.name())
+        .tag("socket", &socket)
+        .tag("layer_mhz", &layer);
+    point.float("intercept_watts", fit.model.intercept_w);
+    for (feature, w) in &fit.model.weights {
+        point.float(&format!("{feature}_weight"), *w);
+    }
+    point
+        .int("samples", fit.model.samples as u64)
+        .float("error_watts", fit.model.error_w)
+        .text("reason", &fit.reason);
+    point.end(m.interval.time_unix_ns);
 }
 
 fn encode_machine(m: &MachineRecord, host: &str, out: &mut String) {

@@ -13,8 +13,8 @@ use crate::{
     identity::Identities,
     pipeline::Pipeline,
     report::{
-        CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, Record, SCHEMA,
-        TaskRecord, ipc, machine_energy, named_counters, task_energy,
+        CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, ModelRecord, Record,
+        SCHEMA, TaskRecord, ipc, machine_energy, named_counters, task_energy,
     },
     sink::{Sink, SinkError},
 };
@@ -235,6 +235,13 @@ pub fn build_records(
         meter: snapshot.meter.clone(),
         energy: snapshot.power.as_ref().map(machine_energy),
     })];
+    for fit in snapshot.power.iter().flat_map(|p| &p.fits) {
+        records.push(Record::Model(ModelRecord {
+            schema: SCHEMA,
+            interval: interval.clone(),
+            fit: fit.clone(),
+        }));
+    }
     let seconds = interval.duration_ns as f64 / 1e9;
     let energy_of = |joules: &crate::attribution::DomainJoules| {
         snapshot

@@ -9,6 +9,7 @@ use crate::{
     attribution::{DomainJoules, DomainReport, IdlePolicy, PowerReport},
     cgroup::Container,
     energy::{Domain, Unmeasured},
+    smartwatts::ModelFit,
 };
 
 /// Bump on any incompatible change to a record's fields.
@@ -268,6 +269,20 @@ pub enum Record {
     Thread(TaskRecord),
     /// A cgroup (`--granularity cgroup`).
     Cgroup(CgroupRecord),
+    /// A model the formula fitted (`--formula smartwatts`), in the interval it was fitted.
+    Model(ModelRecord),
+}
+
+/// A fitted power model: what SmartWatts learned for a domain, socket and frequency layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// [`SCHEMA`] when written.
+    pub schema: u32,
+    /// The interval whose sample completed the fit.
+    pub interval: Interval,
+    /// Domain, socket, layer, coefficients, samples, error and why it was fitted.
+    #[serde(flatten)]
+    pub fit: ModelFit,
 }
 
 /// The machine-level energy record of an interval.
@@ -385,6 +400,7 @@ mod tests {
             energy::DomainKey,
         };
         let power = PowerReport {
+            fits: Vec::new(),
             source: "test".into(),
             estimated: true,
             idle_policy: Default::default(),
@@ -401,6 +417,7 @@ mod tests {
                 idle_w: 0.0,
                 idle_source: IdleSource::None,
                 metric: "cpu-time".into(),
+                formula: None,
             }],
             task_joules: vec![],
             unmeasured: vec![],

@@ -811,6 +811,7 @@ fn idle_source_name(source: IdleSource) -> String {
         IdleSource::Baseline => "baseline measured before CMD",
         IdleSource::Online => "online estimate",
         IdleSource::Persisted => "saved estimate from an earlier run",
+        IdleSource::Formula => "the fitted model's intercept",
         IdleSource::None => "none known (idle counted as CMD's)",
     }
     .to_string()

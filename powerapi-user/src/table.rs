@@ -44,7 +44,9 @@ pub fn csv_rows(records: &[Record], header_row: bool, out: &mut Vec<u8>) -> csv:
     if header_row {
         writer.write_record(header())?;
     }
-    for record in records {
+    // Model records have coefficients, not the table's figures: JSON lines and InfluxDB keep
+    // them.
+    for record in records.iter().filter(|r| !matches!(r, Record::Model(_))) {
         writer.write_record(row(record))?;
     }
     writer.flush()?;
@@ -58,6 +60,7 @@ fn row(record: &Record) -> Vec<String> {
         Record::Process(t) => ("process", &t.interval),
         Record::Thread(t) => ("thread", &t.interval),
         Record::Cgroup(c) => ("cgroup", &c.interval),
+        Record::Model(m) => ("model", &m.interval),
     };
     let mut cells = vec![
         text(kind),
@@ -135,6 +138,8 @@ fn row(record: &Record) -> Vec<String> {
                 put_energy(e);
             }
         }
+        // Left out by `csv_rows`; a row of empty cells if called directly.
+        Record::Model(_) => cells.extend(std::iter::repeat_n(String::new(), 9)),
     }
     cells.push(estimated.map(|e| e.to_string()).unwrap_or_default());
     let figure = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();

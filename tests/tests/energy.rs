@@ -717,3 +717,98 @@ fn idle_policy_and_metric_end_to_end() {
         "{got:.3} J, expected {expected:.3} J ({active:.3} active + {idle_share:.3} idle)"
     );
 }
+
+/// SmartWatts end to end, time-only: a powercap tree whose power is 10 W + 20 W × busy
+/// fraction (2 CPUs: 10 W per busy CPU) must be learnt from the sensor's own CPU time, and each
+/// burner charged its injected share.
+#[test]
+fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
+    let Some(_lock) =
+        bpf_test("smartwatts_learns_the_injected_model_and_charges_each_burner_its_share")
+    else {
+        return;
+    };
+    let injector = Injector::start("smartwatts");
+    // --idle-watts would override the model's intercept: not given.
+    let recording = injector.record("smartwatts", &["--formula", "smartwatts"]);
+    // Varied load, so that idle and per-CPU power can be told apart: quiet, one burner, two.
+    std::thread::sleep(Duration::from_millis(2000));
+    let one = std::thread::spawn(|| {
+        run_measured(
+            Command::new(LOAD)
+                .args(["burn", "6", "1"])
+                .stdout(std::process::Stdio::null()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(3000));
+    let two = run_measured(
+        Command::new(LOAD)
+            .args(["burn", "3", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let one = one.join().expect("first burner");
+    std::thread::sleep(Duration::from_millis(1000));
+    let records = recording.stop();
+    assert_energy_conserved(&records);
+
+    let cpus = u64_of(&of_type(&records, "machine").next().expect("machine")["cpus"]) as f64;
+    let models: Vec<&Value> = of_type(&records, "model").collect();
+    let first = models
+        .first()
+        .expect("a model record once 10 intervals were seen");
+    assert_eq!(
+        (first["domain"].as_str(), first["reason"].as_str()),
+        (Some("package"), Some("first"))
+    );
+    let intercept = f64_of(&first["model"]["intercept_w"]);
+    let per_cpu = f64_of(&first["model"]["weights"]["cpu-seconds"]);
+    eprintln!(
+        "fitted: {intercept:.2} W idle, {per_cpu:.2} W per busy CPU; {} model records",
+        models.len()
+    );
+    // The injector's busy time (/proc/stat) and the sensor's differ by the meter's own
+    // work and rounding: 10 % on each coefficient.
+    assert!(
+        (intercept - IDLE_W).abs() <= 0.1 * IDLE_W,
+        "intercept {intercept} W"
+    );
+    let injected_per_cpu = ACTIVE_W / cpus;
+    assert!(
+        (per_cpu - injected_per_cpu).abs() <= 0.1 * injected_per_cpu,
+        "{per_cpu} W per CPU"
+    );
+    // Intervals after the fit say so; the idle power is the model's intercept.
+    let fitted: Vec<&Value> = of_type(&records, "machine")
+        .flat_map(|m| {
+            m["energy"]["domains"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|d| d["formula"]["fitted"] == true)
+        .map(|d| Box::leak(Box::new(d)) as &Value)
+        .collect();
+    assert!(fitted.len() >= 4, "{} fitted intervals", fitted.len());
+    assert!(
+        fitted
+            .iter()
+            .all(|d| d["idle_source"] == "formula" && d["metric"] == "smartwatts")
+    );
+
+    for (name, (pid, cpu_ns)) in [("one", one), ("two", two)] {
+        let attributed: f64 = of_type(&records, "process")
+            .filter(|r| r["pid"] == pid)
+            .map(|r| f64_of(&r["energy"]["joules"]["package"]))
+            .sum();
+        let expected = ACTIVE_W * (cpu_ns as f64 / 1e9) / cpus;
+        let error = (attributed - expected).abs() / expected;
+        eprintln!(
+            "burner {name}: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%)",
+            (attributed / expected - 1.0) * 100.0
+        );
+        assert!(
+            error <= 0.05,
+            "burner {name}: {attributed:.2} J vs {expected:.2} J injected"
+        );
+    }
+}

@@ -186,6 +186,7 @@ fn header_lines(app: &App, p: &Palette, width: usize) -> Vec<Line<'static>> {
                 IdleSource::Online => "online",
                 IdleSource::Baseline => "baseline",
                 IdleSource::Persisted => "saved",
+                IdleSource::Formula => "fitted",
                 IdleSource::None => "none yet",
             };
             lines.push(Line::from(format!(
@@ -506,6 +507,7 @@ mod tests {
                 idle_w: 10.0,
                 idle_source: IdleSource::Online,
                 metric: "cycles".into(),
+                formula: None,
             });
         }
         app.ingest(Arc::new(s));
