@@ -778,7 +778,7 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
         "{per_cpu} W per CPU"
     );
     // Intervals after the fit say so; the idle power is the model's intercept.
-    let fitted: Vec<&Value> = of_type(&records, "machine")
+    let fitted: Vec<Value> = of_type(&records, "machine")
         .flat_map(|m| {
             m["energy"]["domains"]
                 .as_array()
@@ -786,7 +786,6 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
                 .unwrap_or_default()
         })
         .filter(|d| d["formula"]["fitted"] == true)
-        .map(|d| Box::leak(Box::new(d)) as &Value)
         .collect();
     assert!(fitted.len() >= 4, "{} fitted intervals", fitted.len());
     assert!(
