@@ -21,6 +21,7 @@ use crate::{
     sink::{Existing, Format, OutputSpec},
     sinks::{Outputs, SinkSpec},
     smartwatts::SmartWattsConfig,
+    summary::{self, By, SummaryFormat},
     tui,
 };
 
@@ -50,6 +51,9 @@ pub enum Command {
     Run(RunArgs),
     /// Export power per node, process, container, cgroup and command to Prometheus.
     Serve(ServeArgs),
+    /// Sum a recorded trace up: energy and power per process, command, cgroup or container,
+    /// per-domain totals, idle share, the meter's cost.
+    Report(ReportArgs),
     /// Say what this machine offers (BPF, counters, RAPL) and what is missing, with the fix.
     Doctor {
         /// Where /sys is found (for containers that mount the host's elsewhere).
@@ -352,6 +356,25 @@ impl ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A trace written by `powerapi record` (JSON lines), or - for stdin.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+    /// What targets are.
+    #[arg(long, value_enum, default_value_t = By::Process)]
+    pub by: By,
+    /// Targets listed; the rest are summed as one.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+    /// table, json, csv or markdown.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Table)]
+    pub format: SummaryFormat,
+    /// Write the report to FILE (overwritten) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub sensor: SensorArgs,
@@ -577,7 +600,7 @@ impl Cli {
             Command::Doctor { root } => {
                 from_file!(m, "root", *root, file.sensor.sysfs_root.clone());
             }
-            Command::BenchNoop => {}
+            Command::Report(_) | Command::BenchNoop => {}
         }
     }
 }
@@ -784,6 +807,35 @@ pub fn execute(cli: Cli) -> Result<i32> {
             config.outputs.check()?;
             let stop = stop_signal()?;
             crate::serve::serve(&config, stop)?;
+            Ok(0)
+        }
+        Command::Report(args) => {
+            let read = |input: Box<dyn std::io::BufRead>| summary::read_records(input);
+            let (records, skipped) = if args.trace == std::path::Path::new("-") {
+                read(Box::new(std::io::stdin().lock()))
+            } else {
+                let file = std::fs::File::open(&args.trace).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the trace {}: {e}; give a file written by `powerapi record`",
+                        args.trace.display()
+                    )
+                })?;
+                read(Box::new(std::io::BufReader::new(file)))
+            }
+            .map_err(|e| {
+                anyhow::anyhow!("reading the trace {} failed: {e}", args.trace.display())
+            })?;
+            let summary = summary::summarize(&records, skipped, args.by, args.top as usize)?;
+            let text = summary::render(&summary, args.format);
+            match &args.output {
+                Some(path) => std::fs::write(path, text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot write {}: {e}; choose a writable path with -o",
+                        path.display()
+                    )
+                })?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
             Ok(0)
         }
         Command::Doctor { root } => {

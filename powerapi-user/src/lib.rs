@@ -45,6 +45,7 @@ pub(crate) mod serve;
 pub mod sink;
 pub mod sinks;
 pub mod smartwatts;
+pub mod summary;
 pub(crate) mod table;
 pub mod tcp;
 pub(crate) mod topology;

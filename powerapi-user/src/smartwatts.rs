@@ -97,7 +97,7 @@ struct Layer {
     drifted: bool,
 }
 
-/// The SmartWatts formula: one [`Layer`] per domain, socket and frequency layer.
+/// The SmartWatts formula: one model (and its history) per domain, socket and frequency layer.
 pub struct SmartWatts {
     config: SmartWattsConfig,
     layers: HashMap<(DomainKey, Option<u32>), Layer>,

@@ -1,0 +1,151 @@
+//! `powerapi report` on a real recorded trace: its figures must equal sums the test computes
+//! from the trace itself.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    process::{Command, Stdio},
+};
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn report_figures_equal_the_traces_own_sums() {
+    let Some(_lock) = bpf_test("report_figures_equal_the_traces_own_sums") else {
+        return;
+    };
+    let trace = temp_path("report.jsonl");
+    let _ = fs::remove_file(&trace);
+    let burner = Killed(
+        Command::new(LOAD)
+            .args(["burn", "4"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("burner"),
+    );
+    let out = Command::new(powerapi())
+        .args(["record", "--interval", "500ms", "--duration", "2500ms"])
+        .args(["--counters", "none", "--energy-source", "model", "-o"])
+        .arg(&trace)
+        .output()
+        .expect("record");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(burner);
+    // A cut last line, as a crash would leave: counted, not fatal.
+    fs::write(
+        &trace,
+        fs::read_to_string(&trace).expect("trace") + "{\"type\":\"process\",\"pid\"",
+    )
+    .expect("append");
+
+    let report = Command::new(powerapi())
+        .arg("report")
+        .arg(&trace)
+        .args(["--by", "command", "--top", "3", "--format", "json"])
+        .output()
+        .expect("report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&report.stdout).expect("JSON");
+
+    // The test's own sums, from the trace's lines.
+    let text = fs::read_to_string(&trace).expect("trace");
+    let records: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let machines: Vec<&Value> = of_type(&records, "machine").collect();
+    let seconds: f64 = machines
+        .iter()
+        .map(|m| u64_of(&m["interval"]["duration_ns"]) as f64 / 1e9)
+        .sum();
+    let measured: f64 = machines
+        .iter()
+        .flat_map(|m| {
+            m["energy"]["domains"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| f64_of(&d["measured_j"]))
+        .sum();
+    let idle: f64 = machines
+        .iter()
+        .flat_map(|m| {
+            m["energy"]["domains"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| f64_of(&d["idle_j"]))
+        .sum();
+    let mut by_command: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for p in of_type(&records, "process") {
+        let entry = by_command
+            .entry(p["comm"].as_str().unwrap_or("").to_string())
+            .or_default();
+        entry.0 += f64_of(&p["energy"]["joules"]["package"]);
+        entry.1 += u64_of(&p["on_cpu_ns"]);
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+
+    assert_eq!(u64_of(&summary["intervals"]), machines.len() as u64);
+    assert!(close(f64_of(&summary["seconds"]), seconds));
+    assert_eq!(summary["skipped_lines"], 1);
+    assert_eq!(summary["estimated"], true);
+    let package = &summary["domains"][0];
+    assert_eq!(package["domain"], "package");
+    assert!(close(f64_of(&package["measured_j"]), measured));
+    assert!(close(f64_of(&package["average_w"]), measured / seconds));
+    assert!(close(f64_of(&summary["idle_share"]), idle / measured));
+    let top = &summary["targets"][0];
+    assert_eq!(
+        top["name"], "powerapi-load",
+        "the burner drew the most: {summary}"
+    );
+    let (joules, cpu_ns) = by_command["powerapi-load"];
+    assert!(close(f64_of(&top["joules"]), joules));
+    assert!(close(f64_of(&top["cpu_s"]), cpu_ns as f64 / 1e9));
+    // Three targets and the rest: together every process's energy.
+    let listed: f64 = summary["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .chain(summary["other"].as_object().map(|_| &summary["other"]))
+        .map(|t| f64_of(&t["joules"]))
+        .sum();
+    let all: f64 = by_command.values().map(|(j, _)| j).sum();
+    assert!(close(listed, all), "{listed} vs {all}");
+    assert_eq!(summary["targets"].as_array().map(Vec::len), Some(3));
+    let _ = fs::remove_file(&trace);
+}
+
+#[test]
+fn report_errors_are_one_line() {
+    let (code, stderr) = powerapi_stderr(&["report", "/nonexistent/trace.jsonl"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot read the trace /nonexistent/trace.jsonl"),
+        "{stderr}"
+    );
+    let empty = temp_path("empty-trace.jsonl");
+    fs::write(&empty, "not json\n").expect("write");
+    let (code, stderr) = powerapi_stderr(&["report", &empty.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no complete interval (1 line(s) were not records)"),
+        "{stderr}"
+    );
+    let _ = fs::remove_file(&empty);
+}
