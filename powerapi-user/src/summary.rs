@@ -548,8 +548,7 @@ fn render_text(s: &Summary, markdown: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "{}meter: {:.2} CPU s ({:.2} % of one CPU), peak RSS {} KiB{}{}",
-        if markdown { "\n" } else { "\n" },
+        "\nmeter: {:.2} CPU s ({:.2} % of one CPU), peak RSS {} KiB{}{}",
         s.meter.cpu_s,
         s.meter.cpu_percent,
         s.meter.peak_rss_kib,
