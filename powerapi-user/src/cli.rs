@@ -372,6 +372,10 @@ pub struct ReportArgs {
     /// Write the report to FILE (overwritten) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also draw power over time, stacked for the top targets plus idle and other, to FILE.svg
+    /// or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -826,6 +830,9 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 anyhow::anyhow!("reading the trace {} failed: {e}", args.trace.display())
             })?;
             let summary = summary::summarize(&records, skipped, args.by, args.top as usize)?;
+            if let Some(chart) = &args.chart {
+                crate::chart::draw(chart, &summary, &summary::timeline(&records, &summary))?;
+            }
             let text = summary::render(&summary, args.format);
             match &args.output {
                 Some(path) => std::fs::write(path, text).map_err(|e| {

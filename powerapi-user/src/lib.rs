@@ -20,6 +20,7 @@
 pub(crate) mod aggregate;
 pub mod attribution;
 pub(crate) mod cgroup;
+pub mod chart;
 #[doc(hidden)]
 pub mod cli;
 pub mod collect;

@@ -169,6 +169,118 @@ fn cgroup_name(cgroup: &CgroupInfo) -> String {
     cgroup.path.clone().unwrap_or_else(|| cgroup.id.to_string())
 }
 
+/// The target a record counts for, with its CPU time and energy. Cgroup records count only
+/// when the trace has no task records (they would count twice).
+fn target_of(
+    record: &Record,
+    by: By,
+    has_tasks: bool,
+) -> Option<(String, u64, Option<&BTreeMap<Domain, f64>>)> {
+    match record {
+        Record::Process(t) | Record::Thread(t) => {
+            let name = match by {
+                By::Process => format!("{} ({})", t.comm, t.pid),
+                By::Command => t.comm.clone(),
+                By::Cgroup => cgroup_name(&t.cgroup),
+                By::Container => container_name(&t.cgroup),
+            };
+            Some((name, t.on_cpu_ns, t.energy.as_ref().map(|e| &e.joules)))
+        }
+        Record::Cgroup(c) if !has_tasks => {
+            let name = match by {
+                By::Container => container_name(&c.cgroup),
+                _ => cgroup_name(&c.cgroup),
+            };
+            Some((name, c.on_cpu_ns, c.energy.as_ref().map(|e| &e.joules)))
+        }
+        _ => None,
+    }
+}
+
+/// Power over time, for a stacked chart: per interval, idle, each of the summary's targets, and
+/// everything else (other targets and unattributed energy), in watts. Stacked, they add up to
+/// the measured power of the headline domains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeline {
+    /// Seconds from the trace's start to each interval's end.
+    pub seconds: Vec<f64>,
+    /// `idle`, then the targets in the summary's order, then `other`; one value per interval.
+    pub series: Vec<(String, Vec<f64>)>,
+}
+
+/// The timeline of `summary`'s targets in `records`.
+pub fn timeline(records: &[Record], summary: &Summary) -> Timeline {
+    let has_tasks = records
+        .iter()
+        .any(|r| matches!(r, Record::Process(_) | Record::Thread(_)));
+    let names: Vec<&str> = summary.targets.iter().map(|t| t.name.as_str()).collect();
+    let mut seconds = Vec::new();
+    let mut series: Vec<(String, Vec<f64>)> = std::iter::once("idle".to_string())
+        .chain(names.iter().map(|n| n.to_string()))
+        .chain(std::iter::once("other".to_string()))
+        .map(|n| (n, Vec::new()))
+        .collect();
+    let mut start_ns = None;
+    let mut duration_s = 1.0;
+    let mut measured_w = 0.0;
+    let close = |series: &mut Vec<(String, Vec<f64>)>, measured_w: f64| {
+        // `other`: what the measured power holds beyond idle and the listed targets.
+        let listed: f64 = series[..series.len() - 1]
+            .iter()
+            .filter_map(|(_, v)| v.last())
+            .sum();
+        if let Some((_, other)) = series.last_mut() {
+            other.push((measured_w - listed).max(0.0));
+        }
+    };
+    for record in records {
+        if let Record::Machine(m) = record {
+            if !seconds.is_empty() {
+                close(&mut series, measured_w);
+            }
+            let start = *start_ns.get_or_insert(
+                m.interval
+                    .time_unix_ns
+                    .saturating_sub(m.interval.duration_ns),
+            );
+            seconds.push(m.interval.time_unix_ns.saturating_sub(start) as f64 / 1e9);
+            duration_s = (m.interval.duration_ns as f64 / 1e9).max(1e-9);
+            let headline = |f: fn(&crate::attribution::DomainReport) -> f64| -> f64 {
+                m.energy
+                    .iter()
+                    .flat_map(|e| &e.domains)
+                    .filter(|d| summary.headline.contains(&d.key.domain))
+                    .map(f)
+                    .sum()
+            };
+            measured_w = headline(|d| d.measured_j) / duration_s;
+            let n = series.len();
+            for (i, (_, values)) in series.iter_mut().enumerate().take(n - 1) {
+                values.push(if i == 0 {
+                    headline(|d| d.idle_j) / duration_s
+                } else {
+                    0.0
+                });
+            }
+            continue;
+        }
+        if seconds.is_empty() {
+            continue;
+        }
+        if let Some((name, _, Some(energy))) = target_of(record, summary.by, has_tasks)
+            && let Some(i) = names.iter().position(|n| *n == name)
+            && let Some(last) = series[i + 1].1.last_mut()
+        {
+            let joules: f64 = summary.headline.iter().filter_map(|d| energy.get(d)).sum();
+            *last += joules / duration_s;
+        }
+    }
+    if !seconds.is_empty() {
+        close(&mut series, measured_w);
+    }
+    Timeline { seconds, series }
+}
+
 fn rfc3339(unix_ns: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix_ns)).to_string()
 }
@@ -261,25 +373,8 @@ pub fn summarize(
         }
     };
     for record in records {
-        match record {
-            Record::Process(t) | Record::Thread(t) => {
-                let name = match by {
-                    By::Process => format!("{} ({})", t.comm, t.pid),
-                    By::Command => t.comm.clone(),
-                    By::Cgroup => cgroup_name(&t.cgroup),
-                    By::Container => container_name(&t.cgroup),
-                };
-                add(name, t.on_cpu_ns, t.energy.as_ref().map(|e| &e.joules));
-            }
-            // Cgroup records only when the trace has no task records (they would count twice).
-            Record::Cgroup(c) if !has_tasks => {
-                let name = match by {
-                    By::Container => container_name(&c.cgroup),
-                    _ => cgroup_name(&c.cgroup),
-                };
-                add(name, c.on_cpu_ns, c.energy.as_ref().map(|e| &e.joules));
-            }
-            _ => {}
+        if let Some((name, cpu_ns, energy)) = target_of(record, by, has_tasks) {
+            add(name, cpu_ns, energy);
         }
     }
     let total = |name: String, acc: &Acc| {
@@ -674,6 +769,30 @@ mod tests {
             names,
             [("docker:abcdef012345", 18.0), ("(no container)", 10.0)]
         );
+    }
+
+    #[test]
+    fn the_timeline_stacks_up_to_the_measured_power() {
+        let (records, _) = trace(&[
+            machine(30.0, 10.0, 1),
+            process(1, "web", None, 12.0, 600_000_000),
+            process(3, "db", None, 2.0, 100_000_000),
+            machine(20.0, 10.0, 1),
+            process(1, "web", None, 4.0, 200_000_000),
+        ]);
+        let s = summarize(&records, 0, By::Command, 1).expect("summary");
+        let t = timeline(&records, &s);
+        assert_eq!(
+            t.seconds,
+            [1.0, 1.0],
+            "both test intervals end at the same instant"
+        );
+        let names: Vec<&str> = t.series.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["idle", "web", "other"]);
+        // Interval 1: 32 W headline (30 package + 2 DRAM); idle 10, web 13, other 9.
+        assert_eq!(t.series[0].1, [10.0, 10.0]);
+        assert_eq!(t.series[1].1, [13.0, 5.0]);
+        assert_eq!(t.series[2].1, [9.0, 7.0]);
     }
 
     #[test]

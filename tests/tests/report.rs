@@ -127,7 +127,64 @@ fn report_figures_equal_the_traces_own_sums() {
     let all: f64 = by_command.values().map(|(j, _)| j).sum();
     assert!(close(listed, all), "{listed} vs {all}");
     assert_eq!(summary["targets"].as_array().map(Vec::len), Some(3));
-    let _ = fs::remove_file(&trace);
+
+    // Charts of the same trace: one stacked series per target, plus idle and other.
+    let (svg, png) = (temp_path("report.svg"), temp_path("report.png"));
+    for chart in [&svg, &png] {
+        let out = Command::new(powerapi())
+            .arg("report")
+            .arg(&trace)
+            .args(["--by", "command", "--top", "3", "--chart"])
+            .arg(chart)
+            .output()
+            .expect("report --chart");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = fs::read_to_string(&svg).expect("svg");
+    assert!(
+        text.starts_with(r#"<svg width="1200" height="600""#),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        text.matches("<polygon").count(),
+        5,
+        "idle, 3 targets, other"
+    );
+    for label in [
+        "idle",
+        "other",
+        "powerapi-load",
+        "time since start (s)",
+        "power, package (W)",
+    ] {
+        assert!(
+            text.contains(&format!("\n{label}\n")),
+            "no {label:?} in the SVG"
+        );
+    }
+    let bytes = fs::read(&png).expect("png");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let dimension =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    assert_eq!((dimension(16), dimension(20)), (1200, 600));
+    let (code, stderr) = powerapi_stderr(&[
+        "report",
+        &trace.display().to_string(),
+        "--chart",
+        "/tmp/chart.gif",
+    ]);
+    assert_eq!((code, stderr.lines().count()), (1, 1), "{stderr}");
+    assert!(stderr.contains("written as .svg or .png"), "{stderr}");
+    for f in [&trace, &svg, &png] {
+        let _ = fs::remove_file(f);
+    }
 }
 
 #[test]

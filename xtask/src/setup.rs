@@ -94,7 +94,7 @@ pub fn setup() -> Result<()> {
     }
 
     // 4. The servers the end-to-end tests talk to (Prometheus for `serve`, InfluxDB for
-    //    `--sink influxdb:`), from Debian.
+    //    `--sink influxdb:`) and the font of `report --chart`, from Debian.
     install_test_servers()?;
     Ok(())
 }
@@ -105,6 +105,11 @@ fn install_test_servers() -> Result<()> {
     let missing: Vec<&str> = [
         ("prometheus", "/usr/bin/prometheus"),
         ("influxdb", "/usr/bin/influxd"),
+        // The font `report --chart` writes its labels with.
+        (
+            "fonts-dejavu-core",
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        ),
     ]
     .into_iter()
     .filter(|(_, bin)| !Path::new(bin).exists())
