@@ -169,13 +169,16 @@ fn cgroup_name(cgroup: &CgroupInfo) -> String {
     cgroup.path.clone().unwrap_or_else(|| cgroup.id.to_string())
 }
 
+/// Joules per domain, as records carry them.
+type Joules = BTreeMap<Domain, f64>;
+
 /// The target a record counts for, with its CPU time and energy. Cgroup records count only
 /// when the trace has no task records (they would count twice).
 fn target_of(
     record: &Record,
     by: By,
     has_tasks: bool,
-) -> Option<(String, u64, Option<&BTreeMap<Domain, f64>>)> {
+) -> Option<(String, u64, Option<&Joules>)> {
     match record {
         Record::Process(t) | Record::Thread(t) => {
             let name = match by {
