@@ -100,6 +100,20 @@ pub struct SensorArgs {
     /// msr, model (ESTIMATED from CPU utilisation), or none (CPU time only).
     #[arg(long, default_value = "auto", value_parser = parse_source, env = "POWERAPI_ENERGY_SOURCE")]
     pub energy_source: SourceSpec,
+    #[command(flatten)]
+    pub attribution: FormulaArgs,
+    /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
+    #[arg(long, value_parser = parse_watts, env = "POWERAPI_MAX_WATTS")]
+    pub max_watts: Option<f64>,
+    /// How long a measured energy source may stay unreadable before powerapi stops; until then
+    /// its intervals are reported unmeasured and recording goes on.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, env = "POWERAPI_ENERGY_TIMEOUT")]
+    pub energy_timeout: Duration,
+}
+
+/// How energy is split among tasks: shared by `record`, `top`, `serve`, `run` and `replay`.
+#[derive(Debug, Args)]
+pub struct FormulaArgs {
     /// What active energy is shared by: cycles when counted, else on-CPU time.
     #[arg(long, value_enum, default_value_t = Metric::Auto, env = "POWERAPI_METRIC")]
     pub metric: Metric,
@@ -125,13 +139,40 @@ pub struct SensorArgs {
     /// its P_idle (default 2 W per CPU).
     #[arg(long, value_parser = parse_watts, env = "POWERAPI_IDLE_WATTS")]
     pub idle_watts: Option<f64>,
-    /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
-    #[arg(long, value_parser = parse_watts, env = "POWERAPI_MAX_WATTS")]
-    pub max_watts: Option<f64>,
-    /// How long a measured energy source may stay unreadable before powerapi stops; until then
-    /// its intervals are reported unmeasured and recording goes on.
-    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, env = "POWERAPI_ENERGY_TIMEOUT")]
-    pub energy_timeout: Duration,
+}
+
+impl FormulaArgs {
+    /// The attribution's configuration and, with `--formula smartwatts`, the model's.
+    pub fn config(&self) -> Result<(AttributionConfig, Option<SmartWattsConfig>)> {
+        let smartwatts = SmartWattsConfig {
+            freq_step_mhz: self.freq_step,
+            max_error_w: self.max_error,
+            history: self.model_history as usize,
+            fallback: self.metric,
+            ..SmartWattsConfig::default()
+        };
+        let smartwatts = match self.formula {
+            FormulaKind::Smartwatts => Some(smartwatts),
+            FormulaKind::Proportional => {
+                let defaults = SmartWattsConfig::default();
+                if smartwatts.freq_step_mhz != defaults.freq_step_mhz
+                    || smartwatts.max_error_w != defaults.max_error_w
+                    || smartwatts.history != defaults.history
+                {
+                    bail!(
+                        "--freq-step, --max-error and --model-history are the smartwatts formula's: add --formula smartwatts or drop them"
+                    );
+                }
+                None
+            }
+        };
+        let attribution = AttributionConfig {
+            metric: self.metric,
+            idle_policy: self.idle_policy,
+            idle_watts: self.idle_watts,
+        };
+        Ok((attribution, smartwatts))
+    }
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
@@ -494,46 +535,23 @@ impl SensorArgs {
     }
 
     pub fn collector_config(&self) -> Result<CollectorConfig> {
-        if let (Some(idle), Some(max)) = (self.idle_watts, self.max_watts)
+        let idle_watts = self.attribution.idle_watts;
+        if let (Some(idle), Some(max)) = (idle_watts, self.max_watts)
             && max < idle
         {
             bail!("--max-watts ({max}) is below --idle-watts ({idle})");
         }
-        let smartwatts = SmartWattsConfig {
-            freq_step_mhz: self.freq_step,
-            max_error_w: self.max_error,
-            history: self.model_history as usize,
-            ..SmartWattsConfig::default()
-        };
-        let smartwatts = match self.formula {
-            FormulaKind::Smartwatts => Some(smartwatts),
-            FormulaKind::Proportional => {
-                let defaults = SmartWattsConfig::default();
-                if smartwatts.freq_step_mhz != defaults.freq_step_mhz
-                    || smartwatts.max_error_w != defaults.max_error_w
-                    || smartwatts.history != defaults.history
-                {
-                    bail!(
-                        "--freq-step, --max-error and --model-history are the smartwatts formula's: add --formula smartwatts or drop them"
-                    );
-                }
-                None
-            }
-        };
+        let (attribution, smartwatts) = self.attribution.config()?;
         Ok(CollectorConfig {
             smartwatts,
             sensor: self.sensor_config()?,
             energy: self.energy_source.clone(),
             model: EnergyOptions {
-                idle_watts: self.idle_watts,
+                idle_watts,
                 max_watts: self.max_watts,
                 timeout: self.energy_timeout,
             },
-            attribution: AttributionConfig {
-                metric: self.metric,
-                idle_policy: self.idle_policy,
-                idle_watts: self.idle_watts,
-            },
+            attribution,
             state_dir: Some(crate::idle::state_dir()),
         })
     }
@@ -619,8 +637,19 @@ impl SensorArgs {
         let e = &f.energy;
         from_file!(m, "energy_source", self.energy_source, e.source.clone());
         from_file!(m, "energy_timeout", self.energy_timeout, e.timeout);
-        from_file!(m, "idle_watts", self.idle_watts, e.idle_watts.map(Some));
         from_file!(m, "max_watts", self.max_watts, e.max_watts.map(Some));
+        self.attribution.apply(f, m);
+    }
+}
+
+impl FormulaArgs {
+    fn apply(&mut self, f: &MeterConfig, m: &ArgMatches) {
+        from_file!(
+            m,
+            "idle_watts",
+            self.idle_watts,
+            f.energy.idle_watts.map(Some)
+        );
         from_file!(m, "metric", self.metric, f.formula.metric);
         from_file!(m, "idle_policy", self.idle_policy, f.formula.idle_policy);
         from_file!(m, "formula", self.formula, f.formula.name);
@@ -939,11 +968,11 @@ mod tests {
         assert_eq!(a.sensor.energy_source, SourceSpec::Model);
         assert_eq!(a.sensor.energy_timeout, Duration::from_secs(60));
         assert_eq!(
-            (a.sensor.idle_watts, a.sensor.max_watts),
+            (a.sensor.attribution.idle_watts, a.sensor.max_watts),
             (Some(3.0), Some(30.0))
         );
-        assert_eq!(a.sensor.metric, Metric::CpuTime);
-        assert_eq!(a.sensor.idle_policy, IdlePolicy::Equal);
+        assert_eq!(a.sensor.attribution.metric, Metric::CpuTime);
+        assert_eq!(a.sensor.attribution.idle_policy, IdlePolicy::Equal);
         assert_eq!(
             (a.filter.pids, a.filter.comms),
             (vec![1], vec!["nginx".to_string()])

@@ -174,11 +174,7 @@ type Joules = BTreeMap<Domain, f64>;
 
 /// The target a record counts for, with its CPU time and energy. Cgroup records count only
 /// when the trace has no task records (they would count twice).
-fn target_of(
-    record: &Record,
-    by: By,
-    has_tasks: bool,
-) -> Option<(String, u64, Option<&Joules>)> {
+fn target_of(record: &Record, by: By, has_tasks: bool) -> Option<(String, u64, Option<&Joules>)> {
     match record {
         Record::Process(t) | Record::Thread(t) => {
             let name = match by {
