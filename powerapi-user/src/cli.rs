@@ -51,6 +51,9 @@ pub enum Command {
     Run(RunArgs),
     /// Export power per node, process, container, cgroup and command to Prometheus.
     Serve(ServeArgs),
+    /// Attribute a recorded trace again, offline, with another formula or other options (the
+    /// same code as live); writes the trace with its energy figures recomputed.
+    Replay(ReplayArgs),
     /// Sum a recorded trace up: energy and power per process, command, cgroup or container,
     /// per-domain totals, idle share, the meter's cost.
     Report(ReportArgs),
@@ -397,6 +400,37 @@ impl ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A trace written by `powerapi record` (JSON lines), or - for stdin.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+    /// Where the replayed trace goes (JSON lines), or - for stdout (the default).
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub existing: ExistingArgs,
+    #[command(flatten)]
+    pub attribution: FormulaArgs,
+}
+
+/// Reads a trace's records (a path or `-`), with how many lines were not records.
+fn read_trace(path: &std::path::Path) -> Result<(Vec<crate::report::Record>, u64)> {
+    let read = |input: Box<dyn std::io::BufRead>| summary::read_records(input);
+    if path == std::path::Path::new("-") {
+        read(Box::new(std::io::stdin().lock()))
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the trace {}: {e}; give a file written by `powerapi record`",
+                path.display()
+            )
+        })?;
+        read(Box::new(std::io::BufReader::new(file)))
+    }
+    .map_err(|e| anyhow::anyhow!("reading the trace {} failed: {e}", path.display()))
+}
+
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     /// A trace written by `powerapi record` (JSON lines), or - for stdin.
     #[arg(value_name = "TRACE")]
@@ -622,6 +656,7 @@ impl Cli {
             Command::Doctor { root } => {
                 from_file!(m, "root", *root, file.sensor.sysfs_root.clone());
             }
+            Command::Replay(a) => a.attribution.apply(file, m),
             Command::Report(_) | Command::BenchNoop => {}
         }
     }
@@ -842,22 +877,30 @@ pub fn execute(cli: Cli) -> Result<i32> {
             crate::serve::serve(&config, stop)?;
             Ok(0)
         }
-        Command::Report(args) => {
-            let read = |input: Box<dyn std::io::BufRead>| summary::read_records(input);
-            let (records, skipped) = if args.trace == std::path::Path::new("-") {
-                read(Box::new(std::io::stdin().lock()))
-            } else {
-                let file = std::fs::File::open(&args.trace).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read the trace {}: {e}; give a file written by `powerapi record`",
-                        args.trace.display()
-                    )
-                })?;
-                read(Box::new(std::io::BufReader::new(file)))
+        Command::Replay(args) => {
+            let (attribution, smartwatts) = args.attribution.config()?;
+            let output = OutputSpec {
+                path: args.output.clone(),
+                existing: args.existing.existing(),
+                flag: "-o",
+                format: Format::JsonLines,
+            };
+            output.check()?;
+            let (records, skipped) = read_trace(&args.trace)?;
+            if skipped > 0 {
+                eprintln!(
+                    "powerapi: {skipped} line(s) of {} were not records and are left out",
+                    args.trace.display()
+                );
             }
-            .map_err(|e| {
-                anyhow::anyhow!("reading the trace {} failed: {e}", args.trace.display())
-            })?;
+            let replayed = crate::replay::replay(&records, attribution, smartwatts)?;
+            let (_keep, stop) = mpsc::channel();
+            let mut sink = output.open(&stop)?;
+            crate::sink::Sink::write_interval(&mut sink, &replayed)?;
+            Ok(0)
+        }
+        Command::Report(args) => {
+            let (records, skipped) = read_trace(&args.trace)?;
             let summary = summary::summarize(&records, skipped, args.by, args.top as usize)?;
             if let Some(chart) = &args.chart {
                 crate::chart::draw(chart, &summary, &summary::timeline(&records, &summary))?;

@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub wall_end: SystemTime,
     /// What the meter itself cost during the interval.
     pub meter: MeterCost,
+    /// Each socket's CPU frequency at the end of the interval (MHz), where cpufreq exists.
+    pub frequencies: Vec<(u32, f64)>,
 }
 
 impl Snapshot {
@@ -368,6 +370,11 @@ impl Collector {
             self.frequencies = Frequencies::open(&self.root, &self.reading.cpus);
         }
         let drain_us = began.elapsed().as_micros() as u64;
+        let frequencies = self
+            .frequencies
+            .as_ref()
+            .map(Frequencies::read)
+            .unwrap_or_default();
         let power = match &mut self.energy {
             Some(energy) => {
                 let mut busy_by_socket: Vec<(u32, u64)> =
@@ -390,9 +397,7 @@ impl Collector {
                     }
                 }
                 let counters = self.sensor.counter_names();
-                if let Some(frequencies) = &self.frequencies {
-                    self.attribution.set_frequencies(&frequencies.read());
-                }
+                self.attribution.set_frequencies(&frequencies);
                 Some(
                     self.attribution
                         .attribute(&deltas, &counters, &self.cpus_by_socket, &sample),
@@ -416,6 +421,7 @@ impl Collector {
             self.save_idle();
         }
         Ok(Snapshot {
+            frequencies,
             deltas,
             aggregate,
             power,

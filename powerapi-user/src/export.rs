@@ -673,6 +673,7 @@ mod tests {
     fn snapshot(processes: Vec<Group>, measured: f64) -> Snapshot {
         let attributed: f64 = processes.iter().map(|p| p.usage.joules[0]).sum();
         Snapshot {
+            frequencies: Vec::new(),
             deltas: IntervalDeltas {
                 start_ns: 0,
                 end_ns: 1_000_000_000,

@@ -38,6 +38,7 @@ pub mod pipeline;
 pub(crate) mod privilege;
 pub mod record;
 pub(crate) mod relay;
+pub mod replay;
 pub mod report;
 pub(crate) mod rotate;
 pub(crate) mod run;

@@ -225,6 +225,11 @@ pub fn build_records(
         counters: run.counters.clone(),
         cpus: snapshot.deltas.cpus,
         cpus_changed: snapshot.deltas.cpus_changed,
+        frequencies: snapshot
+            .frequencies
+            .iter()
+            .map(|&(socket, mhz)| crate::report::SocketFrequency { socket, mhz })
+            .collect(),
         busy_ns: agg.busy.on_cpu_ns,
         idle_ns: agg.idle.on_cpu_ns,
         capacity_ns: snapshot.deltas.capacity_ns,

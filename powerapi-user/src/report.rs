@@ -109,6 +109,10 @@ pub struct MachineRecord {
     /// CPUs went offline or online during the interval.
     #[serde(default)]
     pub cpus_changed: bool,
+    /// Each socket's CPU frequency at the end of the interval, where cpufreq exists (what
+    /// `replay` gives model-based formulas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frequencies: Vec<SocketFrequency>,
     /// On-CPU time of every task but the idle tasks.
     pub busy_ns: u64,
     /// On-CPU time of the per-CPU idle tasks.
@@ -131,6 +135,15 @@ pub struct MachineRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Measured energy and where it went (`None` without an energy source).
     pub energy: Option<MachineEnergy>,
+}
+
+/// A socket's CPU frequency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketFrequency {
+    /// The socket.
+    pub socket: u32,
+    /// Average over its online CPUs, in MHz.
+    pub mhz: f64,
 }
 
 /// The machine's energy in one interval: what was measured and where it went.

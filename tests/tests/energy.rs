@@ -794,6 +794,55 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
             .all(|d| d["idle_source"] == "formula" && d["metric"] == "smartwatts")
     );
 
+    // Replayed offline with the same options, the trace's figures come back, model and all.
+    let trace = temp_path("smartwatts-replay.jsonl");
+    let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+    fs::write(&trace, lines).expect("trace");
+    let out = Command::new(powerapi())
+        .arg("replay")
+        .arg(&trace)
+        .args(["--formula", "smartwatts"])
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let _ = fs::remove_file(&trace);
+    assert_eq!(replayed.len(), records.len());
+    for (a, b) in records.iter().zip(&replayed) {
+        assert_eq!(a["type"], b["type"]);
+        let pairs: Vec<(f64, f64)> = match a["type"].as_str() {
+            Some("model") => vec![
+                (
+                    f64_of(&a["model"]["intercept_w"]),
+                    f64_of(&b["model"]["intercept_w"]),
+                ),
+                (
+                    f64_of(&a["model"]["weights"]["cpu-seconds"]),
+                    f64_of(&b["model"]["weights"]["cpu-seconds"]),
+                ),
+            ],
+            Some("process") => vec![(
+                f64_of(&a["energy"]["joules"]["package"]),
+                f64_of(&b["energy"]["joules"]["package"]),
+            )],
+            Some("machine") => vec![(
+                f64_of(&a["energy"]["domains"][0]["idle_j"]),
+                f64_of(&b["energy"]["domains"][0]["idle_j"]),
+            )],
+            _ => vec![],
+        };
+        for (x, y) in pairs {
+            assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
     for (name, (pid, cpu_ns)) in [("one", one), ("two", two)] {
         let attributed: f64 = of_type(&records, "process")
             .filter(|r| r["pid"] == pid)

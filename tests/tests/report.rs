@@ -206,3 +206,141 @@ fn report_errors_are_one_line() {
     );
     let _ = fs::remove_file(&empty);
 }
+
+/// Every energy figure of two traces, side by side: (where, recorded, replayed).
+fn energy_figures(recorded: &[Value], replayed: &[Value]) -> Vec<(String, f64, f64)> {
+    assert_eq!(
+        recorded.len(),
+        replayed.len(),
+        "one record out per record in"
+    );
+    let mut out = Vec::new();
+    for (a, b) in recorded.iter().zip(replayed) {
+        assert_eq!(a["type"], b["type"]);
+        let at = format!("{} {}", a["type"], a["interval"]["seq"]);
+        match a["type"].as_str() {
+            Some("machine") => {
+                let (da, db) = (&a["energy"]["domains"], &b["energy"]["domains"]);
+                for (x, y) in da
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .zip(db.as_array().into_iter().flatten())
+                {
+                    for k in [
+                        "measured_j",
+                        "attributed_j",
+                        "idle_j",
+                        "unattributed_j",
+                        "idle_w",
+                    ] {
+                        out.push((format!("{at} {k}"), f64_of(&x[k]), f64_of(&y[k])));
+                    }
+                    assert_eq!(x["idle_source"], y["idle_source"], "{at}");
+                    assert_eq!(x["metric"], y["metric"], "{at}");
+                }
+            }
+            Some("process") | Some("thread") => {
+                for (d, j) in a["energy"]["joules"].as_object().into_iter().flatten() {
+                    out.push((
+                        format!("{at} pid {} {d}", a["pid"]),
+                        f64_of(j),
+                        f64_of(&b["energy"]["joules"][d]),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
+    let Some(_lock) = bpf_test("replay_with_the_recorded_options_reproduces_a_filtered_trace")
+    else {
+        return;
+    };
+    let trace = temp_path("replay.jsonl");
+    let _ = fs::remove_file(&trace);
+    let burner = Killed(
+        Command::new(LOAD)
+            .args(["burn", "4"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("burner"),
+    );
+    let pid = burner.0.id().to_string();
+    // Only the burner is recorded: the replay must still share as the live run did, with the
+    // rest of the machine's busy time in the picture.
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--interval",
+            "500ms",
+            "--duration",
+            "2500ms",
+            "--pid",
+            &pid,
+        ])
+        .args([
+            "--counters",
+            "none",
+            "--energy-source",
+            "model",
+            "--idle-policy",
+            "cpu-time",
+            "-o",
+        ])
+        .arg(&trace)
+        .output()
+        .expect("record");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(burner);
+    let replay = |extra: &[&str]| {
+        let out = Command::new(powerapi())
+            .arg("replay")
+            .arg(&trace)
+            .args(extra)
+            .output()
+            .expect("replay");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a record"))
+            .collect::<Vec<_>>()
+    };
+    let recorded = read_records(&trace);
+    let figures = energy_figures(&recorded, &replay(&["--idle-policy", "cpu-time"]));
+    assert!(figures.len() > 20, "{} figures", figures.len());
+    for (at, a, b) in &figures {
+        // Sums in another order: equal to a few ulps.
+        assert!(
+            (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+            "{at}: recorded {a}, replayed {b}"
+        );
+    }
+    // Another option changes the figures: the burner keeps no idle share with the default.
+    let other = energy_figures(&recorded, &replay(&[]));
+    let differ = other
+        .iter()
+        .filter(|(_, a, b)| (a - b).abs() > 1e-6)
+        .count();
+    assert!(
+        differ > 0,
+        "--idle-policy none must change the burner's figures"
+    );
+    let (code, stderr) =
+        powerapi_stderr(&["replay", &trace.display().to_string(), "--freq-step", "50"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("add --formula smartwatts"), "{stderr}");
+    let _ = fs::remove_file(&trace);
+}
