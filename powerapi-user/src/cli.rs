@@ -66,6 +66,19 @@ pub enum Command {
     /// Attach an empty sched_switch program until interrupted (overhead benchmark floor).
     #[command(hide = true)]
     BenchNoop,
+    /// Time SmartWatts' fitting and attribution on synthetic intervals (xtask bench smartwatts).
+    #[command(hide = true)]
+    BenchSmartwatts {
+        /// Tasks per interval.
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        /// Frequency layers, visited in turn.
+        #[arg(long, default_value_t = 20)]
+        layers: usize,
+        /// Intervals timed.
+        #[arg(long, default_value_t = 2000)]
+        intervals: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -657,7 +670,7 @@ impl Cli {
                 from_file!(m, "root", *root, file.sensor.sysfs_root.clone());
             }
             Command::Replay(a) => a.attribution.apply(file, m),
-            Command::Report(_) | Command::BenchNoop => {}
+            Command::Report(_) | Command::BenchNoop | Command::BenchSmartwatts { .. } => {}
         }
     }
 }
@@ -928,6 +941,25 @@ pub fn execute(cli: Cli) -> Result<i32> {
             } else {
                 0
             })
+        }
+        Command::BenchSmartwatts {
+            tasks,
+            layers,
+            intervals,
+        } => {
+            let times = crate::smartwatts::bench(tasks, layers, intervals);
+            // The first interval of each layer per step (where fits happen) against the rest.
+            let mut micros: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+            let max = micros.iter().copied().fold(0.0, f64::max);
+            micros.sort_by(f64::total_cmp);
+            let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "smartwatts: {tasks} tasks, {layers} layers, {intervals} intervals: median {:.0} µs, p99 {:.0} µs, max {:.0} µs per interval",
+                at(0.5),
+                at(0.99),
+                max
+            );
+            Ok(0)
         }
         Command::BenchNoop => {
             let _attached = sensor::attach_noop(std::path::Path::new("/"))?;

@@ -56,9 +56,35 @@ pub enum Which {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Time per interval of the smartwatts formula's fitting and attribution (synthetic
+    /// intervals: no BPF involved).
+    Smartwatts {
+        #[arg(long, default_value_t = 1_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 20)]
+        layers: usize,
+        #[arg(long, default_value_t = 2_000)]
+        intervals: usize,
+    },
 }
 
 pub fn run(which: Which, binary: &Path) -> Result<()> {
+    if let Which::Smartwatts {
+        tasks,
+        layers,
+        intervals,
+    } = which
+    {
+        return run_checked(Command::new(binary).args([
+            "bench-smartwatts",
+            "--tasks",
+            &tasks.to_string(),
+            "--layers",
+            &layers.to_string(),
+            "--intervals",
+            &intervals.to_string(),
+        ]));
+    }
     if !is_root() {
         bail!("benchmarks attach BPF programs: run `cargo xtask bench` as root");
     }
@@ -75,6 +101,7 @@ pub fn run(which: Which, binary: &Path) -> Result<()> {
             scrapes,
         } => serve(binary, processes, seconds, scrapes),
         Which::Sinks { processes, seconds } => sinks(binary, processes, seconds),
+        Which::Smartwatts { .. } => Ok(()),
     }
 }
 
