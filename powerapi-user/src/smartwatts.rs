@@ -464,6 +464,85 @@ impl Formula for SmartWatts {
     }
 }
 
+/// Times SmartWatts' fitting and attribution at `tasks` tasks over `layers` frequency layers
+/// (`cargo xtask bench smartwatts`): per interval, in order. Each layer's truth steps every 100
+/// of its intervals, so re-fits happen too.
+pub(crate) fn bench(tasks: usize, layers: usize, intervals: usize) -> Vec<std::time::Duration> {
+    use crate::{
+        attribution::{Attribution, AttributionConfig},
+        delta::{IntervalDeltas, TaskDelta},
+        energy::{Domain, EnergySample},
+    };
+    let key = DomainKey {
+        domain: Domain::Package,
+        socket: 0,
+    };
+    let mut attribution = Attribution::with_formula(
+        AttributionConfig::default(),
+        Box::new(SmartWatts::new(SmartWattsConfig::default())),
+    );
+    let counters = ["cycles".to_string(), "instructions".to_string()];
+    let mut seed = 1u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut times = Vec::with_capacity(intervals);
+    for i in 0..intervals {
+        let mut deltas = IntervalDeltas {
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let (mut cycles, mut instructions) = (0.0, 0.0);
+        for t in 0..tasks {
+            let c = (next() * 4e7) as u64;
+            let n = (next() * 6e7) as u64;
+            cycles += c as f64;
+            instructions += n as f64;
+            let mut task = TaskDelta {
+                key: powerapi_common::TaskKey {
+                    tgid: t as u32 + 1,
+                    pid: t as u32 + 1,
+                    idle_cpu: powerapi_common::NOT_IDLE,
+                    _reserved: 0,
+                },
+                socket: 0,
+                first_seen_ns: 1,
+                group_first_seen_ns: 1,
+                exit_ns: 0,
+                comm: [0; 16],
+                cgroup_id: 0,
+                uid: 0,
+                on_cpu_ns: (next() * 2e6) as u64,
+                counters: [0; powerapi_common::MAX_COUNTERS],
+                exited: false,
+            };
+            task.counters[0] = c;
+            task.counters[1] = n;
+            deltas.tasks.push(task);
+        }
+        let layer = i % layers.max(1);
+        let step = if (i / layers.max(1)) % 100 < 50 {
+            1.0
+        } else {
+            1.3
+        };
+        let watts = step * (30.0 + layer as f64 + 9.0 * cycles / 1e9 + 3.0 * instructions / 1e9);
+        let sample = EnergySample {
+            source: "bench".into(),
+            domains: vec![(key, watts)],
+            ..Default::default()
+        };
+        attribution.set_frequencies(&[(0, 1000.0 + 100.0 * layer as f64)]);
+        let started = std::time::Instant::now();
+        let report = attribution.attribute(&deltas, &counters, &[(0, 64)], &sample);
+        times.push(started.elapsed());
+        std::hint::black_box(report);
+    }
+    times
+}
+
 #[cfg(test)]
 mod tests {
     use powerapi_common::{NOT_IDLE, TaskKey};
@@ -750,83 +829,4 @@ mod tests {
             "{model:?}"
         );
     }
-}
-
-/// Times SmartWatts' fitting and attribution at `tasks` tasks over `layers` frequency layers
-/// (`cargo xtask bench smartwatts`): per interval, in order. Each layer's truth steps every 100
-/// of its intervals, so re-fits happen too.
-pub(crate) fn bench(tasks: usize, layers: usize, intervals: usize) -> Vec<std::time::Duration> {
-    use crate::{
-        attribution::{Attribution, AttributionConfig},
-        delta::{IntervalDeltas, TaskDelta},
-        energy::{Domain, EnergySample},
-    };
-    let key = DomainKey {
-        domain: Domain::Package,
-        socket: 0,
-    };
-    let mut attribution = Attribution::with_formula(
-        AttributionConfig::default(),
-        Box::new(SmartWatts::new(SmartWattsConfig::default())),
-    );
-    let counters = ["cycles".to_string(), "instructions".to_string()];
-    let mut seed = 1u64;
-    let mut next = move || {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut times = Vec::with_capacity(intervals);
-    for i in 0..intervals {
-        let mut deltas = IntervalDeltas {
-            start_ns: 0,
-            end_ns: 1_000_000_000,
-            ..Default::default()
-        };
-        let (mut cycles, mut instructions) = (0.0, 0.0);
-        for t in 0..tasks {
-            let c = (next() * 4e7) as u64;
-            let n = (next() * 6e7) as u64;
-            cycles += c as f64;
-            instructions += n as f64;
-            let mut task = TaskDelta {
-                key: powerapi_common::TaskKey {
-                    tgid: t as u32 + 1,
-                    pid: t as u32 + 1,
-                    idle_cpu: powerapi_common::NOT_IDLE,
-                    _reserved: 0,
-                },
-                socket: 0,
-                first_seen_ns: 1,
-                group_first_seen_ns: 1,
-                exit_ns: 0,
-                comm: [0; 16],
-                cgroup_id: 0,
-                uid: 0,
-                on_cpu_ns: (next() * 2e6) as u64,
-                counters: [0; powerapi_common::MAX_COUNTERS],
-                exited: false,
-            };
-            task.counters[0] = c;
-            task.counters[1] = n;
-            deltas.tasks.push(task);
-        }
-        let layer = i % layers.max(1);
-        let step = if (i / layers.max(1)) % 100 < 50 {
-            1.0
-        } else {
-            1.3
-        };
-        let watts = step * (30.0 + layer as f64 + 9.0 * cycles / 1e9 + 3.0 * instructions / 1e9);
-        let sample = EnergySample {
-            source: "bench".into(),
-            domains: vec![(key, watts)],
-            ..Default::default()
-        };
-        attribution.set_frequencies(&[(0, 1000.0 + 100.0 * layer as f64)]);
-        let started = std::time::Instant::now();
-        let report = attribution.attribute(&deltas, &counters, &[(0, 64)], &sample);
-        times.push(started.elapsed());
-        std::hint::black_box(report);
-    }
-    times
 }
