@@ -128,6 +128,8 @@ pub struct PowerReport {
     pub unreadable_readings: u64,
     /// Models the formula fitted this interval.
     pub fits: Vec<ModelFit>,
+    /// The estimating model's training error (watts), for a loaded fitted model.
+    pub estimate_error_w: Option<f64>,
 }
 
 const HISTORY: usize = 300;
@@ -209,6 +211,11 @@ impl Attribution {
     pub fn set_frequencies(&mut self, frequencies: &[(u32, f64)]) {
         self.frequencies.clear();
         self.frequencies.extend_from_slice(frequencies);
+    }
+
+    /// The formula splitting the energy.
+    pub fn formula(&self) -> &dyn Formula {
+        self.formula.as_ref()
     }
 
     /// The configuration this attribution was built with.
@@ -366,6 +373,7 @@ impl Attribution {
         }
         PowerReport {
             fits: self.formula.take_fits(),
+            estimate_error_w: sample.estimate_error_w,
             source: sample.source.clone(),
             estimated: sample.estimated,
             idle_policy: self.config.idle_policy,

@@ -118,6 +118,14 @@ pub struct SensorArgs {
     pub energy_source: SourceSpec,
     #[command(flatten)]
     pub attribution: FormulaArgs,
+    /// smartwatts: write the fitted model to FILE at every fit (JSON), for --load-model on
+    /// machines without RAPL.
+    #[arg(long, value_name = "FILE", env = "POWERAPI_SAVE_MODEL")]
+    pub save_model: Option<PathBuf>,
+    /// With --energy-source model: estimate energy with a model saved by --save-model on a
+    /// machine that has RAPL, instead of the linear default (still labelled estimated).
+    #[arg(long, value_name = "FILE", env = "POWERAPI_LOAD_MODEL")]
+    pub load_model: Option<PathBuf>,
     /// The model's power at 100 % CPU, in watts (default 10 W per CPU).
     #[arg(long, value_parser = parse_watts, env = "POWERAPI_MAX_WATTS")]
     pub max_watts: Option<f64>,
@@ -589,7 +597,32 @@ impl SensorArgs {
             bail!("--max-watts ({max}) is below --idle-watts ({idle})");
         }
         let (attribution, smartwatts) = self.attribution.config()?;
+        if let Some(path) = &self.save_model {
+            if smartwatts.is_none() {
+                bail!(
+                    "--save-model saves the smartwatts formula's model: add --formula smartwatts"
+                );
+            }
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            if !parent.is_dir() || path.is_dir() {
+                bail!(
+                    "cannot save the model to {}: {} is not a directory; choose a writable path with --save-model",
+                    path.display(),
+                    parent.display()
+                );
+            }
+        }
+        if self.load_model.is_some() && self.energy_source != SourceSpec::Model {
+            bail!(
+                "--load-model estimates energy with a fitted model: add --energy-source model (a measured source needs no model)"
+            );
+        }
         Ok(CollectorConfig {
+            save_model: self.save_model.clone(),
+            load_model: self.load_model.clone(),
             smartwatts,
             sensor: self.sensor_config()?,
             energy: self.energy_source.clone(),
@@ -1160,6 +1193,45 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 5, "laptop, server, VM, production tracing, InfluxDB");
+    }
+
+    #[test]
+    fn model_files_need_their_formula_and_source() {
+        let config = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Record(a)) => a
+                .sensor
+                .collector_config()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            other => panic!("{other:?}"),
+        };
+        let e = config(&["powerapi", "record", "--save-model", "/tmp/m.json"])
+            .expect_err("proportional");
+        assert!(e.contains("add --formula smartwatts"), "{e}");
+        let e = config(&[
+            "powerapi",
+            "record",
+            "--formula",
+            "smartwatts",
+            "--save-model",
+            "/nonexistent/m.json",
+        ])
+        .expect_err("no such directory");
+        assert!(e.contains("/nonexistent is not a directory"), "{e}");
+        assert!(
+            config(&[
+                "powerapi",
+                "record",
+                "--formula",
+                "smartwatts",
+                "--save-model",
+                "/tmp/m.json"
+            ])
+            .is_ok()
+        );
+        let e = config(&["powerapi", "record", "--load-model", "/tmp/m.json"])
+            .expect_err("auto source");
+        assert!(e.contains("add --energy-source model"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::{
     cgroup::{CgroupResolver, read_cgroup2_mount},
     delta::{IntervalDeltas, Tracker},
     energy::{
-        DomainKey, EnergyError, EnergyOptions, EnergySource, Source, SourceSpec, UnmeasuredReason,
+        DomainKey, EnergyError, EnergyOptions, EnergySource, SocketUsage, Source, SourceSpec,
+        UnmeasuredReason, fitted::FittedModel,
     },
     formula::Formula,
     frequency::Frequencies,
@@ -75,6 +76,10 @@ pub struct CollectorConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// The formula, when not the proportional one (`None`).
     pub smartwatts: Option<SmartWattsConfig>,
+    /// `--save-model`: where the fitted model is written at every fit.
+    pub save_model: Option<std::path::PathBuf>,
+    /// `--load-model`: a fitted model that estimates the energy (with `--energy-source model`).
+    pub load_model: Option<std::path::PathBuf>,
 }
 
 impl Default for CollectorConfig {
@@ -87,6 +92,8 @@ impl Default for CollectorConfig {
             attribution: AttributionConfig::default(),
             state_dir: None,
             smartwatts: None,
+            save_model: None,
+            load_model: None,
         }
     }
 }
@@ -159,6 +166,8 @@ pub struct Collector {
     frequencies: Option<Frequencies>,
     /// Where `/sys` is (for the frequency files of CPUs that come back).
     root: std::path::PathBuf,
+    /// `--save-model`: written at every fit; `None` once writing failed (said once).
+    save_model: Option<std::path::PathBuf>,
 }
 
 /// How often a long-running command refreshes the saved idle estimate.
@@ -207,6 +216,19 @@ impl Collector {
         .map_err(CollectError::Config)?;
         let (energy, mut energy_note): (Option<Box<dyn Source>>, _) = match parts.source {
             Some(source) => (Some(source), None),
+            None if config.load_model.is_some() => {
+                if config.energy != SourceSpec::Model {
+                    return Err(CollectError::Config(
+                        "--load-model estimates energy with a fitted model: add --energy-source model (a measured source needs no model)".into(),
+                    ));
+                }
+                let path = config
+                    .load_model
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""));
+                let model = FittedModel::load(path, &sensor.counter_names())?;
+                (Some(Box::new(model) as Box<dyn Source>), None)
+            }
             None => {
                 let (energy, note) = EnergySource::open(
                     &config.energy,
@@ -284,7 +306,32 @@ impl Collector {
             said_unmeasured: Vec::new(),
             frequencies,
             root: config.sensor.root.clone(),
+            save_model: config.save_model.clone(),
         })
+    }
+
+    /// Writes the formula's fitted model to `--save-model`, whole or not at all (a temporary
+    /// file renamed over it).
+    fn save_model(&mut self) {
+        let Some(path) = &self.save_model else {
+            return;
+        };
+        let Some(mut model) = self.attribution.formula().saved_model() else {
+            return;
+        };
+        model.hostname = crate::identity::hostname();
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_string_pretty(&model)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&tmp, text + "\n"))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            eprintln!(
+                "powerapi: cannot save the model to {} ({e}); recording goes on, the model is not saved",
+                path.display()
+            );
+            self.save_model = None;
+        }
     }
 
     /// Uses `domains` (idle watts measured just before a command ran) as the idle power.
@@ -377,15 +424,27 @@ impl Collector {
             .unwrap_or_default();
         let power = match &mut self.energy {
             Some(energy) => {
-                let mut busy_by_socket: Vec<(u32, u64)> =
-                    self.cpus_by_socket.iter().map(|(s, _)| (*s, 0)).collect();
+                let counters = self.sensor.counter_names();
+                let mut usage: Vec<SocketUsage> = self
+                    .cpus_by_socket
+                    .iter()
+                    .map(|(socket, _)| SocketUsage {
+                        socket: *socket,
+                        busy_ns: 0,
+                        counters: vec![0; counters.len()],
+                    })
+                    .collect();
                 for task in deltas.tasks.iter().filter(|t| !t.key.is_idle()) {
-                    if let Some((_, busy)) =
-                        busy_by_socket.iter_mut().find(|(s, _)| *s == task.socket)
-                    {
-                        *busy += task.on_cpu_ns;
+                    if let Some(u) = usage.iter_mut().find(|u| u.socket == task.socket) {
+                        u.busy_ns += task.on_cpu_ns;
+                        for (sum, v) in u.counters.iter_mut().zip(task.counters.iter()) {
+                            *sum += v;
+                        }
                     }
                 }
+                let busy_by_socket: Vec<(u32, u64)> =
+                    usage.iter().map(|u| (u.socket, u.busy_ns)).collect();
+                energy.observe(&counters, &usage, &frequencies);
                 let sample = energy.sample(deltas.duration_ns(), &busy_by_socket)?;
                 for u in &sample.unmeasured {
                     if !self.said_unmeasured.contains(&u.reason) {
@@ -396,12 +455,14 @@ impl Collector {
                         );
                     }
                 }
-                let counters = self.sensor.counter_names();
                 self.attribution.set_frequencies(&frequencies);
-                Some(
+                let power =
                     self.attribution
-                        .attribute(&deltas, &counters, &self.cpus_by_socket, &sample),
-                )
+                        .attribute(&deltas, &counters, &self.cpus_by_socket, &sample);
+                if !power.fits.is_empty() {
+                    self.save_model();
+                }
+                Some(power)
             }
             None => None,
         };

@@ -685,6 +685,7 @@ mod tests {
             },
             power: Some(PowerReport {
                 fits: Vec::new(),
+                estimate_error_w: None,
                 source: "powercap".into(),
                 estimated: false,
                 idle_policy: Default::default(),

@@ -11,7 +11,7 @@ use crate::{
     attribution::Metric,
     delta::TaskDelta,
     energy::{Domain, DomainKey},
-    smartwatts::ModelFit,
+    smartwatts::{ModelFit, SavedModel},
 };
 
 /// What a formula is asked to split: one domain on one socket, over one interval.
@@ -82,6 +82,11 @@ pub trait Formula: Send {
     /// Models fitted since the last call (each becomes a `model` record).
     fn take_fits(&mut self) -> Vec<ModelFit> {
         Vec::new()
+    }
+
+    /// Every fitted model, for `--save-model` (`None`: nothing fitted, or not a model).
+    fn saved_model(&self) -> Option<SavedModel> {
+        None
     }
 }
 

@@ -201,6 +201,7 @@ pub fn replay(
                 .map(|d| (d.key, d.idle_w))
                 .collect(),
             unmeasured: energy.unmeasured.clone(),
+            estimate_error_w: energy.estimate_error_w,
             implausible_readings: energy.implausible_readings,
             unreadable_readings: energy.unreadable_readings,
         };

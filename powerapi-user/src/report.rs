@@ -167,6 +167,10 @@ pub struct MachineEnergy {
     /// Readings that failed (after retries) since the start.
     #[serde(default)]
     pub unreadable_readings: u64,
+    /// With `--load-model`: the fitted model's training error, in watts (the figures are
+    /// estimates within about this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_error_w: Option<f64>,
 }
 
 /// A task's or cgroup's share of the energy, per domain (sockets summed).
@@ -308,6 +312,7 @@ pub fn machine_energy(power: &PowerReport) -> MachineEnergy {
         unmeasured: power.unmeasured.clone(),
         implausible_readings: power.implausible_readings,
         unreadable_readings: power.unreadable_readings,
+        estimate_error_w: power.estimate_error_w,
     }
 }
 
@@ -414,6 +419,7 @@ mod tests {
         };
         let power = PowerReport {
             fits: Vec::new(),
+            estimate_error_w: None,
             source: "test".into(),
             estimated: true,
             idle_policy: Default::default(),

@@ -80,6 +80,24 @@ pub struct ModelFit {
     pub reason: String,
 }
 
+/// A fitted model as `--save-model` writes it and `--load-model` reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedModel {
+    /// Format version (1).
+    pub powerapi_model: u32,
+    /// The features the weights apply to (counter names, or `cpu-seconds` in time-only mode).
+    pub features: Vec<String>,
+    /// The machine it was fitted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Every fitted layer.
+    pub layers: Vec<ModelFit>,
+}
+
+/// The format [`SavedModel`] is written in.
+pub const SAVED_MODEL_VERSION: u32 = 1;
+
 /// One interval of a layer: the socket's features per second, the measured power, and the
 /// model's prediction error on it (when there was a model).
 #[derive(Clone, Debug)]
@@ -105,6 +123,8 @@ pub struct SmartWatts {
     current: HashMap<DomainKey, (Option<u32>, FormulaNote, Option<f64>)>,
     fallback: Proportional,
     fits: Vec<ModelFit>,
+    /// The features of the last interval (what the fitted weights apply to).
+    features: Vec<String>,
 }
 
 impl SmartWatts {
@@ -118,6 +138,7 @@ impl SmartWatts {
             layers: HashMap::new(),
             current: HashMap::new(),
             fits: Vec::new(),
+            features: Vec::new(),
         }
     }
 
@@ -338,6 +359,9 @@ impl Formula for SmartWatts {
         let seconds = split.duration_ns as f64 / 1e9;
         let layer_key = self.layer_of(split.frequency_mhz);
         let names = features(split);
+        if self.features != names {
+            self.features.clone_from(&names);
+        }
         let members: Vec<usize> = (0..split.tasks.len())
             .filter(|&i| split.is_member(i))
             .collect();
@@ -461,6 +485,28 @@ impl Formula for SmartWatts {
 
     fn take_fits(&mut self) -> Vec<ModelFit> {
         std::mem::take(&mut self.fits)
+    }
+
+    fn saved_model(&self) -> Option<SavedModel> {
+        let mut layers: Vec<ModelFit> = self
+            .layers
+            .iter()
+            .filter_map(|((key, layer), l)| {
+                Some(ModelFit {
+                    key: *key,
+                    layer_mhz: *layer,
+                    model: l.model.clone()?,
+                    reason: "saved".into(),
+                })
+            })
+            .collect();
+        layers.sort_by_key(|f| (f.key, f.layer_mhz));
+        (!layers.is_empty()).then(|| SavedModel {
+            powerapi_model: SAVED_MODEL_VERSION,
+            features: self.features.clone(),
+            hostname: None,
+            layers,
+        })
     }
 }
 

@@ -730,7 +730,13 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
     };
     let injector = Injector::start("smartwatts");
     // --idle-watts would override the model's intercept: not given.
-    let recording = injector.record("smartwatts", &["--formula", "smartwatts"]);
+    let saved = temp_path("smartwatts-model.json");
+    let _ = fs::remove_file(&saved);
+    let saved_arg = saved.display().to_string();
+    let recording = injector.record(
+        "smartwatts",
+        &["--formula", "smartwatts", "--save-model", &saved_arg],
+    );
     // Varied load, so that idle and per-CPU power can be told apart: quiet, one burner, two.
     std::thread::sleep(Duration::from_millis(2000));
     let one = std::thread::spawn(|| {
@@ -814,6 +820,59 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
         .map(|l| serde_json::from_str(l).expect("record"))
         .collect();
     let _ = fs::remove_file(&trace);
+
+    // The saved model, loaded where there is no RAPL: energy estimated by b + w·x from this
+    // run's own CPU time, labelled so, with the model's training error.
+    let model: Value =
+        serde_json::from_str(&fs::read_to_string(&saved).expect("saved model")).expect("JSON");
+    assert_eq!(model["features"], serde_json::json!(["cpu-seconds"]));
+    let layer = &model["layers"][0];
+    let (b, w) = (
+        f64_of(&layer["model"]["intercept_w"]),
+        f64_of(&layer["model"]["weights"]["cpu-seconds"]),
+    );
+    assert!(
+        (b - intercept).abs() < 1e-9 && (w - per_cpu).abs() < 1e-9,
+        "{model}"
+    );
+    let estimated = Recording::start(
+        "loaded-model",
+        &[
+            "--interval",
+            "500ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            "model",
+            "--load-model",
+            &saved_arg,
+        ],
+    );
+    run_measured(
+        Command::new(LOAD)
+            .args(["burn", "1", "1"])
+            .stdout(std::process::Stdio::null()),
+    );
+    let loaded = estimated.stop();
+    let _ = fs::remove_file(&saved);
+    assert_energy_conserved(&loaded);
+    for m in of_type(&loaded, "machine") {
+        let e = &m["energy"];
+        assert_eq!(
+            (e["source"].as_str(), e["estimated"].as_bool()),
+            (Some("smartwatts-model"), Some(true))
+        );
+        assert!(f64_of(&e["estimate_error_w"]) >= 0.0, "{e}");
+        let seconds = u64_of(&m["interval"]["duration_ns"]) as f64 / 1e9;
+        let busy_s = u64_of(&m["busy_ns"]) as f64 / 1e9;
+        let want = (b + w * busy_s / seconds) * seconds;
+        let got = f64_of(&e["domains"][0]["measured_j"]);
+        assert!(
+            (got - want).abs() <= 1e-9 * want,
+            "{got} J vs b + w·x = {want} J"
+        );
+        assert_eq!(e["domains"][0]["idle_source"], "model");
+    }
     assert_eq!(replayed.len(), records.len());
     for (a, b) in records.iter().zip(&replayed) {
         assert_eq!(a["type"], b["type"]);

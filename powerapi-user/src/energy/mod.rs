@@ -2,6 +2,7 @@
 //! linear model when there is no RAPL. Sources report raw cumulative counters; [`EnergyMeter`]
 //! turns them into joules per interval and handles wraparound — here, once, for every source.
 
+pub mod fitted;
 pub(crate) mod model;
 pub(crate) mod msr;
 pub(crate) mod perf_pmu;
@@ -124,6 +125,8 @@ pub struct EnergySample {
     pub known_idle_w: Vec<(DomainKey, f64)>,
     /// Domains whose reading this interval could not be used: absent from `domains`.
     pub unmeasured: Vec<Unmeasured>,
+    /// The estimating model's own error (watts), when the figures come from a fitted model.
+    pub estimate_error_w: Option<f64>,
     /// Readings rejected since the start, by reason.
     pub implausible_readings: u64,
     /// Readings that failed since the start.
@@ -482,6 +485,27 @@ pub trait Source: Send {
         duration_ns: u64,
         busy_ns_by_socket: &[(u32, u64)],
     ) -> Result<EnergySample, EnergyError>;
+
+    /// What the sensor saw in the interval about to be sampled, for sources that estimate
+    /// from usage: counter names, per-socket usage, per-socket frequency (MHz).
+    fn observe(
+        &mut self,
+        _counters: &[String],
+        _usage: &[SocketUsage],
+        _frequencies: &[(u32, f64)],
+    ) {
+    }
+}
+
+/// What the tasks of one socket did in an interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SocketUsage {
+    /// The socket.
+    pub socket: u32,
+    /// On-CPU time of every task but the idle ones.
+    pub busy_ns: u64,
+    /// Their counter deltas, by counter slot.
+    pub counters: Vec<u64>,
 }
 
 /// Energy options: the model's coefficients (`--idle-watts`, `--max-watts`) and how long a
