@@ -419,7 +419,7 @@ impl Collector {
         let drain_us = began.elapsed().as_micros() as u64;
         let frequencies = self
             .frequencies
-            .as_ref()
+            .as_mut()
             .map(Frequencies::read)
             .unwrap_or_default();
         let power = match &mut self.energy {
