@@ -20,6 +20,21 @@ pub struct Usage {
     pub joules: DomainJoules,
 }
 
+/// Adds `usage` to `socket`'s entry of `sockets`.
+fn add_on(sockets: &mut Vec<(u32, Usage)>, socket: u32, usage: &Usage) {
+    match sockets.iter_mut().find(|(s, _)| *s == socket) {
+        Some((_, u)) => u.add(usage),
+        None => sockets.push((socket, usage.clone())),
+    }
+}
+
+/// Adds every socket entry of `from` to `into`.
+fn merge(into: &mut Vec<(u32, Usage)>, from: &[(u32, Usage)]) {
+    for (socket, usage) in from {
+        add_on(into, *socket, usage);
+    }
+}
+
 impl Usage {
     fn add(&mut self, other: &Usage) {
         self.on_cpu_ns += other.on_cpu_ns;
@@ -47,6 +62,9 @@ pub struct Group {
     /// Real uid of the thread, or of the process's leader (0 for cgroups).
     pub uid: u32,
     pub usage: Usage,
+    /// `usage` per socket, on machines with more than one (else empty): what replay needs to
+    /// share each socket's energy again.
+    pub sockets: Vec<(u32, Usage)>,
     /// Threads (for processes) or processes (for cgroups) seen in the interval.
     pub members: u32,
     pub exited: bool,
@@ -56,6 +74,8 @@ pub struct Group {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Aggregate {
     pub busy: Usage,
+    /// `busy` per socket, on machines with more than one (else empty).
+    pub busy_by_socket: Vec<(u32, Usage)>,
     pub idle: Usage,
     pub threads: Vec<Group>,
     pub processes: Vec<Group>,
@@ -146,6 +166,7 @@ fn process_incarnations(
 /// `task_joules` is parallel to `deltas.tasks` (from attribution), or empty without energy.
 pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggregate {
     let mut out = Aggregate::default();
+    let multi_socket = deltas.sockets.len() > 1;
     // (tgid, tid, first seen) → thread.
     let mut threads: BTreeMap<(u32, u32, u64), (Group, Recorded)> = BTreeMap::new();
     for (i, task) in deltas.tasks.iter().enumerate() {
@@ -159,10 +180,16 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
             continue;
         }
         out.busy.add(&usage);
+        if multi_socket {
+            add_on(&mut out.busy_by_socket, task.socket, &usage);
+        }
         let (thread, _) = threads
             .entry((task.key.tgid, task.key.pid, task.first_seen_ns))
             .or_insert_with(|| (thread_group(task), (task.group_first_seen_ns, task.exit_ns)));
         thread.usage.add(&usage);
+        if multi_socket {
+            add_on(&mut thread.sockets, task.socket, &usage);
+        }
         thread.exited |= task.exited;
     }
 
@@ -192,6 +219,7 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
                     ..Default::default()
                 });
             process.usage.add(&thread.usage);
+            merge(&mut process.sockets, &thread.sockets);
             process.members += 1;
             process.exited |= thread.exited;
         }
@@ -240,6 +268,7 @@ pub fn aggregate(deltas: &IntervalDeltas, task_joules: &[DomainJoules]) -> Aggre
             )
         });
         cgroup.usage.add(&thread.usage);
+        merge(&mut cgroup.sockets, &thread.sockets);
         if !seen.contains(&(thread.pid, *recorded)) {
             seen.push((thread.pid, *recorded));
             cgroup.members += 1;

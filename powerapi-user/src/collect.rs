@@ -122,6 +122,8 @@ pub struct Snapshot {
     pub meter: MeterCost,
     /// Each socket's CPU frequency at the end of the interval (MHz), where cpufreq exists.
     pub frequencies: Vec<(u32, f64)>,
+    /// (socket, online CPUs on it).
+    pub cpus_by_socket: Vec<(u32, u32)>,
 }
 
 impl Snapshot {
@@ -483,6 +485,7 @@ impl Collector {
         }
         Ok(Snapshot {
             frequencies,
+            cpus_by_socket: self.cpus_by_socket.clone(),
             deltas,
             aggregate,
             power,

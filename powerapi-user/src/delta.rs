@@ -76,6 +76,8 @@ pub struct IntervalDeltas {
     pub leaders: HashMap<u32, Leader>,
     /// CPUs online at the end of the interval.
     pub cpus: u32,
+    /// The machine's sockets (those of the sensor's lanes), ascending.
+    pub sockets: Vec<u32>,
     /// CPUs went offline or online during the interval.
     pub cpus_changed: bool,
     /// CPU time the CPUs booked in this interval, each from its own flush (or offline) instant
@@ -366,6 +368,12 @@ impl Tracker {
             live_tgids,
             leaders,
             cpus: reading.cpus.len() as u32,
+            sockets: {
+                let mut sockets = reading.lane_sockets.clone();
+                sockets.sort_unstable();
+                sockets.dedup();
+                sockets
+            },
             cpus_changed: reading.cpus_changed,
             capacity_ns,
         };

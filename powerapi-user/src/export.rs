@@ -674,6 +674,7 @@ mod tests {
         let attributed: f64 = processes.iter().map(|p| p.usage.joules[0]).sum();
         Snapshot {
             frequencies: Vec::new(),
+            cpus_by_socket: vec![(0, 2)],
             deltas: IntervalDeltas {
                 start_ns: 0,
                 end_ns: 1_000_000_000,

@@ -14,7 +14,7 @@ use crate::{
     pipeline::Pipeline,
     report::{
         CgroupInfo, CgroupRecord, Interval, Losses, MachineRecord, Mode, ModelRecord, Record,
-        SCHEMA, TaskRecord, ipc, machine_energy, named_counters, task_energy,
+        SCHEMA, SocketShare, TaskRecord, ipc, machine_energy, named_counters, task_energy,
     },
     sink::{Sink, SinkError},
 };
@@ -205,6 +205,19 @@ fn percent(ns: u64, duration_ns: u64) -> f64 {
     }
 }
 
+/// A group's per-socket usage as records carry it.
+fn shares(run: &RunInfo, sockets: &[(u32, crate::aggregate::Usage)]) -> Vec<SocketShare> {
+    sockets
+        .iter()
+        .map(|(socket, u)| SocketShare {
+            socket: *socket,
+            on_cpu_ns: u.on_cpu_ns,
+            counters: named_counters(&run.counters, &u.counters),
+            cpus: None,
+        })
+        .collect()
+}
+
 /// Builds one interval's records: the machine record first, then the chosen granularity.
 pub fn build_records(
     run: &RunInfo,
@@ -230,6 +243,19 @@ pub fn build_records(
             .iter()
             .map(|&(socket, mhz)| crate::report::SocketFrequency { socket, mhz })
             .collect(),
+        sockets: {
+            let mut sockets = shares(run, &agg.busy_by_socket);
+            for share in &mut sockets {
+                share.cpus = Some(
+                    snapshot
+                        .cpus_by_socket
+                        .iter()
+                        .find(|(s, _)| *s == share.socket)
+                        .map_or(0, |(_, n)| *n),
+                );
+            }
+            sockets
+        },
         busy_ns: agg.busy.on_cpu_ns,
         idle_ns: agg.idle.on_cpu_ns,
         capacity_ns: snapshot.deltas.capacity_ns,
@@ -275,6 +301,7 @@ pub fn build_records(
             threads: (!thread).then_some(group.members),
             cgroup: cgroup_info(resolver, group.cgroup_id),
             exited: group.exited,
+            sockets: shares(run, &group.sockets),
             energy: energy_of(&group.usage.joules),
         }
     };
@@ -315,6 +342,7 @@ pub fn build_records(
                         cpu_percent: percent(g.usage.on_cpu_ns, interval.duration_ns),
                         counters: named_counters(&run.counters, &g.usage.counters),
                         processes: g.members,
+                        sockets: shares(run, &g.sockets),
                         energy: energy_of(&g.usage.joules),
                         cgroup,
                     })

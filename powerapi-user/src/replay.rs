@@ -35,9 +35,9 @@ pub enum ReplayError {
         "the trace has no energy figures (recorded with --energy-source none): nothing to attribute"
     )]
     NoEnergy,
-    /// Several sockets: task records do not say how their usage split across them.
+    /// Several sockets, and records without their per-socket usage (an older trace).
     #[error(
-        "the trace measured {0} sockets; its task records do not say how each task's time split across sockets, so it cannot be replayed exactly"
+        "the trace measured {0} sockets but its records do not say how each task's time split across them (recorded by an older powerapi); it cannot be replayed exactly"
     )]
     Sockets(usize),
 }
@@ -119,9 +119,23 @@ pub fn replay(
     if sockets.is_empty() {
         return Err(ReplayError::NoEnergy);
     }
-    if sockets.len() > 1 {
+    let multi_socket = sockets.len() > 1;
+    // A multi-socket trace needs every record's usage per socket (written since they exist).
+    if multi_socket
+        && intervals.iter().any(|i| {
+            i.machine.sockets.is_empty()
+                || i.rest.iter().any(|r| match r {
+                    Record::Process(t) | Record::Thread(t) => {
+                        t.sockets.is_empty() && t.on_cpu_ns > 0
+                    }
+                    Record::Cgroup(c) => c.sockets.is_empty() && c.on_cpu_ns > 0,
+                    _ => false,
+                })
+        })
+    {
         return Err(ReplayError::Sockets(sockets.len()));
     }
+    let only_socket = sockets.first().copied().unwrap_or(0);
     let mut attribution = match smartwatts {
         Some(s) => Attribution::with_formula(config, Box::new(SmartWatts::new(s))),
         None => Attribution::new(config),
@@ -141,37 +155,86 @@ pub fn replay(
         let m = interval.machine;
         let names = &m.counters;
         let mut tasks: Vec<TaskDelta> = Vec::with_capacity(interval.rest.len() + 1);
-        let mut recorded_ns = 0u64;
-        let mut recorded_counters = [0u64; MAX_COUNTERS];
+        // Per record, the range of `tasks` it stands for (one per socket it ran on).
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(interval.rest.len());
+        // Per socket: what the records hold, to find what they do not.
+        let mut recorded: BTreeMap<u32, (u64, [u64; MAX_COUNTERS])> = BTreeMap::new();
         for record in &interval.rest {
-            let (pid, tid, on_cpu_ns, counters) = match record {
+            let (pid, tid, on_cpu_ns, counters, shares) = match record {
                 Record::Process(t) | Record::Thread(t) => (
                     t.pid,
                     t.tid.unwrap_or(t.pid),
                     t.on_cpu_ns,
                     t.counters.as_ref(),
+                    &t.sockets,
                 ),
                 Record::Cgroup(c) => {
                     let id = c.cgroup.id as u32;
-                    (id, id, c.on_cpu_ns, c.counters.as_ref())
+                    (id, id, c.on_cpu_ns, c.counters.as_ref(), &c.sockets)
                 }
                 Record::Machine(_) | Record::Model(_) => continue,
             };
-            let counters = counters_of(names, counters);
-            recorded_ns += on_cpu_ns;
-            for (sum, v) in recorded_counters.iter_mut().zip(counters) {
-                *sum += v;
+            let start = tasks.len();
+            let parts: Vec<(u32, u64, [u64; MAX_COUNTERS])> = if multi_socket {
+                shares
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.socket,
+                            s.on_cpu_ns,
+                            counters_of(names, s.counters.as_ref()),
+                        )
+                    })
+                    .collect()
+            } else {
+                vec![(only_socket, on_cpu_ns, counters_of(names, counters))]
+            };
+            for (socket, on_cpu_ns, counters) in parts {
+                let sum = recorded.entry(socket).or_insert((0, [0; MAX_COUNTERS]));
+                sum.0 += on_cpu_ns;
+                for (total, v) in sum.1.iter_mut().zip(counters) {
+                    *total += v;
+                }
+                let mut t = task(pid, tid, on_cpu_ns, counters);
+                t.socket = socket;
+                tasks.push(t);
             }
-            tasks.push(task(pid, tid, on_cpu_ns, counters));
+            ranges.push(start..tasks.len());
         }
-        let totals = counters_of(names, m.counter_totals.as_ref());
-        let mut missing = [0u64; MAX_COUNTERS];
-        for ((miss, total), recorded) in missing.iter_mut().zip(totals).zip(recorded_counters) {
-            *miss = total.saturating_sub(recorded);
-        }
-        let unrecorded_ns = m.busy_ns.saturating_sub(recorded_ns);
-        if unrecorded_ns > 0 || missing.iter().any(|v| *v > 0) {
-            tasks.push(task(UNRECORDED, UNRECORDED, unrecorded_ns, missing));
+        // The machine's own totals per socket, against which the records are short.
+        let machine_totals: Vec<(u32, u64, [u64; MAX_COUNTERS])> = if multi_socket {
+            m.sockets
+                .iter()
+                .map(|s| {
+                    (
+                        s.socket,
+                        s.on_cpu_ns,
+                        counters_of(names, s.counters.as_ref()),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(
+                only_socket,
+                m.busy_ns,
+                counters_of(names, m.counter_totals.as_ref()),
+            )]
+        };
+        for (socket, busy_ns, totals) in machine_totals {
+            let (recorded_ns, recorded_counters) = recorded
+                .get(&socket)
+                .copied()
+                .unwrap_or((0, [0; MAX_COUNTERS]));
+            let mut missing = [0u64; MAX_COUNTERS];
+            for ((miss, total), had) in missing.iter_mut().zip(totals).zip(recorded_counters) {
+                *miss = total.saturating_sub(had);
+            }
+            let unrecorded_ns = busy_ns.saturating_sub(recorded_ns);
+            if unrecorded_ns > 0 || missing.iter().any(|v| *v > 0) {
+                let mut t = task(UNRECORDED, UNRECORDED, unrecorded_ns, missing);
+                t.socket = socket;
+                tasks.push(t);
+            }
         }
         let deltas = IntervalDeltas {
             start_ns: m.interval.start_ns,
@@ -208,7 +271,14 @@ pub fn replay(
         let frequencies: Vec<(u32, f64)> =
             m.frequencies.iter().map(|f| (f.socket, f.mhz)).collect();
         attribution.set_frequencies(&frequencies);
-        let cpus_by_socket = [(*sockets.first().unwrap_or(&0), m.cpus)];
+        let cpus_by_socket: Vec<(u32, u32)> = if multi_socket {
+            m.sockets
+                .iter()
+                .map(|s| (s.socket, s.cpus.unwrap_or(0)))
+                .collect()
+        } else {
+            vec![(only_socket, m.cpus)]
+        };
         let power = attribution.attribute(&deltas, names, &cpus_by_socket, &sample);
         machine.energy = Some(machine_energy(&power));
         out.push(Record::Machine(machine));
@@ -220,15 +290,23 @@ pub fn replay(
             }));
         }
         let seconds = m.interval.duration_ns as f64 / 1e9;
-        let mut joules = power.task_joules.iter();
+        let mut ranges = ranges.into_iter();
         for record in &interval.rest {
             let mut record = (*record).clone();
-            let share = joules.next();
-            match (&mut record, share) {
-                (Record::Process(t) | Record::Thread(t), Some(j)) => {
-                    t.energy = Some(task_energy(&power, j, seconds));
+            let joules = ranges.next().map(|range| {
+                let mut sum = [0.0; crate::energy::Domain::ALL.len()];
+                for j in &power.task_joules[range] {
+                    for (s, v) in sum.iter_mut().zip(j) {
+                        *s += v;
+                    }
                 }
-                (Record::Cgroup(c), Some(j)) => c.energy = Some(task_energy(&power, j, seconds)),
+                sum
+            });
+            match (&mut record, joules) {
+                (Record::Process(t) | Record::Thread(t), Some(j)) => {
+                    t.energy = Some(task_energy(&power, &j, seconds));
+                }
+                (Record::Cgroup(c), Some(j)) => c.energy = Some(task_energy(&power, &j, seconds)),
                 _ => {}
             }
             out.push(record);

@@ -113,6 +113,9 @@ pub struct MachineRecord {
     /// `replay` gives model-based formulas).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frequencies: Vec<SocketFrequency>,
+    /// Busy time, counters and CPUs per socket, on machines with more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketShare>,
     /// On-CPU time of every task but the idle tasks.
     pub busy_ns: u64,
     /// On-CPU time of the per-CPU idle tasks.
@@ -135,6 +138,22 @@ pub struct MachineRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Measured energy and where it went (`None` without an energy source).
     pub energy: Option<MachineEnergy>,
+}
+
+/// What tasks did on one socket (records of machines with more than one socket): what `replay`
+/// needs to share each socket's energy again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketShare {
+    /// The socket.
+    pub socket: u32,
+    /// On-CPU time there.
+    pub on_cpu_ns: u64,
+    /// Counter deltas there, by name (counters mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<BTreeMap<String, u64>>,
+    /// CPUs online on the socket (machine records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
 }
 
 /// A socket's CPU frequency.
@@ -244,6 +263,9 @@ pub struct TaskRecord {
     pub cgroup: CgroupInfo,
     /// Died during the interval: these are its final figures.
     pub exited: bool,
+    /// `on_cpu_ns` and `counters` per socket, on machines with more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketShare>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Its share of the energy (`None` without an energy source).
     pub energy: Option<TaskEnergy>,
@@ -269,6 +291,9 @@ pub struct CgroupRecord {
     pub counters: Option<BTreeMap<String, u64>>,
     /// Processes of the cgroup that ran.
     pub processes: u32,
+    /// `on_cpu_ns` and `counters` per socket, on machines with more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketShare>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Its share of the energy.
     pub energy: Option<TaskEnergy>,
@@ -387,6 +412,7 @@ mod tests {
                 ..Default::default()
             },
             exited: false,
+            sockets: Vec::new(),
             energy: Some(TaskEnergy {
                 estimated: true,
                 joules: [(Domain::Package, 1.5)].into_iter().collect(),
@@ -498,6 +524,7 @@ mod tests {
             threads: None,
             cgroup: CgroupInfo::default(),
             exited: true,
+            sockets: Vec::new(),
             energy: None,
         });
         let line = serde_json::to_string(&record).expect("serialize");

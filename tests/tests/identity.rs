@@ -47,19 +47,6 @@ fn json_line(stdout: &[u8]) -> Value {
     serde_json::from_str(line).expect("load generator JSON")
 }
 
-/// A `/sys` tree where CPU 0 is on package 0 and CPU 1 on package 1.
-fn two_package_root(name: &str) -> PathBuf {
-    let root = temp_path(name);
-    let cpu = root.join("sys/devices/system/cpu");
-    for (id, package) in [(0, 0), (1, 1)] {
-        let topology = cpu.join(format!("cpu{id}/topology"));
-        fs::create_dir_all(&topology).expect("fake topology");
-        fs::write(topology.join("physical_package_id"), format!("{package}\n")).expect("write");
-    }
-    fs::write(cpu.join("online"), "0-1\n").expect("write");
-    root
-}
-
 #[test]
 fn threads_hopping_sockets_own_one_slot_each() {
     let Some(_lock) = bpf_test("threads_hopping_sockets_own_one_slot_each") else {

@@ -344,3 +344,90 @@ fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
     assert!(stderr.contains("add --formula smartwatts"), "{stderr}");
     let _ = fs::remove_file(&trace);
 }
+
+/// Two sockets (a fake topology under --sysfs-root, the model's energy per socket): every
+/// record carries its usage per socket, and replay shares each socket's energy again from it.
+#[test]
+fn replay_reproduces_a_two_socket_trace() {
+    let Some(_lock) = bpf_test("replay_reproduces_a_two_socket_trace") else {
+        return;
+    };
+    let root = two_package_root("replay-two-sockets");
+    let trace = temp_path("replay-two-sockets.jsonl");
+    let _ = fs::remove_file(&trace);
+    let burner = Killed(
+        Command::new(LOAD)
+            .args(["burn", "4", "2"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("burner"),
+    );
+    let out = Command::new(powerapi())
+        .args([
+            "record",
+            "--interval",
+            "500ms",
+            "--duration",
+            "2500ms",
+            "--granularity",
+            "thread",
+        ])
+        .args([
+            "--counters",
+            "cpu-clock",
+            "--energy-source",
+            "model",
+            "--sysfs-root",
+        ])
+        .arg(&root)
+        .arg("-o")
+        .arg(&trace)
+        .output()
+        .expect("record");
+    drop(burner);
+    let _ = fs::remove_dir_all(&root);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded = read_records(&trace);
+    let machine = of_type(&recorded, "machine")
+        .nth(1)
+        .expect("a second interval");
+    let sockets: Vec<u64> = machine["sockets"]
+        .as_array()
+        .expect("per-socket totals")
+        .iter()
+        .map(|s| u64_of(&s["socket"]))
+        .collect();
+    assert_eq!(sockets, [0, 1]);
+    assert!(
+        of_type(&recorded, "thread")
+            .any(|t| t["sockets"].as_array().is_some_and(|s| !s.is_empty())),
+        "threads carry their usage per socket"
+    );
+    let out = Command::new(powerapi())
+        .arg("replay")
+        .arg(&trace)
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let figures = energy_figures(&recorded, &replayed);
+    assert!(figures.iter().any(|(at, _, _)| at.contains("thread")));
+    for (at, a, b) in &figures {
+        assert!(
+            (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+            "{at}: recorded {a}, replayed {b}"
+        );
+    }
+    let _ = fs::remove_file(&trace);
+}

@@ -444,3 +444,16 @@ pub fn read_csv(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> 
         })
         .collect()
 }
+
+/// A `/sys` tree where CPU 0 is on package 0 and CPU 1 on package 1.
+pub fn two_package_root(name: &str) -> PathBuf {
+    let root = temp_path(name);
+    let cpu = root.join("sys/devices/system/cpu");
+    for (id, package) in [(0, 0), (1, 1)] {
+        let topology = cpu.join(format!("cpu{id}/topology"));
+        fs::create_dir_all(&topology).expect("fake topology");
+        fs::write(topology.join("physical_package_id"), format!("{package}\n")).expect("write");
+    }
+    fs::write(cpu.join("online"), "0-1\n").expect("write");
+    root
+}
