@@ -388,30 +388,13 @@ impl Attribution {
 
 #[cfg(test)]
 mod tests {
-    use powerapi_common::{NOT_IDLE, TaskKey};
+    use powerapi_common::TaskKey;
 
     use super::*;
     use crate::delta::TaskDelta;
 
     fn task(pid: u32, socket: u32, on_cpu_ns: u64, cycles: u64) -> TaskDelta {
-        TaskDelta {
-            key: TaskKey {
-                tgid: pid,
-                pid,
-                idle_cpu: NOT_IDLE,
-                _reserved: 0,
-            },
-            socket,
-            first_seen_ns: 1,
-            group_first_seen_ns: 1,
-            exit_ns: 0,
-            comm: [0; 16],
-            cgroup_id: 0,
-            uid: 0,
-            on_cpu_ns,
-            counters: [cycles, 0, 0, 0],
-            exited: false,
-        }
+        TaskDelta::usage(pid, pid, socket, on_cpu_ns, [cycles, 0, 0, 0])
     }
 
     fn idle(cpu: u32, ns: u64) -> TaskDelta {

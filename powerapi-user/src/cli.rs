@@ -980,7 +980,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             layers,
             intervals,
         } => {
-            let times = crate::smartwatts::bench(tasks, layers, intervals);
+            let times = crate::smartwatts_bench::run(tasks, layers, intervals);
             // The first interval of each layer per step (where fits happen) against the rest.
             let mut micros: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e6).collect();
             let max = micros.iter().copied().fold(0.0, f64::max);

@@ -44,6 +44,31 @@ pub struct TaskDelta {
     pub exited: bool,
 }
 
+impl TaskDelta {
+    /// A live, non-idle thread's usage with no identity beyond its ids (replays, benchmarks,
+    /// tests).
+    pub fn usage(tgid: u32, tid: u32, socket: u32, on_cpu_ns: u64, counters: Counters) -> Self {
+        Self {
+            key: TaskKey {
+                tgid,
+                pid: tid,
+                idle_cpu: powerapi_common::NOT_IDLE,
+                _reserved: 0,
+            },
+            socket,
+            first_seen_ns: 1,
+            group_first_seen_ns: 1,
+            exit_ns: 0,
+            comm: [0; 16],
+            cgroup_id: 0,
+            uid: 0,
+            on_cpu_ns,
+            counters,
+            exited: false,
+        }
+    }
+}
+
 /// A live thread-group leader at the end of an interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Leader {

@@ -47,6 +47,7 @@ pub(crate) mod serve;
 pub mod sink;
 pub mod sinks;
 pub mod smartwatts;
+pub(crate) mod smartwatts_bench;
 pub mod summary;
 pub(crate) mod table;
 pub mod tcp;

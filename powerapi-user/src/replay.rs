@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use powerapi_common::{MAX_COUNTERS, NOT_IDLE, TaskKey};
+use powerapi_common::MAX_COUNTERS;
 use thiserror::Error;
 
 use crate::{
@@ -46,24 +46,7 @@ pub enum ReplayError {
 const UNRECORDED: u32 = u32::MAX;
 
 fn task(pid: u32, tid: u32, on_cpu_ns: u64, counters: [u64; MAX_COUNTERS]) -> TaskDelta {
-    TaskDelta {
-        key: TaskKey {
-            tgid: pid,
-            pid: tid,
-            idle_cpu: NOT_IDLE,
-            _reserved: 0,
-        },
-        socket: 0,
-        first_seen_ns: 1,
-        group_first_seen_ns: 1,
-        exit_ns: 0,
-        comm: [0; 16],
-        cgroup_id: 0,
-        uid: 0,
-        on_cpu_ns,
-        counters,
-        exited: false,
-    }
+    TaskDelta::usage(pid, tid, 0, on_cpu_ns, counters)
 }
 
 fn counters_of(names: &[String], values: Option<&BTreeMap<String, u64>>) -> [u64; MAX_COUNTERS] {

@@ -148,11 +148,6 @@ impl SmartWatts {
         mhz.filter(|f| f.is_finite() && *f > 0.0)
             .map(|f| (f as u32 / step) * step)
     }
-
-    /// The fitted model of a layer, if any.
-    pub fn model(&self, key: DomainKey, layer: Option<u32>) -> Option<&LayerModel> {
-        self.layers.get(&(key, layer))?.model.as_ref()
-    }
 }
 
 /// Feature names and each task's features (not per second): every counter in use, or on-CPU
@@ -510,89 +505,8 @@ impl Formula for SmartWatts {
     }
 }
 
-/// Times SmartWatts' fitting and attribution at `tasks` tasks over `layers` frequency layers
-/// (`cargo xtask bench smartwatts`): per interval, in order. Each layer's truth steps every 100
-/// of its intervals, so re-fits happen too.
-pub(crate) fn bench(tasks: usize, layers: usize, intervals: usize) -> Vec<std::time::Duration> {
-    use crate::{
-        attribution::{Attribution, AttributionConfig},
-        delta::{IntervalDeltas, TaskDelta},
-        energy::{Domain, EnergySample},
-    };
-    let key = DomainKey {
-        domain: Domain::Package,
-        socket: 0,
-    };
-    let mut attribution = Attribution::with_formula(
-        AttributionConfig::default(),
-        Box::new(SmartWatts::new(SmartWattsConfig::default())),
-    );
-    let counters = ["cycles".to_string(), "instructions".to_string()];
-    let mut seed = 1u64;
-    let mut next = move || {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut times = Vec::with_capacity(intervals);
-    for i in 0..intervals {
-        let mut deltas = IntervalDeltas {
-            start_ns: 0,
-            end_ns: 1_000_000_000,
-            ..Default::default()
-        };
-        let (mut cycles, mut instructions) = (0.0, 0.0);
-        for t in 0..tasks {
-            let c = (next() * 4e7) as u64;
-            let n = (next() * 6e7) as u64;
-            cycles += c as f64;
-            instructions += n as f64;
-            let mut task = TaskDelta {
-                key: powerapi_common::TaskKey {
-                    tgid: t as u32 + 1,
-                    pid: t as u32 + 1,
-                    idle_cpu: powerapi_common::NOT_IDLE,
-                    _reserved: 0,
-                },
-                socket: 0,
-                first_seen_ns: 1,
-                group_first_seen_ns: 1,
-                exit_ns: 0,
-                comm: [0; 16],
-                cgroup_id: 0,
-                uid: 0,
-                on_cpu_ns: (next() * 2e6) as u64,
-                counters: [0; powerapi_common::MAX_COUNTERS],
-                exited: false,
-            };
-            task.counters[0] = c;
-            task.counters[1] = n;
-            deltas.tasks.push(task);
-        }
-        let layer = i % layers.max(1);
-        let step = if (i / layers.max(1)) % 100 < 50 {
-            1.0
-        } else {
-            1.3
-        };
-        let watts = step * (30.0 + layer as f64 + 9.0 * cycles / 1e9 + 3.0 * instructions / 1e9);
-        let sample = EnergySample {
-            source: "bench".into(),
-            domains: vec![(key, watts)],
-            ..Default::default()
-        };
-        attribution.set_frequencies(&[(0, 1000.0 + 100.0 * layer as f64)]);
-        let started = std::time::Instant::now();
-        let report = attribution.attribute(&deltas, &counters, &[(0, 64)], &sample);
-        times.push(started.elapsed());
-        std::hint::black_box(report);
-    }
-    times
-}
-
 #[cfg(test)]
 mod tests {
-    use powerapi_common::{NOT_IDLE, TaskKey};
-
     use super::*;
     use crate::{
         attribution::{Attribution, AttributionConfig, IdlePolicy},
@@ -601,24 +515,7 @@ mod tests {
     };
 
     fn task(pid: u32, on_cpu_ns: u64, cycles: u64, instructions: u64) -> TaskDelta {
-        TaskDelta {
-            key: TaskKey {
-                tgid: pid,
-                pid,
-                idle_cpu: NOT_IDLE,
-                _reserved: 0,
-            },
-            socket: 0,
-            first_seen_ns: 1,
-            group_first_seen_ns: 1,
-            exit_ns: 0,
-            comm: [0; 16],
-            cgroup_id: 0,
-            uid: 0,
-            on_cpu_ns,
-            counters: [cycles, instructions, 0, 0],
-            exited: false,
-        }
+        TaskDelta::usage(pid, pid, 0, on_cpu_ns, [cycles, instructions, 0, 0])
     }
 
     const PKG: DomainKey = DomainKey {
@@ -873,6 +770,148 @@ mod tests {
         assert!(
             model.intercept_w <= 21.0 && model.error_w <= 0.5 + 1e-9,
             "{model:?}"
+        );
+    }
+
+    /// The best non-negative solution by brute force: least squares on every subset of
+    /// columns, keeping the feasible one with the smallest residual.
+    fn brute_force(a: &[Vec<f64>], y: &[f64]) -> f64 {
+        let n = a[0].len();
+        let residual = |x: &[f64]| -> f64 {
+            a.iter()
+                .zip(y)
+                .map(|(row, yi)| {
+                    let r = yi - row.iter().zip(x).map(|(r, v)| r * v).sum::<f64>();
+                    r * r
+                })
+                .sum()
+        };
+        let mut best = residual(&vec![0.0; n]);
+        for mask in 1..(1u32 << n) {
+            let active: Vec<bool> = (0..n).map(|j| mask & (1 << j) != 0).collect();
+            if let Some(x) = least_squares(a, y, &active)
+                && x.iter().all(|v| *v >= -1e-12)
+            {
+                best = best.min(residual(&x));
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn nnls_finds_the_best_non_negative_fit_whatever_the_problem() {
+        let mut rng = Lcg(99);
+        for case in 0..200 {
+            let n = 2 + case % 3;
+            let rows = 4 + case % 7;
+            let a: Vec<Vec<f64>> = (0..rows)
+                .map(|_| (0..n).map(|_| rng.next() * 2.0 - 0.5).collect())
+                .collect();
+            // Truths with negative parts, and noise: the active set has to move.
+            let truth: Vec<f64> = (0..n).map(|_| rng.next() * 4.0 - 2.0).collect();
+            let y: Vec<f64> = a
+                .iter()
+                .map(|r| r.iter().zip(&truth).map(|(v, t)| v * t).sum::<f64>() + rng.next() - 0.5)
+                .collect();
+            let x = nnls(&a, &y).expect("solvable");
+            assert!(x.iter().all(|v| *v >= 0.0), "case {case}: {x:?}");
+            let got: f64 = a
+                .iter()
+                .zip(&y)
+                .map(|(row, yi)| {
+                    let r = yi - row.iter().zip(&x).map(|(r, v)| r * v).sum::<f64>();
+                    r * r
+                })
+                .sum();
+            let best = brute_force(&a, &y);
+            assert!(
+                got <= best * (1.0 + 1e-9) + 1e-12,
+                "case {case}: {got} vs best {best}"
+            );
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+        assert_eq!(median(&mut []), 0.0);
+    }
+
+    #[test]
+    fn layers_bucket_frequencies_and_unknown_ones_share_one() {
+        let sw = SmartWatts::new(SmartWattsConfig {
+            freq_step_mhz: 250,
+            ..Default::default()
+        });
+        assert_eq!(sw.layer_of(Some(2999.9)), Some(2750));
+        assert_eq!(sw.layer_of(Some(3000.0)), Some(3000));
+        for unknown in [
+            None,
+            Some(0.0),
+            Some(-5.0),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+        ] {
+            assert_eq!(sw.layer_of(unknown), None, "{unknown:?}");
+        }
+        assert_eq!(sw.name(), "smartwatts");
+    }
+
+    #[test]
+    fn half_second_intervals_model_power_per_second_and_empty_ones_are_skipped() {
+        let truth = Truth(40.0, 9.0, 3.0);
+        let (mut a, mut rng) = (smartwatts(), Lcg(21));
+        let mut fits = Vec::new();
+        for _ in 0..12 {
+            let tasks = vec![
+                task(
+                    1,
+                    250_000_000,
+                    (rng.next() * 2e9) as u64,
+                    (rng.next() * 1e9) as u64,
+                ),
+                task(
+                    2,
+                    150_000_000,
+                    (rng.next() * 5e8) as u64,
+                    (rng.next() * 3e9) as u64,
+                ),
+            ];
+            let cycles: f64 = tasks.iter().map(|t| t.counters[0] as f64).sum();
+            let instructions: f64 = tasks.iter().map(|t| t.counters[1] as f64).sum();
+            // Half a second: the counts are per 0.5 s, the truth per second.
+            let joules = truth.watts(cycles * 2.0, instructions * 2.0) * 0.5;
+            let deltas = IntervalDeltas {
+                start_ns: 0,
+                end_ns: 500_000_000,
+                tasks,
+                ..Default::default()
+            };
+            let sample = EnergySample {
+                source: "test".into(),
+                domains: vec![(PKG, joules)],
+                ..Default::default()
+            };
+            let counters = ["cycles".to_string(), "instructions".to_string()];
+            fits.extend(a.attribute(&deltas, &counters, &[(0, 4)], &sample).fits);
+            // An empty interval (a clock that did not move) adds no sample and no fit.
+            let empty = IntervalDeltas::default();
+            let report = a.attribute(&empty, &counters, &[(0, 4)], &sample);
+            assert!(report.fits.is_empty());
+        }
+        assert_eq!(
+            fits.len(),
+            1,
+            "12 samples, one fit: the empty intervals added none"
+        );
+        assert_recovers(&fits[0], truth);
+        let saved = a.formula().saved_model().expect("a fitted layer");
+        assert_eq!(saved.features, ["cycles", "instructions"]);
+        assert_eq!(
+            (saved.layers.len(), saved.powerapi_model),
+            (1, SAVED_MODEL_VERSION)
         );
     }
 }

@@ -804,21 +804,7 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
     let trace = temp_path("smartwatts-replay.jsonl");
     let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
     fs::write(&trace, lines).expect("trace");
-    let out = Command::new(powerapi())
-        .arg("replay")
-        .arg(&trace)
-        .args(["--formula", "smartwatts"])
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect();
+    let replayed = replay_records(&trace, &["--formula", "smartwatts"]);
     let _ = fs::remove_file(&trace);
 
     // The saved model, loaded where there is no RAPL: energy estimated by b + w·x from this

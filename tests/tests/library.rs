@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -82,13 +82,7 @@ fn a_pipeline_of_a_users_source_formula_and_sink_keeps_the_books() {
     else {
         return;
     };
-    let burner = Killed(
-        Command::new(LOAD)
-            .args(["burn", "3"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("burner"),
-    );
+    let burner = Killed::burner(&["3"]);
     let keep = Keep::default();
     let (_keep_running, stop) = std::sync::mpsc::channel();
     let mut meter = Pipeline::builder()

@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeMap, fs, process::Command};
 
 use common::*;
 use serde_json::Value;
@@ -19,13 +15,7 @@ fn report_figures_equal_the_traces_own_sums() {
     };
     let trace = temp_path("report.jsonl");
     let _ = fs::remove_file(&trace);
-    let burner = Killed(
-        Command::new(LOAD)
-            .args(["burn", "4"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("burner"),
-    );
+    let burner = Killed::burner(&["4"]);
     let out = Command::new(powerapi())
         .args(["record", "--interval", "500ms", "--duration", "2500ms"])
         .args(["--counters", "none", "--energy-source", "model", "-o"])
@@ -263,13 +253,7 @@ fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
     };
     let trace = temp_path("replay.jsonl");
     let _ = fs::remove_file(&trace);
-    let burner = Killed(
-        Command::new(LOAD)
-            .args(["burn", "4"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("burner"),
-    );
+    let burner = Killed::burner(&["4"]);
     let pid = burner.0.id().to_string();
     // Only the burner is recorded: the replay must still share as the live run did, with the
     // rest of the machine's busy time in the picture.
@@ -301,25 +285,11 @@ fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(burner);
-    let replay = |extra: &[&str]| {
-        let out = Command::new(powerapi())
-            .arg("replay")
-            .arg(&trace)
-            .args(extra)
-            .output()
-            .expect("replay");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("a record"))
-            .collect::<Vec<_>>()
-    };
     let recorded = read_records(&trace);
-    let figures = energy_figures(&recorded, &replay(&["--idle-policy", "cpu-time"]));
+    let figures = energy_figures(
+        &recorded,
+        &replay_records(&trace, &["--idle-policy", "cpu-time"]),
+    );
     assert!(figures.len() > 20, "{} figures", figures.len());
     for (at, a, b) in &figures {
         // Sums in another order: equal to a few ulps.
@@ -329,7 +299,7 @@ fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
         );
     }
     // Another option changes the figures: the burner keeps no idle share with the default.
-    let other = energy_figures(&recorded, &replay(&[]));
+    let other = energy_figures(&recorded, &replay_records(&trace, &[]));
     let differ = other
         .iter()
         .filter(|(_, a, b)| (a - b).abs() > 1e-6)
@@ -355,13 +325,7 @@ fn replay_reproduces_a_two_socket_trace() {
     let root = two_package_root("replay-two-sockets");
     let trace = temp_path("replay-two-sockets.jsonl");
     let _ = fs::remove_file(&trace);
-    let burner = Killed(
-        Command::new(LOAD)
-            .args(["burn", "4", "2"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("burner"),
-    );
+    let burner = Killed::burner(&["4", "2"]);
     let out = Command::new(powerapi())
         .args([
             "record",
@@ -407,20 +371,7 @@ fn replay_reproduces_a_two_socket_trace() {
             .any(|t| t["sockets"].as_array().is_some_and(|s| !s.is_empty())),
         "threads carry their usage per socket"
     );
-    let out = Command::new(powerapi())
-        .arg("replay")
-        .arg(&trace)
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect();
+    let replayed = replay_records(&trace, &[]);
     let figures = energy_figures(&recorded, &replayed);
     assert!(figures.iter().any(|(at, _, _)| at.contains("thread")));
     for (at, a, b) in &figures {

@@ -124,13 +124,7 @@ fn influxdb_csv_and_json_lines_of_one_run_agree() {
         post(port, "/query", "q=CREATE+DATABASE+powerapi"),
         Some(200)
     );
-    let burner = Killed(
-        Command::new(LOAD)
-            .args(["burn", "4"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("burner"),
-    );
+    let burner = Killed::burner(&["4"]);
     let pid = burner.0.id();
     let (jsonl, csv_path) = (temp_path("sinks.jsonl"), temp_path("sinks.csv"));
     let _ = (fs::remove_file(&jsonl), fs::remove_file(&csv_path));

@@ -392,6 +392,39 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 /// A server or load the test started, killed however the test ends.
 pub struct Killed(pub Child);
 
+impl Killed {
+    /// `powerapi-load burn ARGS…` in the background (output discarded), killed when dropped.
+    pub fn burner(args: &[&str]) -> Self {
+        Self(
+            Command::new(LOAD)
+                .arg("burn")
+                .args(args)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("burner"),
+        )
+    }
+}
+
+/// `powerapi replay TRACE ARGS…`: its records (stdout), or a failure with its stderr.
+pub fn replay_records(trace: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(powerapi())
+        .arg("replay")
+        .arg(trace)
+        .args(args)
+        .output()
+        .expect("replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record"))
+        .collect()
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
