@@ -147,6 +147,26 @@ fn assert_energy_conserved(records: &[Value]) {
     }
 }
 
+/// The burner `pid` (`cpu_ns` of CPU time by its own account) was charged its injected share,
+/// ACTIVE_W × its CPU-seconds / CPUs, within 5 %.
+fn assert_charged_its_share(records: &[Value], name: &str, pid: u32, cpu_ns: u64, cpus: f64) {
+    let attributed: f64 = of_type(records, "process")
+        .filter(|r| r["pid"] == pid)
+        .map(|r| f64_of(&r["energy"]["joules"]["package"]))
+        .sum();
+    let expected = ACTIVE_W * (cpu_ns as f64 / 1e9) / cpus;
+    let error = (attributed - expected).abs() / expected;
+    eprintln!(
+        "{name}: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%)",
+        (attributed / expected - 1.0) * 100.0
+    );
+    assert!(
+        error <= 0.05,
+        "{name} got {attributed:.2} J, the injected model says {expected:.2} J ({:.1}%)",
+        error * 100.0
+    );
+}
+
 fn burner_cpu_ns(stdout: &[u8]) -> u64 {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -192,21 +212,8 @@ fn powercap_dir_attribution_matches_injected_model() {
     }
     assert_energy_conserved(&records);
 
-    let attributed: f64 = of_type(&records, "process")
-        .filter(|r| r["pid"] == pid)
-        .map(|r| f64_of(&r["energy"]["joules"]["package"]))
-        .sum();
-    let expected = ACTIVE_W * (cpu_ns as f64 / 1e9) / cpus;
-    let error = (attributed - expected).abs() / expected;
-    eprintln!(
-        "burner: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%), {wraps} wraps",
-        (attributed / expected - 1.0) * 100.0
-    );
-    assert!(
-        error <= 0.05,
-        "burner got {attributed:.2} J, the injected model says {expected:.2} J ({:.1}%)",
-        error * 100.0
-    );
+    eprintln!("{wraps} wraps");
+    assert_charged_its_share(&records, "burner", pid, cpu_ns, cpus);
 }
 
 #[test]
@@ -889,19 +896,6 @@ fn smartwatts_learns_the_injected_model_and_charges_each_burner_its_share() {
     }
 
     for (name, (pid, cpu_ns)) in [("one", one), ("two", two)] {
-        let attributed: f64 = of_type(&records, "process")
-            .filter(|r| r["pid"] == pid)
-            .map(|r| f64_of(&r["energy"]["joules"]["package"]))
-            .sum();
-        let expected = ACTIVE_W * (cpu_ns as f64 / 1e9) / cpus;
-        let error = (attributed - expected).abs() / expected;
-        eprintln!(
-            "burner {name}: {attributed:.3} J attributed, {expected:.3} J injected ({:+.2}%)",
-            (attributed / expected - 1.0) * 100.0
-        );
-        assert!(
-            error <= 0.05,
-            "burner {name}: {attributed:.2} J vs {expected:.2} J injected"
-        );
+        assert_charged_its_share(&records, &format!("burner {name}"), pid, cpu_ns, cpus);
     }
 }

@@ -16,17 +16,20 @@ fn report_figures_equal_the_traces_own_sums() {
     let trace = temp_path("report.jsonl");
     let _ = fs::remove_file(&trace);
     let burner = Killed::burner(&["4"]);
-    let out = Command::new(powerapi())
-        .args(["record", "--interval", "500ms", "--duration", "2500ms"])
-        .args(["--counters", "none", "--energy-source", "model", "-o"])
-        .arg(&trace)
-        .output()
-        .expect("record");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let t = trace.display().to_string();
+    powerapi_ok([
+        "record",
+        "--interval",
+        "500ms",
+        "--duration",
+        "2500ms",
+        "--counters",
+        "none",
+        "--energy-source",
+        "model",
+        "-o",
+        &t,
+    ]);
     drop(burner);
     // A cut last line, as a crash would leave: counted, not fatal.
     fs::write(
@@ -121,18 +124,10 @@ fn report_figures_equal_the_traces_own_sums() {
     // Charts of the same trace: one stacked series per target, plus idle and other.
     let (svg, png) = (temp_path("report.svg"), temp_path("report.png"));
     for chart in [&svg, &png] {
-        let out = Command::new(powerapi())
-            .arg("report")
-            .arg(&trace)
-            .args(["--by", "command", "--top", "3", "--chart"])
-            .arg(chart)
-            .output()
-            .expect("report --chart");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let chart = chart.display().to_string();
+        powerapi_ok([
+            "report", &t, "--by", "command", "--top", "3", "--chart", &chart,
+        ]);
     }
     let text = fs::read_to_string(&svg).expect("svg");
     assert!(
@@ -257,33 +252,24 @@ fn replay_with_the_recorded_options_reproduces_a_filtered_trace() {
     let pid = burner.0.id().to_string();
     // Only the burner is recorded: the replay must still share as the live run did, with the
     // rest of the machine's busy time in the picture.
-    let out = Command::new(powerapi())
-        .args([
-            "record",
-            "--interval",
-            "500ms",
-            "--duration",
-            "2500ms",
-            "--pid",
-            &pid,
-        ])
-        .args([
-            "--counters",
-            "none",
-            "--energy-source",
-            "model",
-            "--idle-policy",
-            "cpu-time",
-            "-o",
-        ])
-        .arg(&trace)
-        .output()
-        .expect("record");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let t = trace.display().to_string();
+    powerapi_ok([
+        "record",
+        "--interval",
+        "500ms",
+        "--duration",
+        "2500ms",
+        "--pid",
+        &pid,
+        "--counters",
+        "none",
+        "--energy-source",
+        "model",
+        "--idle-policy",
+        "cpu-time",
+        "-o",
+        &t,
+    ]);
     drop(burner);
     let recorded = read_records(&trace);
     let figures = energy_figures(
@@ -326,35 +312,26 @@ fn replay_reproduces_a_two_socket_trace() {
     let trace = temp_path("replay-two-sockets.jsonl");
     let _ = fs::remove_file(&trace);
     let burner = Killed::burner(&["4", "2"]);
-    let out = Command::new(powerapi())
-        .args([
-            "record",
-            "--interval",
-            "500ms",
-            "--duration",
-            "2500ms",
-            "--granularity",
-            "thread",
-        ])
-        .args([
-            "--counters",
-            "cpu-clock",
-            "--energy-source",
-            "model",
-            "--sysfs-root",
-        ])
-        .arg(&root)
-        .arg("-o")
-        .arg(&trace)
-        .output()
-        .expect("record");
+    let (r, t) = (root.display().to_string(), trace.display().to_string());
+    powerapi_ok([
+        "record",
+        "--interval",
+        "500ms",
+        "--duration",
+        "2500ms",
+        "--granularity",
+        "thread",
+        "--counters",
+        "cpu-clock",
+        "--energy-source",
+        "model",
+        "--sysfs-root",
+        &r,
+        "-o",
+        &t,
+    ]);
     drop(burner);
     let _ = fs::remove_dir_all(&root);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let recorded = read_records(&trace);
     let machine = of_type(&recorded, "machine")
         .nth(1)

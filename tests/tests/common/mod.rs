@@ -406,19 +406,26 @@ impl Killed {
     }
 }
 
-/// `powerapi replay TRACE ARGS…`: its records (stdout), or a failure with its stderr.
-pub fn replay_records(trace: &Path, args: &[&str]) -> Vec<Value> {
+/// Runs powerapi with `args` and insists it succeeds (its stderr in the failure).
+pub fn powerapi_ok<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
     let out = Command::new(powerapi())
-        .arg("replay")
-        .arg(trace)
         .args(args)
         .output()
-        .expect("replay");
+        .expect("powerapi runs");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// `powerapi replay TRACE ARGS…`: its records (stdout), or a failure with its stderr.
+pub fn replay_records(trace: &Path, args: &[&str]) -> Vec<Value> {
+    let trace = trace.display().to_string();
+    let out = powerapi_ok(["replay", trace.as_str()].iter().chain(args));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a record"))
