@@ -20,7 +20,9 @@ use crate::{
     attribution::{Attribution, AttributionConfig, IdleSource},
     delta::{IntervalDeltas, TaskDelta},
     energy::EnergySample,
-    report::{MachineRecord, ModelRecord, Record, SCHEMA, machine_energy, task_energy},
+    report::{
+        MachineRecord, ModelRecord, Record, SCHEMA, SocketShare, machine_energy, task_energy,
+    },
     smartwatts::{SmartWatts, SmartWattsConfig},
 };
 
@@ -55,6 +57,20 @@ fn counters_of(names: &[String], values: Option<&BTreeMap<String, u64>>) -> [u64
         out[slot] = values.and_then(|v| v.get(name)).copied().unwrap_or(0);
     }
     out
+}
+
+/// (socket, on-CPU time, counters by slot) of each share.
+fn per_socket(names: &[String], shares: &[SocketShare]) -> Vec<(u32, u64, [u64; MAX_COUNTERS])> {
+    shares
+        .iter()
+        .map(|s| {
+            (
+                s.socket,
+                s.on_cpu_ns,
+                counters_of(names, s.counters.as_ref()),
+            )
+        })
+        .collect()
 }
 
 /// One interval of the trace: its machine record and the records after it.
@@ -158,17 +174,8 @@ pub fn replay(
                 Record::Machine(_) | Record::Model(_) => continue,
             };
             let start = tasks.len();
-            let parts: Vec<(u32, u64, [u64; MAX_COUNTERS])> = if multi_socket {
-                shares
-                    .iter()
-                    .map(|s| {
-                        (
-                            s.socket,
-                            s.on_cpu_ns,
-                            counters_of(names, s.counters.as_ref()),
-                        )
-                    })
-                    .collect()
+            let parts = if multi_socket {
+                per_socket(names, shares)
             } else {
                 vec![(only_socket, on_cpu_ns, counters_of(names, counters))]
             };
@@ -185,17 +192,8 @@ pub fn replay(
             ranges.push(start..tasks.len());
         }
         // The machine's own totals per socket, against which the records are short.
-        let machine_totals: Vec<(u32, u64, [u64; MAX_COUNTERS])> = if multi_socket {
-            m.sockets
-                .iter()
-                .map(|s| {
-                    (
-                        s.socket,
-                        s.on_cpu_ns,
-                        counters_of(names, s.counters.as_ref()),
-                    )
-                })
-                .collect()
+        let machine_totals = if multi_socket {
+            per_socket(names, &m.sockets)
         } else {
             vec![(
                 only_socket,

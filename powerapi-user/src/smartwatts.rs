@@ -555,32 +555,36 @@ mod tests {
         mhz: f64,
         noise: f64,
     ) -> (crate::attribution::PowerReport, IntervalDeltas) {
+        interval_of(attribution, rng, truth, mhz, noise, 1.0)
+    }
+
+    /// [`interval`] lasting `seconds`: counts scale with it, the truth is per second.
+    fn interval_of(
+        attribution: &mut Attribution,
+        rng: &mut Lcg,
+        truth: Truth,
+        mhz: f64,
+        noise: f64,
+        seconds: f64,
+    ) -> (crate::attribution::PowerReport, IntervalDeltas) {
+        let mut count = |max: f64| (rng.next() * max * seconds) as u64;
         let tasks = vec![
-            task(
-                1,
-                500_000_000,
-                (rng.next() * 4e9) as u64,
-                (rng.next() * 2e9) as u64,
-            ),
-            task(
-                2,
-                300_000_000,
-                (rng.next() * 1e9) as u64,
-                (rng.next() * 6e9) as u64,
-            ),
+            task(1, (5e8 * seconds) as u64, count(4e9), count(2e9)),
+            task(2, (3e8 * seconds) as u64, count(1e9), count(6e9)),
         ];
         let cycles: f64 = tasks.iter().map(|t| t.counters[0] as f64).sum();
         let instructions: f64 = tasks.iter().map(|t| t.counters[1] as f64).sum();
-        let watts = truth.watts(cycles, instructions) + noise * (rng.next() - 0.5);
+        let watts =
+            truth.watts(cycles / seconds, instructions / seconds) + noise * (rng.next() - 0.5);
         let deltas = IntervalDeltas {
             start_ns: 0,
-            end_ns: 1_000_000_000,
+            end_ns: (seconds * 1e9) as u64,
             tasks,
             ..Default::default()
         };
         let sample = EnergySample {
             source: "test".into(),
-            domains: vec![(PKG, watts)],
+            domains: vec![(PKG, watts * seconds)],
             ..Default::default()
         };
         attribution.set_frequencies(&[(0, mhz)]);
@@ -865,40 +869,16 @@ mod tests {
         let (mut a, mut rng) = (smartwatts(), Lcg(21));
         let mut fits = Vec::new();
         for _ in 0..12 {
-            let tasks = vec![
-                task(
-                    1,
-                    250_000_000,
-                    (rng.next() * 2e9) as u64,
-                    (rng.next() * 1e9) as u64,
-                ),
-                task(
-                    2,
-                    150_000_000,
-                    (rng.next() * 5e8) as u64,
-                    (rng.next() * 3e9) as u64,
-                ),
-            ];
-            let cycles: f64 = tasks.iter().map(|t| t.counters[0] as f64).sum();
-            let instructions: f64 = tasks.iter().map(|t| t.counters[1] as f64).sum();
-            // Half a second: the counts are per 0.5 s, the truth per second.
-            let joules = truth.watts(cycles * 2.0, instructions * 2.0) * 0.5;
-            let deltas = IntervalDeltas {
-                start_ns: 0,
-                end_ns: 500_000_000,
-                tasks,
-                ..Default::default()
-            };
+            let (report, _) = interval_of(&mut a, &mut rng, truth, 2500.0, 0.0, 0.5);
+            fits.extend(report.fits);
+            // An empty interval (a clock that did not move) adds no sample and no fit.
+            let counters = ["cycles".to_string(), "instructions".to_string()];
             let sample = EnergySample {
                 source: "test".into(),
-                domains: vec![(PKG, joules)],
+                domains: vec![(PKG, 1.0)],
                 ..Default::default()
             };
-            let counters = ["cycles".to_string(), "instructions".to_string()];
-            fits.extend(a.attribute(&deltas, &counters, &[(0, 4)], &sample).fits);
-            // An empty interval (a clock that did not move) adds no sample and no fit.
-            let empty = IntervalDeltas::default();
-            let report = a.attribute(&empty, &counters, &[(0, 4)], &sample);
+            let report = a.attribute(&IntervalDeltas::default(), &counters, &[(0, 4)], &sample);
             assert!(report.fits.is_empty());
         }
         assert_eq!(
