@@ -719,6 +719,14 @@ impl SensorArgs {
         from_file!(m, "energy_source", self.energy_source, e.source.clone());
         from_file!(m, "energy_timeout", self.energy_timeout, e.timeout);
         from_file!(m, "max_watts", self.max_watts, e.max_watts.map(Some));
+        from_file!(
+            m,
+            "load_model",
+            self.load_model,
+            e.load_model.clone().map(Some)
+        );
+        let save = f.formula.save_model.clone().map(Some);
+        from_file!(m, "save_model", self.save_model, save);
         self.attribution.apply(f, m);
     }
 }

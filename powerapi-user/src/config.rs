@@ -90,6 +90,8 @@ pub struct EnergySection {
     /// `--max-watts`.
     #[serde(default, deserialize_with = "watts")]
     pub max_watts: Option<f64>,
+    /// `--load-model` (with `source` `model`).
+    pub load_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,8 @@ pub struct FormulaSection {
     /// `--model-history` (smartwatts), intervals.
     #[serde(default, deserialize_with = "history")]
     pub history: Option<u32>,
+    /// `--save-model` (smartwatts).
+    pub save_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,7 +331,7 @@ mod tests {
               "interval": "500ms",
               "sensor": {"counters": ["cycles"], "max_tasks": 1024, "sysfs_root": "/host"},
               "energy": {"source": "powercap-dir:/run/rapl", "timeout": "1m", "idle_watts": 4.5, "max_watts": 40},
-              "formula": {"name": "proportional", "metric": "cpu-time", "idle_policy": "equal"},
+              "formula": {"name": "smartwatts", "metric": "cpu-time", "idle_policy": "equal", "freq_step": 50, "max_error": 1.5, "history": 30, "save_model": "/tmp/m.json"},
               "filter": {"pids": [1], "comms": ["nginx"], "cgroups": ["/system.slice"]},
               "sinks": ["csv:/tmp/p.csv", "tcp:127.0.0.1:5170"],
               "outputs": {"existing": "append", "rotate_size": "100M", "rotate_every": "1h", "compress": true, "keep": 24, "sink_buffer": "1M"},
@@ -345,6 +349,16 @@ mod tests {
         );
         assert_eq!(c.energy.timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.formula.idle_policy, Some(IdlePolicy::Equal));
+        assert_eq!(
+            (
+                c.formula.name,
+                c.formula.freq_step,
+                c.formula.max_error,
+                c.formula.history
+            ),
+            (Some(FormulaKind::Smartwatts), Some(50), Some(1.5), Some(30))
+        );
+        assert_eq!(c.formula.save_model, Some("/tmp/m.json".into()));
         assert_eq!(c.sinks.as_ref().map(Vec::len), Some(2));
         assert_eq!(c.outputs.rotate_size, Some(100 << 20));
         assert_eq!(c.outputs.existing, Some(Existing::Append));

@@ -833,4 +833,119 @@ mod tests {
             "{table}"
         );
     }
+
+    /// `line` with its interval stretched to two seconds.
+    fn two_seconds(line: String) -> String {
+        line.replace(
+            r#""end_ns":1000000000,"duration_ns":1000000000"#,
+            r#""end_ns":2000000000,"duration_ns":2000000000"#,
+        )
+    }
+
+    fn cgroup(
+        id: u64,
+        path: &str,
+        container: Option<&str>,
+        package: f64,
+        on_cpu_ns: u64,
+    ) -> String {
+        let container = container.map_or(String::new(), |id| {
+            format!(r#","container":{{"runtime":"docker","id":"{id}"}}"#)
+        });
+        format!(
+            r#"{{"type":"cgroup","schema":3,{INTERVAL},"mode":"time-only","cgroup":{{"id":{id},"path":"{path}"{container}}},"on_cpu_ns":{on_cpu_ns},"cpu_percent":1.0,"processes":1,"energy":{{"estimated":false,"joules":{{"package":{package}}},"watts":{{"package":{package}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn two_second_intervals_average_over_their_length() {
+        // Package: 30 J measured (10 idle, 20 attributed, unattributed 0), DRAM 2 J; 2 s.
+        let (records, _) = trace(&[
+            two_seconds(machine(30.0, 10.0, 1_000_000_000)),
+            two_seconds(process(1, "web", None, 12.0, 600_000_000)),
+            two_seconds(process(2, "db", None, 4.0, 400_000_000)),
+            two_seconds(process(3, "cron", None, 2.0, 100_000_000)),
+        ]);
+        let s = summarize(&records, 0, By::Process, 1).expect("summary");
+        assert_eq!(s.seconds, 2.0);
+        let package = &s
+            .domains
+            .iter()
+            .find(|d| d.domain == Domain::Package)
+            .expect("package");
+        assert_eq!(
+            (
+                package.attributed_j,
+                package.unattributed_j,
+                package.average_w
+            ),
+            (20.0, 0.0, 15.0)
+        );
+        assert_eq!((s.targets[0].average_w, s.meter.cpu_percent), (6.5, 50.0));
+        let other = s.other.as_ref().expect("db and cron");
+        assert_eq!((other.joules, other.cpu_s), (8.0, 0.5));
+        let csv = render(&s, SummaryFormat::Csv);
+        // Idle: 10 J of 32 headline J, 5 W over 2 s.
+        assert!(csv.contains("\nidle,idle,10,5,0.3125,\n"), "{csv}");
+        let t = timeline(&records, &s);
+        assert_eq!(t.seconds, [2.0]);
+        assert_eq!(t.series[0].1, [5.0], "idle W");
+        assert_eq!(t.series[1].1, [6.5], "web W");
+        assert_eq!(t.series[2].1, [4.5], "other W: 16 − 5 − 6.5");
+    }
+
+    #[test]
+    fn cgroups_count_once_and_cgroup_traces_answer_by_cgroup_or_container() {
+        // Task records and cgroup records of one interval: by cgroup, the tasks count, once.
+        let (mixed, _) = trace(&[
+            machine(30.0, 10.0, 1),
+            process(1, "web", None, 12.0, 600_000_000),
+            cgroup(1, "/c1", None, 12.0, 600_000_000),
+        ]);
+        let s = summarize(&mixed, 0, By::Cgroup, 10).expect("summary");
+        let got: Vec<(&str, f64)> = s
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t.joules))
+            .collect();
+        assert_eq!(got, [("/c1", 13.0)]);
+        // A trace of cgroup records only (--granularity cgroup).
+        let (cgroups, _) = trace(&[
+            machine(30.0, 10.0, 1),
+            cgroup(7, "/system.slice/a.service", None, 5.0, 1),
+            cgroup(8, "/docker/x", Some("abcdef0123456789"), 9.0, 1),
+        ]);
+        let s = summarize(&cgroups, 0, By::Cgroup, 10).expect("by cgroup");
+        let names: Vec<&str> = s.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["/docker/x", "/system.slice/a.service"]);
+        let s = summarize(&cgroups, 0, By::Container, 10).expect("by container");
+        let names: Vec<&str> = s.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["docker:abcdef012345", "(no container)"]);
+        let e = summarize(&cgroups, 0, By::Process, 10).expect_err("no processes");
+        assert!(e.to_string().contains("--granularity cgroup"), "{e}");
+    }
+
+    #[test]
+    fn a_trace_of_zero_length_intervals_has_no_averages() {
+        let zero = |line: String| {
+            line.replace(
+                r#""end_ns":1000000000,"duration_ns":1000000000"#,
+                r#""end_ns":0,"duration_ns":0"#,
+            )
+        };
+        let (records, _) = trace(&[
+            zero(machine(0.0, 0.0, 1)),
+            zero(process(1, "web", None, 0.0, 0)),
+        ]);
+        let s = summarize(&records, 0, By::Process, 10).expect("summary");
+        assert_eq!(
+            (s.seconds, s.meter.cpu_percent, s.idle_share),
+            (0.0, 0.0, Some(0.0))
+        );
+        // Its DRAM joule is half the measured DRAM: a share needs no duration.
+        assert_eq!((s.targets[0].average_w, s.targets[0].share), (0.0, 0.5));
+        assert!(s.domains.iter().all(|d| d.average_w == 0.0));
+        let csv = render(&s, SummaryFormat::Csv);
+        assert!(csv.contains("\nidle,idle,0,0,0,\n"), "{csv}");
+    }
 }
