@@ -948,4 +948,36 @@ mod tests {
         let csv = render(&s, SummaryFormat::Csv);
         assert!(csv.contains("\nidle,idle,0,0,0,\n"), "{csv}");
     }
+
+    #[test]
+    fn unattributed_energy_adds_up_and_nothing_measured_means_no_shares() {
+        let unattributed = |line: String| {
+            line.replace(
+                r#""unattributed_j":0.0,"power_w":30"#,
+                r#""unattributed_j":3.0,"power_w":30"#,
+            )
+        };
+        let (records, _) = trace(&[
+            unattributed(machine(30.0, 10.0, 1)),
+            unattributed(machine(30.0, 10.0, 1)),
+            process(1, "web", None, 1.0, 1),
+        ]);
+        let s = summarize(&records, 0, By::Process, 10).expect("summary");
+        let package = s
+            .domains
+            .iter()
+            .find(|d| d.domain == Domain::Package)
+            .expect("package");
+        assert_eq!(package.unattributed_j, 6.0);
+        // Nothing measured in any domain: no idle share, no shares, no division by zero.
+        let nothing = |line: String| line.replace(r#""measured_j":2.0"#, r#""measured_j":0.0"#);
+        let (records, _) = trace(&[
+            nothing(machine(0.0, 0.0, 1)),
+            process(1, "web", None, 0.0, 1),
+        ]);
+        let s = summarize(&records, 0, By::Process, 10).expect("summary");
+        assert_eq!((s.idle_share, s.targets[0].share), (None, 0.0));
+        let csv = render(&s, SummaryFormat::Csv);
+        assert!(csv.contains("\nidle,idle,0,0,0,\n"), "{csv}");
+    }
 }
