@@ -834,12 +834,16 @@ mod tests {
         );
     }
 
-    /// `line` with its interval stretched to two seconds.
-    fn two_seconds(line: String) -> String {
+    /// `line` with its one-second interval made `ns` long.
+    fn lasting(ns: u64, line: String) -> String {
         line.replace(
             r#""end_ns":1000000000,"duration_ns":1000000000"#,
-            r#""end_ns":2000000000,"duration_ns":2000000000"#,
+            &format!(r#""end_ns":{ns},"duration_ns":{ns}"#),
         )
+    }
+
+    fn two_seconds(line: String) -> String {
+        lasting(2_000_000_000, line)
     }
 
     fn cgroup(
@@ -927,12 +931,7 @@ mod tests {
 
     #[test]
     fn a_trace_of_zero_length_intervals_has_no_averages() {
-        let zero = |line: String| {
-            line.replace(
-                r#""end_ns":1000000000,"duration_ns":1000000000"#,
-                r#""end_ns":0,"duration_ns":0"#,
-            )
-        };
+        let zero = |line| lasting(0, line);
         let (records, _) = trace(&[
             zero(machine(0.0, 0.0, 1)),
             zero(process(1, "web", None, 0.0, 0)),
