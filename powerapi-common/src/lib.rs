@@ -41,9 +41,22 @@ pub const COUNTER_MAPS: [&str; MAX_COUNTERS] = ["COUNTER0", "COUNTER1", "COUNTER
 pub const NUM_COUNTERS_GLOBAL: &str = "NUM_COUNTERS";
 /// Global: non-zero when the switch path finds slots through task-local storage.
 pub const USE_TASK_STORAGE_GLOBAL: &str = "USE_TASK_STORAGE";
+/// Global: non-zero where the CPU keeps stores in program order (x86's TSO), so the slot's
+/// sequence counter needs no atomic instruction.
+pub const STORES_ORDERED_GLOBAL: &str = "STORES_ORDERED";
+
+/// Entries in each CPU's cache of recently switched-out threads ([`CpuSlice::recent`]): a power
+/// of two, indexed by a hash of the `task_struct` address.
+pub const RECENT_TASKS: usize = 16;
 
 /// Program names in the object file.
+///
+/// The switch path comes in four builds, one attached: with or without counter reads, with or
+/// without the CPU's cache of recent threads ([`CpuSlice::recent`]; off only to measure it).
 pub const SCHED_SWITCH_PROGRAM: &str = "sched_switch";
+pub const SCHED_SWITCH_TIME_ONLY_PROGRAM: &str = "sched_switch_time_only";
+pub const SCHED_SWITCH_UNCACHED_PROGRAM: &str = "sched_switch_uncached";
+pub const SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM: &str = "sched_switch_time_only_uncached";
 pub const SCHED_EXEC_PROGRAM: &str = "sched_process_exec";
 /// Bumps [`Globals::identity_gen`] when a task is renamed (`prctl(PR_SET_NAME)`, exec).
 pub const TASK_RENAME_PROGRAM: &str = "task_rename";
@@ -54,6 +67,8 @@ pub const FLUSH_PROGRAM: &str = "flush_cpu";
 pub const CPU_HOTPLUG_PROGRAM: &str = "cpu_hotplug";
 /// An empty `sched_switch` program: the floor for overhead benchmarks.
 pub const NOOP_PROGRAM: &str = "noop_switch";
+/// A `sched_switch` program that only reads the clock: the floor of any per-slice timing.
+pub const CLOCK_PROGRAM: &str = "clock_switch";
 
 /// `TaskKey::idle_cpu` of every task that is not an idle task.
 pub const NOT_IDLE: u32 = u32::MAX;
@@ -115,9 +130,8 @@ pub struct TaskTotals {
     /// own for a leader, or when the leader had no slot yet): tells two processes that reused
     /// one pid apart.
     pub group_first_seen_ns: u64,
-    pub on_cpu_ns: u64,
-    pub slices: u64,
-    /// On-CPU time by socket lane; sums to `on_cpu_ns`.
+    /// On-CPU time by socket lane. The total is their sum ([`TaskTotals::on_cpu_ns`]): the
+    /// switch path adds each slice once, to its lane, and the drain derives the rest.
     pub lane_ns: [u64; MAX_SOCKETS],
     pub counters: [CounterReading; MAX_COUNTERS],
     /// cgroup v2 id (the cgroup directory's inode number): read at creation, exec, flush, and at
@@ -137,13 +151,20 @@ pub struct TaskTotals {
     pub gid: u32,
 }
 
+impl TaskTotals {
+    /// On-CPU time over all lanes. Wrapping, like every accumulator the kernel keeps.
+    pub fn on_cpu_ns(&self) -> u64 {
+        self.lane_ns
+            .iter()
+            .fold(0u64, |sum, &ns| sum.wrapping_add(ns))
+    }
+}
+
 impl Default for TaskTotals {
     fn default() -> Self {
         Self {
             first_seen_ns: 0,
             group_first_seen_ns: 0,
-            on_cpu_ns: 0,
-            slices: 0,
             lane_ns: [0; MAX_SOCKETS],
             counters: [CounterReading::default(); MAX_COUNTERS],
             cgroup_id: 0,
@@ -193,6 +214,22 @@ pub struct CpuSlice {
     /// to) these give each CPU's exact booked span per interval, so capacity counts the time the
     /// CPU was there, not the interval times the CPUs online at its end.
     pub left_ns: u64,
+    /// Threads this CPU switched out recently and where their slots are: most switches on a
+    /// CPU are between the same few threads, and this finds them without a helper call.
+    pub recent: [RecentTask; RECENT_TASKS],
+}
+
+/// One entry of [`CpuSlice::recent`]. Valid only while the slot still holds the same
+/// incarnation (`first_seen_ns`) and is not flagged dead: a `task_struct` address is reused
+/// after its task is freed, and by then its slot has been freed or flagged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentTask {
+    /// The thread's `task_struct` address (the tracepoint's `prev`); 0: empty.
+    pub task: u64,
+    pub first_seen_ns: u64,
+    pub index: u32,
+    pub _reserved: u32,
 }
 
 /// What userspace tells one CPU's programs ([`CPU_LANES_MAP`], indexed by CPU id); read at

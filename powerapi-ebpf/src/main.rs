@@ -28,7 +28,8 @@
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
-    ptr::{addr_of, read_volatile},
+    ptr::{addr_of, read_volatile, write_volatile},
+    sync::atomic::{Ordering, compiler_fence},
 };
 
 use aya_ebpf::{
@@ -50,7 +51,7 @@ use aya_ebpf::{
 };
 use powerapi_common::{
     CounterReading, CpuConfig, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS,
-    NOT_IDLE, SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
+    NOT_IDLE, RECENT_TASKS, RecentTask, SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
 };
 
 /// Non-zero: the switch path finds a thread's slot through task-local storage (`SLOT_OF_TASK`)
@@ -58,6 +59,12 @@ use powerapi_common::{
 /// storage: it predates our 5.18 minimum); with 0 the verifier prunes that path unvisited.
 #[unsafe(no_mangle)]
 static USE_TASK_STORAGE: u32 = 0;
+
+/// Non-zero where the CPU keeps stores in program order (x86): the sequence counter is then
+/// written with plain stores, not fully ordered atomics (two locked instructions per switch).
+/// Set by the loader from its own architecture, which is the kernel's.
+#[unsafe(no_mangle)]
+static STORES_ORDERED: u32 = 0;
 
 /// How many counter slots are in use; set by the loader. Volatile reads keep LLVM from folding it,
 /// and the verifier prunes the unused slots because the value is known at load time.
@@ -164,19 +171,50 @@ impl<T> TaskStorage<T> {
 #[btf_map]
 static SLOT_OF_TASK: TaskStorage<SlotRef> = TaskStorage::new();
 
+// Four builds of the switch path; the loader attaches one. Whether counters are read and
+// whether the CPU's cache of recent threads is used are compile-time choices, so the time-only
+// path carries no counter code and no flag tests: each global read and test on this path costs
+// a few instructions on every switch of every CPU. The uncached builds exist for the overhead
+// benchmark, which measures what the cache saves.
+
+/// With counters, and the cache of recent threads: the default when counters are followed.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    on_switch::<true, true>(&ctx)
+}
+
+/// Time-only, with the cache: the default when no counter is followed.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_time_only(ctx: RawTracePointContext) -> i32 {
+    on_switch::<false, true>(&ctx)
+}
+
+/// With counters, without the cache (benchmark only).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_uncached(ctx: RawTracePointContext) -> i32 {
+    on_switch::<true, false>(&ctx)
+}
+
+/// Time-only, without the cache (benchmark only).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_time_only_uncached(ctx: RawTracePointContext) -> i32 {
+    on_switch::<false, false>(&ctx)
+}
+
+#[inline(always)]
+fn on_switch<const COUNTERS: bool, const RECENT: bool>(ctx: &RawTracePointContext) -> i32 {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
     //          unsigned int prev_state): the previous task's state is argument 3 (Linux ≥ 5.18).
+    let prev: u64 = ctx.arg(1);
     let prev_state: u64 = ctx.arg(3);
-    close_slice(prev_state & TASK_DEAD != 0, false);
+    close_slice::<COUNTERS, RECENT>(prev_state & TASK_DEAD != 0, false, prev);
     0
 }
 
 /// Closes the current slice without a switch. Never attached: run by userspace on each CPU.
 #[raw_tracepoint]
 pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
-    close_slice(false, true);
+    close_slice::<true, false>(false, true, 0);
     0
 }
 
@@ -283,6 +321,16 @@ fn bump_identity_gen() {
 /// Does nothing: attached to `sched_switch` by `cargo xtask bench overhead` to measure the floor.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn noop_switch(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Reads the clock and nothing else: the floor of any design that times each slice (one clock
+/// read per switch), measured by `cargo xtask bench overhead` beside the empty program.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn clock_switch(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    core::hint::black_box(now);
     0
 }
 
@@ -429,8 +477,19 @@ fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
 /// BPF memory model makes fetching atomics fully ordered, so on arm64 (where the JIT emits
 /// `ldaddal`) the CPU cannot reorder them either; on x86 every store is ordered anyway. The
 /// reader pairs this with acquire fences (see `read_slot` in userspace).
+///
+/// Where stores are kept in program order (x86: `STORES_ORDERED`), a plain increment with a
+/// compiler fence on the right side is enough: a slot has one writer at a time, and the fence
+/// keeps LLVM from moving the slot's stores across it (the JIT does not reorder).
 #[inline(always)]
 fn begin_write(slot: &mut TaskSlot) {
+    // SAFETY: a global written only by the loader.
+    if unsafe { read_volatile(&STORES_ORDERED) } != 0 {
+        // SAFETY: an aligned u64 of a valid slot, written only by this CPU now.
+        unsafe { write_volatile(&raw mut slot.seq, read_volatile(&slot.seq).wrapping_add(1)) };
+        compiler_fence(Ordering::SeqCst);
+        return;
+    }
     // SAFETY: an aligned u64 of a valid slot; the only concurrent accessor is the reader.
     let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
     // Using the old value makes LLVM emit the fetching (fully ordered) form.
@@ -439,6 +498,13 @@ fn begin_write(slot: &mut TaskSlot) {
 
 #[inline(always)]
 fn end_write(slot: &mut TaskSlot) {
+    // SAFETY: a global written only by the loader.
+    if unsafe { read_volatile(&STORES_ORDERED) } != 0 {
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: as in begin_write.
+        unsafe { write_volatile(&raw mut slot.seq, read_volatile(&slot.seq).wrapping_add(1)) };
+        return;
+    }
     // SAFETY: as in begin_write.
     let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
     core::hint::black_box(old);
@@ -507,11 +573,12 @@ fn open_slice(slice: &mut CpuSlice, now: u64) {
     slice.reopened_ns = now;
 }
 
+/// `task`: the switching-out thread's `task_struct` address (0 from a flush, which has none).
 /// `flush`: also re-read the task's identity and the CPU's lane. Done at creation, at exec, on
 /// every flush (once per interval for running tasks) and after an identity change anywhere, not
 /// on every switch: those helper calls were a measurable part of the switch path.
 #[inline(always)]
-fn close_slice(dead: bool, flush: bool) {
+fn close_slice<const COUNTERS: bool, const RECENT: bool>(dead: bool, flush: bool, task: u64) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slice) = CPU_SLICE.get_ptr_mut(0) else {
@@ -552,67 +619,146 @@ fn close_slice(dead: bool, flush: bool) {
         }
     }
     let slice_ns = now - slice.start_ns;
+    let by_recent = RECENT && task != 0;
     // SAFETY: a global written only by the loader.
     let by_task = unsafe { read_volatile(&USE_TASK_STORAGE) } != 0;
-    let found = if by_task {
+    let recent = if by_recent {
+        recent_slot(slice, task)
+    } else {
+        None
+    };
+    let stored = if recent.is_none() && by_task {
         slot_of_current_task()
     } else {
         None
     };
-    // Found through the task's own storage, the slot already holds the task's key (exec
-    // re-keys it), so the pid helper is only called on the slower paths.
-    let key = match found {
-        // SAFETY: a slot of the map, written only from the CPU its task runs on: this one.
-        Some((_, slot)) => unsafe { (*slot).key },
-        None => task_key(bpf_get_current_pid_tgid(), slice.cpu),
-    };
-    let (index, slot, is_new) = match found.or_else(|| existing_slot(&key)) {
+    let found = recent.or(stored);
+    // A slot found already holds its thread's key (exec re-keys it), so the pid helper runs
+    // only when the cache and the task storage did not know the thread. (The key is not carried
+    // out of this match in an Option: LLVM may spill an undefined payload from a clobbered
+    // register, which the verifier rejects.)
+    let (index, slot, is_new) = match found {
         Some((index, slot)) => (index, slot, false),
-        None => match allocate_slot() {
-            Some((index, slot)) => (index, slot, true),
-            None => {
-                // Every slot is in use: the slice is lost, and counted.
-                roll_counters(slice, None);
-                slice.start_ns = now;
-                count(|s| {
-                    s.lost_slices += 1;
-                    s.lost_ns += slice_ns;
-                });
-                return;
+        None => {
+            let key = task_key(bpf_get_current_pid_tgid(), slice.cpu);
+            match existing_slot(&key) {
+                Some((index, slot)) => (index, slot, false),
+                None => match allocate_slot() {
+                    Some((index, slot)) => {
+                        // SAFETY: a free slot, taken by this CPU: nothing else writes it.
+                        unsafe { (*slot).key = key };
+                        (index, slot, true)
+                    }
+                    None => {
+                        // Every slot is in use: the slice is lost, and counted.
+                        if COUNTERS {
+                            roll_counters(slice, None);
+                        }
+                        slice.start_ns = now;
+                        count(|s| {
+                            s.lost_slices += 1;
+                            s.lost_ns += slice_ns;
+                        });
+                        return;
+                    }
+                },
             }
-        },
+        }
     };
     // SAFETY: single writer per slot (see the module comment).
     let slot = unsafe { &mut *slot };
     begin_write(slot);
     if is_new {
-        slot.key = key;
+        let key = slot.key;
         init_totals(&mut slot.totals, &key, now, identity_gen);
     } else if flush || slot.totals.identity_gen != identity_gen {
         slot.totals.identity_gen = identity_gen;
         refresh_identity(&mut slot.totals);
     }
-    slot.totals.on_cpu_ns += slice_ns;
-    slot.totals.slices += 1;
-    let lane = slice.lane as usize;
-    if lane < MAX_SOCKETS {
-        slot.totals.lane_ns[lane] += slice_ns;
-    } else {
-        slot.totals.lane_ns[MAX_SOCKETS - 1] += slice_ns;
+    // Lanes past the last share it (userspace assigns none beyond).
+    let lane = (slice.lane as usize).min(MAX_SOCKETS - 1);
+    slot.totals.lane_ns[lane] += slice_ns;
+    if COUNTERS {
+        roll_counters(slice, Some(&mut slot.totals));
     }
-    roll_counters(slice, Some(&mut slot.totals));
     slice.start_ns = now;
     end_write(slot);
     if dead {
+        let key = slot.key;
         finish_dead(&key, index, slot, is_new, now);
-    } else if is_new {
-        if insert_slot(&key, index, slot, slice_ns) && by_task {
+        return;
+    }
+    if recent.is_some() {
+        return;
+    }
+    if is_new {
+        let key = slot.key;
+        if !insert_slot(&key, index, slot, slice_ns) {
+            return;
+        }
+        if by_task {
             remember_slot(index, slot.totals.first_seen_ns);
         }
-    } else if by_task && found.is_none() {
+    } else if by_task && stored.is_none() {
         // Tracked before its task storage was: a thread already running when the meter started.
         remember_slot(index, slot.totals.first_seen_ns);
     }
+    if by_recent {
+        // Newest first: the set's other way keeps the thread it held, so two threads that
+        // alternate on a CPU and hash to one set both stay cached.
+        let way0 = recent_set(task);
+        let way1 = (way0 + 1) & (RECENT_TASKS - 1);
+        slice.recent[way1] = slice.recent[way0];
+        slice.recent[way0] = RecentTask {
+            task,
+            first_seen_ns: slot.totals.first_seen_ns,
+            index,
+            _reserved: 0,
+        };
+    }
+}
+
+/// The first of the two entries (ways) where `task` may be cached. Fibonacci hashing of the
+/// `task_struct` address: its low bits are the slab's alignment and carry little, the product's
+/// top bits mix in all of them. Two ways per set: with one, two threads ping-ponging on a CPU
+/// evicted each other whenever they hashed alike (1 pair in 8 sets), and every switch missed.
+#[inline(always)]
+fn recent_set(task: u64) -> usize {
+    let sets = RECENT_TASKS / 2;
+    let set = (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - sets.trailing_zeros())) as usize;
+    (set * 2) & (RECENT_TASKS - 1)
+}
+
+/// The slot of `task` from this CPU's cache, if the slot still holds the incarnation cached and
+/// is not flagged dead. A reused `task_struct` address cannot match a live slot of its previous
+/// owner: that task's last switch freed its slot (`first_seen_ns` 0) or flagged it dead.
+#[inline(always)]
+fn recent_slot(slice: &CpuSlice, task: u64) -> Option<(u32, *mut TaskSlot)> {
+    let way0 = recent_set(task);
+    let entry = if slice.recent[way0].task == task {
+        slice.recent[way0]
+    } else {
+        slice.recent[(way0 + 1) & (RECENT_TASKS - 1)]
+    };
+    let RecentTask {
+        task: cached,
+        first_seen_ns,
+        index,
+        ..
+    } = entry;
+    if cached != task || first_seen_ns == 0 {
+        return None;
+    }
+    let slot = TASK_TOTALS.get_ptr_mut(index)?;
+    // SAFETY: aligned u64s of a slot in the map; userspace writes `first_seen_ns` of dead slots
+    // only, and checks the flag first.
+    let (current, flags) = unsafe {
+        (
+            read_volatile(&(*slot).totals.first_seen_ns),
+            read_volatile(&(*slot).totals.flags),
+        )
+    };
+    (current == first_seen_ns && flags & FLAG_DEAD == 0).then_some((index, slot))
 }
 
 /// The current thread's slot through its task storage, if it still holds that incarnation.

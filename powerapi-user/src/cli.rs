@@ -65,7 +65,11 @@ pub enum Command {
     },
     /// Attach an empty sched_switch program until interrupted (overhead benchmark floor).
     #[command(hide = true)]
-    BenchNoop,
+    BenchNoop {
+        /// Attach one that only reads the clock instead (the floor of per-slice timing).
+        #[arg(long)]
+        clock: bool,
+    },
     /// Time SmartWatts' fitting and attribution on synthetic intervals (xtask bench smartwatts).
     #[command(hide = true)]
     BenchSmartwatts {
@@ -103,6 +107,10 @@ pub struct SensorArgs {
     /// hash. Hidden: the overhead benchmark compares the two.
     #[arg(long, value_enum, default_value_t = SlotLookup::Auto, hide = true)]
     pub slot_lookup: SlotLookup,
+    /// Whether the switch path first looks in its CPU's cache of recently switched-out threads.
+    /// Hidden: the overhead benchmark measures what the cache saves.
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub recent_cache: bool,
     /// Where /sys is found (for containers that mount the host's elsewhere).
     #[arg(
         long = "sysfs-root",
@@ -586,6 +594,7 @@ impl SensorArgs {
             exit_buffer_bytes: self.exit_buffer_kib * 1024,
             root: self.root.clone(),
             slot_lookup: self.slot_lookup,
+            recent_cache: self.recent_cache,
         })
     }
 
@@ -703,7 +712,7 @@ impl Cli {
                 from_file!(m, "root", *root, file.sensor.sysfs_root.clone());
             }
             Command::Replay(a) => a.attribution.apply(file, m),
-            Command::Report(_) | Command::BenchNoop | Command::BenchSmartwatts { .. } => {}
+            Command::Report(_) | Command::BenchNoop { .. } | Command::BenchSmartwatts { .. } => {}
         }
     }
 }
@@ -1002,8 +1011,8 @@ pub fn execute(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::BenchNoop => {
-            let _attached = sensor::attach_noop(std::path::Path::new("/"))?;
+        Command::BenchNoop { clock } => {
+            let _attached = sensor::attach_noop(std::path::Path::new("/"), clock)?;
             let stop = stop_signal()?;
             println!("attached");
             let _ = stop.recv();

@@ -237,7 +237,7 @@ impl Tracker {
         out: &mut Vec<TaskDelta>,
     ) {
         let now = &entry.totals;
-        let on_cpu_ns = grew(now.on_cpu_ns, before.map(|b| b.on_cpu_ns));
+        let on_cpu_ns = grew(now.on_cpu_ns(), before.map(TaskTotals::on_cpu_ns));
         let zero = CounterReading::default();
         let mut counters = [0; MAX_COUNTERS];
         for (slot, value) in counters.iter_mut().enumerate().take(self.num_counters) {
@@ -426,7 +426,6 @@ mod tests {
         let mut t = TaskTotals {
             first_seen_ns: first_seen,
             group_first_seen_ns: first_seen,
-            on_cpu_ns: on_cpu,
             ..Default::default()
         };
         t.lane_ns[0] = on_cpu;

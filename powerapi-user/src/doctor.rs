@@ -107,13 +107,13 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
         Check::new(
             "btf",
             Status::Ok,
-            "/sys/kernel/btf/vmlinux present: the switch path finds each thread's slot in its task storage",
+            "/sys/kernel/btf/vmlinux present: the switch path finds each thread in its CPU's cache of recent threads, else in the thread's task storage",
         )
     } else {
         Check::new(
             "btf",
             Status::Warn,
-            "no kernel BTF (CONFIG_DEBUG_INFO_BTF): the switch path hashes each thread's key instead of using task storage, which costs more per context switch; measurements are the same",
+            "no kernel BTF (CONFIG_DEBUG_INFO_BTF): a thread missing from its CPU's cache of recent threads is found by hashing its key instead of through task storage, which costs more per such switch; measurements are the same",
         )
     });
 

@@ -124,6 +124,25 @@ fn short_lived_processes_are_not_lost() {
     storm_is_fully_counted("storm", &[], 500, "5");
 }
 
+/// The default switch path finds threads in its CPU's cache of recent threads; the builds
+/// without it (task storage, or the hash where the kernel has no BTF) must count the same.
+#[test]
+fn every_slot_lookup_counts_short_lived_processes() {
+    let Some(_lock) = bpf_test("every_slot_lookup_counts_short_lived_processes") else {
+        return;
+    };
+    for (name, args) in [
+        ("storm-storage", &["--recent-cache", "false"][..]),
+        (
+            "storm-hash",
+            &["--recent-cache", "false", "--slot-lookup", "hash"][..],
+        ),
+        ("storm-cache-hash", &["--slot-lookup", "hash"][..]),
+    ] {
+        storm_is_fully_counted(name, args, 200, "5");
+    }
+}
+
 #[test]
 fn software_counter_path_matches_on_cpu_time() {
     let Some(_lock) = bpf_test("software_counter_path_matches_on_cpu_time") else {

@@ -15,12 +15,13 @@ use aya::{
     programs::{ProgramError, RawTracePoint},
 };
 use powerapi_common::{
-    CGROUP_ATTACH_PROGRAM, COUNTER_MAPS, CPU_HOTPLUG_MAP, CPU_HOTPLUG_PROGRAM, CPU_LANES_MAP,
-    CPU_SLICE_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD, FLUSH_PROGRAM,
-    FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS, MAX_SOCKETS, NOOP_PROGRAM,
-    NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SENSOR_STATS_MAP, SLOT_HWM_MAP,
-    SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP, TASK_TOTALS_MAP, TaskKey, TaskSlot,
-    TaskTotals, USE_TASK_STORAGE_GLOBAL,
+    CGROUP_ATTACH_PROGRAM, CLOCK_PROGRAM, COUNTER_MAPS, CPU_HOTPLUG_MAP, CPU_HOTPLUG_PROGRAM,
+    CPU_LANES_MAP, CPU_SLICE_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD,
+    FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS, MAX_SOCKETS, NOOP_PROGRAM,
+    NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TIME_ONLY_PROGRAM,
+    SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM, SCHED_SWITCH_UNCACHED_PROGRAM, SENSOR_STATS_MAP,
+    SLOT_HWM_MAP, STORES_ORDERED_GLOBAL, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
+    TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals, USE_TASK_STORAGE_GLOBAL,
 };
 use thiserror::Error;
 
@@ -116,6 +117,9 @@ pub struct SensorConfig {
     pub root: std::path::PathBuf,
     /// How the switch path finds a thread's slot.
     pub slot_lookup: SlotLookup,
+    /// Whether `sched_switch` first looks in its CPU's cache of recently switched-out threads
+    /// (true by default; false only to measure what the cache saves).
+    pub recent_cache: bool,
 }
 
 /// How the kernel's switch path finds a thread's slot.
@@ -153,6 +157,7 @@ impl Default for SensorConfig {
             exit_buffer_bytes: 4 << 20,
             root: "/".into(),
             slot_lookup: SlotLookup::Auto,
+            recent_cache: true,
         }
     }
 }
@@ -318,6 +323,9 @@ fn load_object(
     slot_lookup: SlotLookup,
 ) -> Result<Ebpf, SensorError> {
     let use_task_storage = u32::from(slot_lookup.resolve() == SlotLookup::TaskStorage);
+    // x86 keeps stores in program order (TSO), so the slots' sequence counters need no locked
+    // instruction there; elsewhere (arm64) they stay fully ordered atomics.
+    let stores_ordered = u32::from(cfg!(any(target_arch = "x86_64", target_arch = "x86")));
     if OBJECT.is_empty() {
         return Err(SensorError::NotBuilt);
     }
@@ -331,6 +339,7 @@ fn load_object(
     EbpfLoader::new()
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
         .override_global(USE_TASK_STORAGE_GLOBAL, &use_task_storage, true)
+        .override_global(STORES_ORDERED_GLOBAL, &stores_ordered, true)
         // aya 0.14 creates a task-storage map but has no wrapper type for it; only the kernel
         // program uses it, so the missing wrapper does not matter.
         .allow_unsupported_maps()
@@ -539,7 +548,11 @@ impl Sensor {
         // starts goes unseen.
         attach(&mut ebpf, TASK_RENAME_PROGRAM, "task_rename")?;
         attach(&mut ebpf, CGROUP_ATTACH_PROGRAM, "cgroup_attach_task")?;
-        attach(&mut ebpf, SCHED_SWITCH_PROGRAM, "sched_switch")?;
+        attach(
+            &mut ebpf,
+            switch_program(!counters.is_empty(), config.recent_cache),
+            "sched_switch",
+        )?;
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
         let hotplug = map_data(&ebpf, CPU_HOTPLUG_MAP)?;
         let hotplug = bpf_sys::MappedArray::map(hotplug.fd().as_fd(), possible).map_err(|e| {
@@ -919,14 +932,27 @@ fn init_cpu_slices(ebpf: &mut Ebpf, possible: usize) -> Result<(), SensorError> 
     map.set(0, values, 0).map_err(|e| err(e.to_string()))
 }
 
-/// Loads only the empty `sched_switch` program and attaches it: the floor of the overhead
-/// benchmark. Keep the returned object alive as long as it should stay attached.
-pub fn attach_noop(root: &Path) -> Result<Ebpf, SensorError> {
+/// Which build of the switch path to attach (the object has one per combination, so that the
+/// choices cost nothing per switch).
+fn switch_program(counters: bool, recent_cache: bool) -> &'static str {
+    match (counters, recent_cache) {
+        (true, true) => SCHED_SWITCH_PROGRAM,
+        (false, true) => SCHED_SWITCH_TIME_ONLY_PROGRAM,
+        (true, false) => SCHED_SWITCH_UNCACHED_PROGRAM,
+        (false, false) => SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM,
+    }
+}
+
+/// Loads only the empty `sched_switch` program (or, with `clock`, one that only reads the clock)
+/// and attaches it: the floors of the overhead benchmark. Keep the returned object alive as long
+/// as it should stay attached.
+pub fn attach_noop(root: &Path, clock: bool) -> Result<Ebpf, SensorError> {
     if !privilege::can_trace(root) {
         return Err(SensorError::NotPrivileged);
     }
     let mut ebpf = load_object(0, 1024, 4096, SlotLookup::Hash)?;
-    attach(&mut ebpf, NOOP_PROGRAM, "sched_switch")?;
+    let program = if clock { CLOCK_PROGRAM } else { NOOP_PROGRAM };
+    attach(&mut ebpf, program, "sched_switch")?;
     Ok(ebpf)
 }
 
