@@ -584,6 +584,13 @@ impl Sensor {
         };
         // Open a slice on every CPU now, so the first interval starts at a known instant.
         sensor.flush()?;
+        // Loading parsed the kernel's BTF (several MiB of short-lived allocations, freed by
+        // now); give those pages back rather than carry them as resident for the whole run.
+        // SAFETY: malloc_trim only releases free heap memory.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
         Ok(sensor)
     }
 
