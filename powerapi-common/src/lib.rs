@@ -45,6 +45,16 @@ pub const USE_TASK_STORAGE_GLOBAL: &str = "USE_TASK_STORAGE";
 /// sequence counter needs no atomic instruction.
 pub const STORES_ORDERED_GLOBAL: &str = "STORES_ORDERED";
 
+/// Globals (`u64`) set at load time for the `tp_btf` switch programs: byte offsets of
+/// `task_struct.pid`, `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock`, read from the kernel's
+/// BTF (aya has no CO-RE for Rust programs; the verifier checks each load against the BTF).
+pub const LAYOUT_GLOBALS: [&str; 4] = [
+    "OFF_TASK_PID",
+    "OFF_SE_CFS_RQ",
+    "OFF_CFS_RQ_RQ",
+    "OFF_RQ_CLOCK",
+];
+
 /// Entries in each CPU's cache of recently switched-out threads ([`CpuSlice::recent`]): a power
 /// of two, indexed by a hash of the `task_struct` address.
 pub const RECENT_TASKS: usize = 16;
@@ -57,6 +67,10 @@ pub const SCHED_SWITCH_PROGRAM: &str = "sched_switch";
 pub const SCHED_SWITCH_TIME_ONLY_PROGRAM: &str = "sched_switch_time_only";
 pub const SCHED_SWITCH_UNCACHED_PROGRAM: &str = "sched_switch_uncached";
 pub const SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM: &str = "sched_switch_time_only_uncached";
+/// The `tp_btf` builds (kernels with BTF): the time comes from the run queue's clock, with the
+/// cache; with and without counters.
+pub const SCHED_SWITCH_BTF_PROGRAM: &str = "sched_switch_btf";
+pub const SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM: &str = "sched_switch_btf_time_only";
 pub const SCHED_EXEC_PROGRAM: &str = "sched_process_exec";
 /// Bumps [`Globals::identity_gen`] when a task is renamed (`prctl(PR_SET_NAME)`, exec).
 pub const TASK_RENAME_PROGRAM: &str = "task_rename";
@@ -217,6 +231,12 @@ pub struct CpuSlice {
     /// Threads this CPU switched out recently and where their slots are: most switches on a
     /// CPU are between the same few threads, and this finds them without a helper call.
     pub recent: [RecentTask; RECENT_TASKS],
+    /// Scheduler-clock builds: CLOCK_MONOTONIC minus the run queue's clock (wrapping), measured
+    /// at `calibrated_rq_ns`; a switch books `rq clock + offset` instead of calling the clock
+    /// helper. 0 in `calibrated_rq_ns`: re-measure at the next switch (after a flush, or when
+    /// the slice was reopened).
+    pub clock_offset: u64,
+    pub calibrated_rq_ns: u64,
 }
 
 /// One entry of [`CpuSlice::recent`]. Valid only while the slot still holds the same

@@ -17,7 +17,7 @@ use crate::{
     record::{self, Filter, Granularity, RecordConfig},
     rotate::Rotation,
     run,
-    sensor::{self, CounterSpec, SensorConfig, SlotLookup, default_counters},
+    sensor::{self, CounterSpec, SensorConfig, SlotLookup, SwitchClock, default_counters},
     sink::{Existing, Format, OutputSpec},
     sinks::{Outputs, SinkSpec},
     smartwatts::SmartWattsConfig,
@@ -111,6 +111,10 @@ pub struct SensorArgs {
     /// Hidden: the overhead benchmark measures what the cache saves.
     #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
     pub recent_cache: bool,
+    /// Where the switch path takes each switch's time: the run queue's clock where the kernel's
+    /// BTF shows the way, else the clock helper. Hidden: tests and the benchmark compare them.
+    #[arg(long, value_enum, default_value_t = SwitchClock::Auto, hide = true)]
+    pub switch_clock: SwitchClock,
     /// Where /sys is found (for containers that mount the host's elsewhere).
     #[arg(
         long = "sysfs-root",
@@ -595,6 +599,7 @@ impl SensorArgs {
             root: self.root.clone(),
             slot_lookup: self.slot_lookup,
             recent_cache: self.recent_cache,
+            switch_clock: self.switch_clock,
         })
     }
 

@@ -124,11 +124,15 @@ pub fn run_checks(root: &Path) -> Vec<Check> {
             ..Default::default()
         };
         checks.push(match Sensor::start(&config).and_then(|mut s| s.read().map(|r| (s, r))) {
-            Ok((_sensor, reading)) => Check::new(
+            Ok((sensor, reading)) => Check::new(
                 "bpf sensor",
                 Status::Ok,
                 format!(
-                    "raw tracepoints sched_switch, sched_process_exec, task_rename, cgroup_attach_task, cpuhp_enter attached, per-CPU flush works, {} tasks read from mmap'd slots",
+                    "sched_switch ({}), sched_process_exec, task_rename, cgroup_attach_task, cpuhp_enter attached, per-CPU flush works, {} tasks read from mmap'd slots",
+                    match sensor.switch_path() {
+                        sensor::SwitchPath::RqClock => "tp_btf, timed by the run queue's clock: no helper call per switch",
+                        sensor::SwitchPath::Ktime => "raw tracepoint, timed by bpf_ktime_get_ns: the kernel's BTF does not show the way to the run queue's clock",
+                    },
                     reading.live.len(),
                 ),
             ),

@@ -124,21 +124,34 @@ fn short_lived_processes_are_not_lost() {
     storm_is_fully_counted("storm", &[], 500, "5");
 }
 
-/// The default switch path finds threads in its CPU's cache of recent threads; the builds
-/// without it (task storage, or the hash where the kernel has no BTF) must count the same.
+/// The default switch path (where the kernel's BTF allows: a `tp_btf` program timed by the run
+/// queue's clock) finds threads in its CPU's cache of recent threads; the other builds must
+/// count the same: timed by the clock helper with the cache (kernels without BTF), without the
+/// cache (task storage), and with neither (the hash).
 #[test]
-fn every_slot_lookup_counts_short_lived_processes() {
-    let Some(_lock) = bpf_test("every_slot_lookup_counts_short_lived_processes") else {
+fn every_switch_path_counts_short_lived_processes() {
+    let Some(_lock) = bpf_test("every_switch_path_counts_short_lived_processes") else {
         return;
     };
-    for (name, args) in [
+    let mut paths = vec![
+        ("storm-ktime", &["--switch-clock", "ktime"][..]),
         ("storm-storage", &["--recent-cache", "false"][..]),
         (
             "storm-hash",
             &["--recent-cache", "false", "--slot-lookup", "hash"][..],
         ),
-        ("storm-cache-hash", &["--slot-lookup", "hash"][..]),
-    ] {
+        (
+            "storm-ktime-hash",
+            &["--switch-clock", "ktime", "--slot-lookup", "hash"][..],
+        ),
+    ];
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        // Named explicitly: an error if the run queue's clock cannot be reached.
+        paths.push(("storm-rq", &["--switch-clock", "rq"][..]));
+    } else {
+        eprintln!("no kernel BTF: the run queue's clock path is not tested");
+    }
+    for (name, args) in paths {
         storm_is_fully_counted(name, args, 200, "5");
     }
 }

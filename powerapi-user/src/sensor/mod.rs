@@ -3,6 +3,9 @@
 
 pub(crate) mod bpf_sys;
 pub(crate) mod counters;
+pub(crate) mod kernel_layout;
+
+use kernel_layout::RqClockPath;
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -12,13 +15,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
 use powerapi_common::{
     CGROUP_ATTACH_PROGRAM, CLOCK_PROGRAM, COUNTER_MAPS, CPU_HOTPLUG_MAP, CPU_HOTPLUG_PROGRAM,
     CPU_LANES_MAP, CPU_SLICE_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD,
-    FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, MAX_COUNTERS, MAX_SOCKETS, NOOP_PROGRAM,
-    NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TIME_ONLY_PROGRAM,
+    FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, LAYOUT_GLOBALS, MAX_COUNTERS, MAX_SOCKETS,
+    NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_BTF_PROGRAM,
+    SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TIME_ONLY_PROGRAM,
     SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM, SCHED_SWITCH_UNCACHED_PROGRAM, SENSOR_STATS_MAP,
     SLOT_HWM_MAP, STORES_ORDERED_GLOBAL, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
     TASK_TOTALS_MAP, TaskKey, TaskSlot, TaskTotals, USE_TASK_STORAGE_GLOBAL,
@@ -120,6 +124,30 @@ pub struct SensorConfig {
     /// Whether `sched_switch` first looks in its CPU's cache of recently switched-out threads
     /// (true by default; false only to measure what the cache saves).
     pub recent_cache: bool,
+    /// Where the switch path takes each slice's time from.
+    pub switch_clock: SwitchClock,
+}
+
+/// Which switch program a started sensor attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchPath {
+    /// `tp_btf`: the run queue's clock, calibrated per CPU; no helper call for cached threads.
+    RqClock,
+    /// Raw tracepoint: the clock helper on every switch.
+    Ktime,
+}
+
+/// Where the switch path takes the time of each switch from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwitchClock {
+    /// The run queue's clock where the kernel's BTF shows the way to it, else the clock helper.
+    #[default]
+    Auto,
+    /// `bpf_ktime_get_ns` on every switch (a raw tracepoint; kernels without BTF).
+    Ktime,
+    /// The run queue's clock through a `tp_btf` program, calibrated to CLOCK_MONOTONIC per CPU
+    /// after every flush; an error where the kernel has no way to it.
+    Rq,
 }
 
 /// How the kernel's switch path finds a thread's slot.
@@ -158,6 +186,7 @@ impl Default for SensorConfig {
             root: "/".into(),
             slot_lookup: SlotLookup::Auto,
             recent_cache: true,
+            switch_clock: SwitchClock::Auto,
         }
     }
 }
@@ -224,6 +253,7 @@ pub struct Sensor {
     lanes: Lanes,
     counters: Vec<CounterSpec>,
     time_only_reason: Option<String>,
+    switch_path: SwitchPath,
     /// Counter fds by counter slot, then CPU id (`None` for CPUs not online when opened).
     counter_fds: Vec<Vec<Option<OwnedFd>>>,
     /// Hotplug steps per CPU, counted by the kernel, and their values at the last reading.
@@ -321,7 +351,11 @@ fn load_object(
     max_tasks: u32,
     exit_buffer_bytes: u32,
     slot_lookup: SlotLookup,
+    layout: Option<RqClockPath>,
 ) -> Result<Ebpf, SensorError> {
+    let offsets = layout.map_or([0; 4], |l| {
+        [l.task_pid, l.se_cfs_rq, l.cfs_rq_rq, l.rq_clock]
+    });
     let use_task_storage = u32::from(slot_lookup.resolve() == SlotLookup::TaskStorage);
     // x86 keeps stores in program order (TSO), so the slots' sequence counters need no locked
     // instruction there; elsewhere (arm64) they stay fully ordered atomics.
@@ -340,6 +374,10 @@ fn load_object(
         .override_global(NUM_COUNTERS_GLOBAL, &num_counters, true)
         .override_global(USE_TASK_STORAGE_GLOBAL, &use_task_storage, true)
         .override_global(STORES_ORDERED_GLOBAL, &stores_ordered, true)
+        .override_global(LAYOUT_GLOBALS[0], &offsets[0], true)
+        .override_global(LAYOUT_GLOBALS[1], &offsets[1], true)
+        .override_global(LAYOUT_GLOBALS[2], &offsets[2], true)
+        .override_global(LAYOUT_GLOBALS[3], &offsets[3], true)
         // aya 0.14 creates a task-storage map but has no wrapper type for it; only the kernel
         // program uses it, so the missing wrapper does not matter.
         .allow_unsupported_maps()
@@ -392,6 +430,30 @@ fn attach(
     prog.load()
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
     prog.attach(tracepoint).map_err(err)?;
+    Ok(())
+}
+
+/// Loads a `tp_btf` program against the running kernel's BTF and attaches it.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), SensorError> {
+    let err = |source| SensorError::Attach {
+        program,
+        tracepoint,
+        source,
+    };
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|e| SensorError::Load(format!("kernel BTF unreadable: {e}")))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
+        .try_into()
+        .map_err(err)?;
+    prog.load(tracepoint, &btf)
+        .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
+    prog.attach().map_err(err)?;
     Ok(())
 }
 
@@ -480,11 +542,22 @@ impl Sensor {
             time_only_reason = Some("no counters requested".into());
         }
 
+        // The run queue's clock needs the cache's build (the `tp_btf` programs have it).
+        let layout = match config.switch_clock {
+            SwitchClock::Ktime => None,
+            _ if !config.recent_cache => None,
+            SwitchClock::Auto => kernel_layout::running_kernel().ok(),
+            SwitchClock::Rq => Some(
+                kernel_layout::running_kernel()
+                    .map_err(|e| SensorError::Load(format!("--switch-clock rq: {e}")))?,
+            ),
+        };
         let mut ebpf = load_object(
             counters.len() as u32,
             config.max_tasks,
             config.exit_buffer_bytes,
             config.slot_lookup,
+            layout,
         )?;
         for (slot, fds) in counter_fds.iter().enumerate() {
             let map = map_data(&ebpf, COUNTER_MAPS[slot])?;
@@ -548,11 +621,28 @@ impl Sensor {
         // starts goes unseen.
         attach(&mut ebpf, TASK_RENAME_PROGRAM, "task_rename")?;
         attach(&mut ebpf, CGROUP_ATTACH_PROGRAM, "cgroup_attach_task")?;
-        attach(
-            &mut ebpf,
-            switch_program(!counters.is_empty(), config.recent_cache),
-            "sched_switch",
-        )?;
+        let switch_path = match layout {
+            Some(_) => {
+                let program = if counters.is_empty() {
+                    SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM
+                } else {
+                    SCHED_SWITCH_BTF_PROGRAM
+                };
+                match attach_btf(&mut ebpf, program, "sched_switch") {
+                    Ok(()) => SwitchPath::RqClock,
+                    Err(e) if config.switch_clock == SwitchClock::Rq => return Err(e),
+                    Err(_) => SwitchPath::Ktime,
+                }
+            }
+            None => SwitchPath::Ktime,
+        };
+        if switch_path == SwitchPath::Ktime {
+            attach(
+                &mut ebpf,
+                switch_program(!counters.is_empty(), config.recent_cache),
+                "sched_switch",
+            )?;
+        }
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
         let hotplug = map_data(&ebpf, CPU_HOTPLUG_MAP)?;
         let hotplug = bpf_sys::MappedArray::map(hotplug.fd().as_fd(), possible).map_err(|e| {
@@ -571,6 +661,7 @@ impl Sensor {
             lanes,
             counters,
             time_only_reason,
+            switch_path,
             counter_fds,
             hotplug,
             hotplug_seen,
@@ -592,6 +683,11 @@ impl Sensor {
             libc::malloc_trim(0);
         }
         Ok(sensor)
+    }
+
+    /// Which switch program is attached.
+    pub fn switch_path(&self) -> SwitchPath {
+        self.switch_path
     }
 
     /// CPUs online at the last reading.
@@ -957,7 +1053,7 @@ pub fn attach_noop(root: &Path, clock: bool) -> Result<Ebpf, SensorError> {
     if !privilege::can_trace(root) {
         return Err(SensorError::NotPrivileged);
     }
-    let mut ebpf = load_object(0, 1024, 4096, SlotLookup::Hash)?;
+    let mut ebpf = load_object(0, 1024, 4096, SlotLookup::Hash, None)?;
     let program = if clock { CLOCK_PROGRAM } else { NOOP_PROGRAM };
     attach(&mut ebpf, program, "sched_switch")?;
     Ok(ebpf)
