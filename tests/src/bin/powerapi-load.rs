@@ -166,6 +166,14 @@ fn main() {
                 ns(usage.ru_utime) + ns(usage.ru_stime)
             );
         }
+        Some("wake") => {
+            // 20 µs of work, then 80 µs asleep: ~10,000 wakeups a second.
+            let end = Instant::now() + Duration::from_secs_f64(arg(2).unwrap_or(3.0));
+            while Instant::now() < end {
+                spin_wall(Duration::from_micros(20));
+                std::thread::sleep(Duration::from_micros(80));
+            }
+        }
         Some("pulse") => {
             let end = Instant::now() + Duration::from_secs_f64(arg(2).unwrap_or(2.0));
             while Instant::now() < end {
