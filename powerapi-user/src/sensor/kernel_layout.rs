@@ -235,12 +235,27 @@ mod tests {
     const PTR: u32 = 2;
     const STRUCT: u32 = 4;
     const UNION: u32 = 5;
+    const FWD: u32 = 7;
     const TYPEDEF: u32 = 8;
+    const VOLATILE: u32 = 9;
+    const CONST: u32 = 10;
+    const RESTRICT: u32 = 11;
+    const TYPE_TAG: u32 = 18;
 
     /// task_struct { se @ 64 } → sched_entity { cfs_rq @ 16 } → cfs_rq { rq @ 8 }
     /// → rq { union { clock @ 32 } @ 8 }: the clock inside an anonymous union, as C allows;
     /// task_struct { pid @ 12 } through a typedef.
     fn kernel(clock_name: &str) -> Btf {
+        kernel_with(clock_name, |_, _| {})
+    }
+
+    type Types = Vec<(u32, u32, u32, u32, Vec<u32>)>;
+
+    /// `kernel`, with `edit` applied to its types first. Extra types for edits to point at:
+    /// 11 `const u64`, 12 `volatile` → 13 type tag → 14 `restrict` → `int`, 15 struct `other`,
+    /// 16 pointer to it, 17 forward `rq`, 18 pointer to it, 19 `u32`, 20 forward `other`,
+    /// 21 pointer to it.
+    fn kernel_with(clock_name: &str, edit: impl FnOnce(&[&str], &mut Types)) -> Btf {
         let s = [
             "u64",
             "rq",
@@ -252,8 +267,11 @@ mod tests {
             "pid_t",
             "int",
             "pid",
+            "other",
+            "user",
+            "u32",
         ];
-        let types = vec![
+        let mut types = vec![
             (at(&s, "u64"), INT, 0, 8, vec![64]),                // 1
             (0, UNION, 1, 40, vec![at(&s, clock_name), 1, 256]), // 2
             (at(&s, "rq"), STRUCT, 1, 64, vec![0, 2, 64]),       // 3
@@ -276,8 +294,95 @@ mod tests {
                 128,
                 vec![at(&s, "pid"), 9, 96, at(&s, "se"), 7, 512],
             ), // 10
+            (0, CONST, 0, 1, vec![]),                            // 11
+            (0, VOLATILE, 0, 13, vec![]),                        // 12
+            (at(&s, "user"), TYPE_TAG, 0, 14, vec![]),           // 13
+            (0, RESTRICT, 0, 8, vec![]),                         // 14
+            (at(&s, "other"), STRUCT, 1, 8, vec![at(&s, "pid"), 1, 0]), // 15
+            (0, PTR, 0, 15, vec![]),                             // 16
+            (at(&s, "rq"), FWD, 0, 0, vec![]),                   // 17
+            (0, PTR, 0, 17, vec![]),                             // 18
+            (at(&s, "u32"), INT, 0, 4, vec![32]),                // 19
+            (at(&s, "other"), FWD, 0, 0, vec![]),                // 20
+            (0, PTR, 0, 20, vec![]),                             // 21
         ];
+        edit(&s, &mut types);
         Btf::from_bytes(&blob(&s, &types)).expect("a valid blob")
+    }
+
+    /// Index into `kernel`'s types of type id `id`.
+    fn ty(id: usize) -> usize {
+        id - 1
+    }
+
+    #[test]
+    fn qualifiers_and_forward_declarations_are_looked_through() {
+        let btf = kernel_with("clock", |_, t| {
+            t[ty(2)].4[1] = 11; // const u64 clock
+            t[ty(10)].4[1] = 12; // volatile, tagged, restrict int pid
+            t[ty(5)].4[1] = 18; // cfs_rq.rq: a pointer to the forward-declared rq
+        });
+        assert_eq!(
+            rq_clock_path(&btf).expect("found"),
+            RqClockPath {
+                task_pid: 12,
+                se_cfs_rq: 64 + 16,
+                cfs_rq_rq: 8,
+                rq_clock: 8 + 32,
+            }
+        );
+    }
+
+    #[test]
+    fn fields_of_another_type_are_refused_by_name() {
+        let refused = |edit: fn(&[&str], &mut Types)| {
+            rq_clock_path(&kernel_with("clock", edit))
+                .expect_err("refused")
+                .to_string()
+        };
+        let cases: [(fn(&[&str], &mut Types), &str); 8] = [
+            (
+                |_, t| t[ty(2)].4[1] = 19,
+                "rq.clock is not a 64-bit integer",
+            ),
+            (
+                |_, t| t[ty(10)].4[1] = 1,
+                "task_struct.pid is not a 32-bit integer",
+            ),
+            (
+                |_, t| t[ty(5)].4[1] = 16,
+                "cfs_rq.rq is not a pointer to the expected struct",
+            ),
+            (
+                |_, t| t[ty(5)].4[1] = 21,
+                "cfs_rq.rq is not a pointer to the expected struct",
+            ),
+            (|_, t| t[ty(5)].4[1] = 3, "cfs_rq.rq is not a pointer"),
+            (
+                |_, t| t[ty(7)].4[1] = 16,
+                "sched_entity.cfs_rq is not a pointer to the expected struct",
+            ),
+            (
+                |_, t| t[ty(10)].4[4] = 15,
+                "task_struct.se is not the expected struct",
+            ),
+            // A bitfield (kind flag, 8 bits at bit 96).
+            (
+                |_, t| {
+                    t[ty(10)].1 |= 0x80;
+                    t[ty(10)].4[2] = (8 << 24) | 96;
+                },
+                "task_struct.pid is not a byte-aligned field",
+            ),
+        ];
+        for (edit, message) in cases {
+            assert_eq!(refused(edit), format!("{message} in the kernel's BTF"));
+        }
+        // Not on a byte boundary.
+        assert_eq!(
+            refused(|_, t| t[ty(10)].4[2] = 100),
+            "task_struct.pid is not a byte-aligned field in the kernel's BTF"
+        );
     }
 
     #[test]
