@@ -250,6 +250,7 @@ mod tests {
     }
 
     type Types = Vec<(u32, u32, u32, u32, Vec<u32>)>;
+    type Edit = fn(&[&str], &mut Types);
 
     /// `kernel`, with `edit` applied to its types first. Extra types for edits to point at:
     /// 11 `const u64`, 12 `volatile` → 13 type tag → 14 `restrict` → `int`, 15 struct `other`,
@@ -335,12 +336,12 @@ mod tests {
 
     #[test]
     fn fields_of_another_type_are_refused_by_name() {
-        let refused = |edit: fn(&[&str], &mut Types)| {
+        let refused = |edit: Edit| {
             rq_clock_path(&kernel_with("clock", edit))
                 .expect_err("refused")
                 .to_string()
         };
-        let cases: [(fn(&[&str], &mut Types), &str); 8] = [
+        let cases: [(Edit, &str); 8] = [
             (
                 |_, t| t[ty(2)].4[1] = 19,
                 "rq.clock is not a 64-bit integer",
