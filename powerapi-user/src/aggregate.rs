@@ -21,10 +21,11 @@ pub struct Usage {
 }
 
 /// Adds `usage` to `socket`'s entry of `sockets`.
+/// Kept in socket order, so that records list sockets the same way whichever ran first.
 fn add_on(sockets: &mut Vec<(u32, Usage)>, socket: u32, usage: &Usage) {
-    match sockets.iter_mut().find(|(s, _)| *s == socket) {
-        Some((_, u)) => u.add(usage),
-        None => sockets.push((socket, usage.clone())),
+    match sockets.binary_search_by_key(&socket, |(s, _)| *s) {
+        Ok(i) => sockets[i].1.add(usage),
+        Err(i) => sockets.insert(i, (socket, usage.clone())),
     }
 }
 
@@ -349,6 +350,27 @@ mod tests {
             live_tgids: live.iter().copied().collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn sockets_are_listed_in_order_whichever_ran_first() {
+        let mut d = deltas(
+            vec![
+                task(10, 11, 2, 5, 1, "a"),
+                task(10, 10, 0, 7, 1, "a"),
+                task(20, 20, 1, 3, 1, "b"),
+                task(10, 10, 2, 1, 1, "a"),
+            ],
+            &[10, 20],
+        );
+        d.sockets = vec![0, 1, 2];
+        let a = aggregate(&d, &[]);
+        let order =
+            |s: &[(u32, Usage)]| s.iter().map(|(s, u)| (*s, u.on_cpu_ns)).collect::<Vec<_>>();
+        assert_eq!(order(&a.busy_by_socket), [(0, 7), (1, 3), (2, 6)]);
+        assert_eq!(order(&a.threads[0].sockets), [(0, 7), (2, 1)]);
+        assert_eq!(order(&a.processes[0].sockets), [(0, 7), (2, 6)]);
+        assert_eq!(order(&a.cgroups[0].sockets), [(0, 7), (1, 3), (2, 6)]);
     }
 
     #[test]
