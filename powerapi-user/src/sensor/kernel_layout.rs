@@ -323,15 +323,7 @@ mod tests {
             t[ty(10)].4[1] = 12; // volatile, tagged, restrict int pid
             t[ty(5)].4[1] = 18; // cfs_rq.rq: a pointer to the forward-declared rq
         });
-        assert_eq!(
-            rq_clock_path(&btf).expect("found"),
-            RqClockPath {
-                task_pid: 12,
-                se_cfs_rq: 64 + 16,
-                cfs_rq_rq: 8,
-                rq_clock: 8 + 32,
-            }
-        );
+        assert_eq!(rq_clock_path(&btf).expect("found"), EXPECTED);
     }
 
     #[test]
@@ -386,17 +378,17 @@ mod tests {
         );
     }
 
+    /// Where `kernel`'s fields are.
+    const EXPECTED: RqClockPath = RqClockPath {
+        task_pid: 12,
+        se_cfs_rq: 64 + 16,
+        cfs_rq_rq: 8,
+        rq_clock: 8 + 32,
+    };
+
     #[test]
     fn offsets_add_up_through_nested_and_anonymous_members() {
-        assert_eq!(
-            rq_clock_path(&kernel("clock")).expect("found"),
-            RqClockPath {
-                task_pid: 12,
-                se_cfs_rq: 64 + 16,
-                cfs_rq_rq: 8,
-                rq_clock: 8 + 32,
-            }
-        );
+        assert_eq!(rq_clock_path(&kernel("clock")).expect("found"), EXPECTED);
     }
 
     #[test]

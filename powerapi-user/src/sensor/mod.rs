@@ -412,25 +412,40 @@ fn one_line(text: &str) -> String {
     }
 }
 
+/// The named program, as type `P`; attach errors name it and its tracepoint.
+fn program_as<'a, P>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> Result<&'a mut P, SensorError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(program)
+        .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
+        .try_into()
+        .map_err(|source| SensorError::Attach {
+            program,
+            tracepoint,
+            source,
+        })
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     tracepoint: &'static str,
 ) -> Result<(), SensorError> {
-    let err = |source| SensorError::Attach {
-        program,
-        tracepoint,
-        source,
-    };
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
-        .try_into()
-        .map_err(err)?;
+    let prog: &mut RawTracePoint = program_as(ebpf, program, tracepoint)?;
     prog.load()
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
-    prog.attach(tracepoint).map_err(err)?;
-    Ok(())
+    prog.attach(tracepoint)
+        .map(drop)
+        .map_err(|source| SensorError::Attach {
+            program,
+            tracepoint,
+            source,
+        })
 }
 
 /// Loads a `tp_btf` program against the running kernel's BTF and attaches it.
@@ -439,22 +454,18 @@ fn attach_btf(
     program: &'static str,
     tracepoint: &'static str,
 ) -> Result<(), SensorError> {
-    let err = |source| SensorError::Attach {
-        program,
-        tracepoint,
-        source,
-    };
     let btf = aya::Btf::from_sys_fs()
         .map_err(|e| SensorError::Load(format!("kernel BTF unreadable: {e}")))?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
-        .try_into()
-        .map_err(err)?;
+    let prog: &mut BtfTracePoint = program_as(ebpf, program, tracepoint)?;
     prog.load(tracepoint, &btf)
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
-    prog.attach().map_err(err)?;
-    Ok(())
+    prog.attach()
+        .map(drop)
+        .map_err(|source| SensorError::Attach {
+            program,
+            tracepoint,
+            source,
+        })
 }
 
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, SensorError> {
