@@ -254,35 +254,37 @@ fn on_switch_btf<const COUNTERS: bool>(ctx: &BtfTracePointContext) -> i32 {
     // SAFETY: `prev` is the tracepoint's trusted task pointer and the offsets come from this
     // kernel's BTF; the verifier checks each load against it (a faulting load reads 0).
     let (pid, rq_clock) = unsafe {
-        let pid = read_volatile(
-            prev.add(read_volatile(&OFF_TASK_PID) as usize)
-                .cast::<u32>(),
-        );
-        let cfs_rq = read_volatile(
-            prev.add(read_volatile(&OFF_SE_CFS_RQ) as usize)
-                .cast::<*const u8>(),
-        );
-        let rq_clock = if cfs_rq.is_null() {
-            0
+        let pid: u32 = field(prev, &OFF_TASK_PID);
+        let cfs_rq: *const u8 = field(prev, &OFF_SE_CFS_RQ);
+        let rq: *const u8 = if cfs_rq.is_null() {
+            cfs_rq
         } else {
-            let rq = read_volatile(
-                cfs_rq
-                    .add(read_volatile(&OFF_CFS_RQ_RQ) as usize)
-                    .cast::<*const u8>(),
-            );
+            field(cfs_rq, &OFF_CFS_RQ_RQ)
+        };
+        (
+            pid,
             if rq.is_null() {
                 0
             } else {
-                read_volatile(rq.add(read_volatile(&OFF_RQ_CLOCK) as usize).cast::<u64>())
-            }
-        };
-        (pid, rq_clock)
+                field(rq, &OFF_RQ_CLOCK)
+            },
+        )
     };
     // The cache is keyed by pid here (a typed pointer cannot be hashed): unique among live
     // threads, and per CPU, so pid 0 is this CPU's idle task; the bit keeps the key non-zero.
     let key = (1u64 << 32) | u64::from(pid);
     close_slice::<COUNTERS, true>(prev_state & TASK_DEAD != 0, false, key, rq_clock);
     0
+}
+
+/// The `T` at `base` + the loader-set `offset`.
+///
+/// # Safety
+/// `base` is a BTF-typed kernel pointer and `offset` a field offset of its type, from the BTF.
+#[inline(always)]
+unsafe fn field<T>(base: *const u8, offset: &u64) -> T {
+    // SAFETY: per the contract; the verifier checks the load against the kernel's BTF.
+    unsafe { read_volatile(base.add(read_volatile(offset) as usize).cast::<T>()) }
 }
 
 /// Closes the current slice without a switch. Never attached: run by userspace on each CPU.
@@ -557,30 +559,27 @@ fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
 /// keeps LLVM from moving the slot's stores across it (the JIT does not reorder).
 #[inline(always)]
 fn begin_write(slot: &mut TaskSlot) {
+    bump_seq(slot);
+    compiler_fence(Ordering::SeqCst);
+}
+
+#[inline(always)]
+fn end_write(slot: &mut TaskSlot) {
+    compiler_fence(Ordering::SeqCst);
+    bump_seq(slot);
+}
+
+#[inline(always)]
+fn bump_seq(slot: &mut TaskSlot) {
     // SAFETY: a global written only by the loader.
     if unsafe { read_volatile(&STORES_ORDERED) } != 0 {
         // SAFETY: an aligned u64 of a valid slot, written only by this CPU now.
         unsafe { write_volatile(&raw mut slot.seq, read_volatile(&slot.seq).wrapping_add(1)) };
-        compiler_fence(Ordering::SeqCst);
         return;
     }
     // SAFETY: an aligned u64 of a valid slot; the only concurrent accessor is the reader.
     let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
     // Using the old value makes LLVM emit the fetching (fully ordered) form.
-    core::hint::black_box(old);
-}
-
-#[inline(always)]
-fn end_write(slot: &mut TaskSlot) {
-    // SAFETY: a global written only by the loader.
-    if unsafe { read_volatile(&STORES_ORDERED) } != 0 {
-        compiler_fence(Ordering::SeqCst);
-        // SAFETY: as in begin_write.
-        unsafe { write_volatile(&raw mut slot.seq, read_volatile(&slot.seq).wrapping_add(1)) };
-        return;
-    }
-    // SAFETY: as in begin_write.
-    let old = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.seq, 1) };
     core::hint::black_box(old);
 }
 

@@ -424,11 +424,18 @@ where
     ebpf.program_mut(program)
         .ok_or_else(|| SensorError::Load(format!("program {program} missing from the object")))?
         .try_into()
-        .map_err(|source| SensorError::Attach {
-            program,
-            tracepoint,
-            source,
-        })
+        .map_err(attach_error(program, tracepoint))
+}
+
+fn attach_error(
+    program: &'static str,
+    tracepoint: &'static str,
+) -> impl Fn(ProgramError) -> SensorError {
+    move |source| SensorError::Attach {
+        program,
+        tracepoint,
+        source,
+    }
 }
 
 fn attach(
@@ -441,11 +448,7 @@ fn attach(
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
     prog.attach(tracepoint)
         .map(drop)
-        .map_err(|source| SensorError::Attach {
-            program,
-            tracepoint,
-            source,
-        })
+        .map_err(attach_error(program, tracepoint))
 }
 
 /// Loads a `tp_btf` program against the running kernel's BTF and attaches it.
@@ -461,11 +464,7 @@ fn attach_btf(
         .map_err(|e| SensorError::Load(one_line(&e.to_string())))?;
     prog.attach()
         .map(drop)
-        .map_err(|source| SensorError::Attach {
-            program,
-            tracepoint,
-            source,
-        })
+        .map_err(attach_error(program, tracepoint))
 }
 
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, SensorError> {
@@ -632,27 +631,17 @@ impl Sensor {
         // starts goes unseen.
         attach(&mut ebpf, TASK_RENAME_PROGRAM, "task_rename")?;
         attach(&mut ebpf, CGROUP_ATTACH_PROGRAM, "cgroup_attach_task")?;
+        let program = |path| switch_program(path, !counters.is_empty(), config.recent_cache);
         let switch_path = match layout {
-            Some(_) => {
-                let program = if counters.is_empty() {
-                    SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM
-                } else {
-                    SCHED_SWITCH_BTF_PROGRAM
-                };
-                match attach_btf(&mut ebpf, program, "sched_switch") {
-                    Ok(()) => SwitchPath::RqClock,
-                    Err(e) if config.switch_clock == SwitchClock::Rq => return Err(e),
-                    Err(_) => SwitchPath::Ktime,
-                }
-            }
+            Some(_) => match attach_btf(&mut ebpf, program(SwitchPath::RqClock), "sched_switch") {
+                Ok(()) => SwitchPath::RqClock,
+                Err(e) if config.switch_clock == SwitchClock::Rq => return Err(e),
+                Err(_) => SwitchPath::Ktime,
+            },
             None => SwitchPath::Ktime,
         };
         if switch_path == SwitchPath::Ktime {
-            attach(
-                &mut ebpf,
-                switch_program(!counters.is_empty(), config.recent_cache),
-                "sched_switch",
-            )?;
+            attach(&mut ebpf, program(SwitchPath::Ktime), "sched_switch")?;
         }
         attach(&mut ebpf, SCHED_EXEC_PROGRAM, "sched_process_exec")?;
         let hotplug = map_data(&ebpf, CPU_HOTPLUG_MAP)?;
@@ -1047,13 +1036,15 @@ fn init_cpu_slices(ebpf: &mut Ebpf, possible: usize) -> Result<(), SensorError> 
 }
 
 /// Which build of the switch path to attach (the object has one per combination, so that the
-/// choices cost nothing per switch).
-fn switch_program(counters: bool, recent_cache: bool) -> &'static str {
-    match (counters, recent_cache) {
-        (true, true) => SCHED_SWITCH_PROGRAM,
-        (false, true) => SCHED_SWITCH_TIME_ONLY_PROGRAM,
-        (true, false) => SCHED_SWITCH_UNCACHED_PROGRAM,
-        (false, false) => SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM,
+/// choices cost nothing per switch). The `tp_btf` builds always have the cache.
+fn switch_program(path: SwitchPath, counters: bool, recent_cache: bool) -> &'static str {
+    match (path, counters, recent_cache) {
+        (SwitchPath::RqClock, true, _) => SCHED_SWITCH_BTF_PROGRAM,
+        (SwitchPath::RqClock, false, _) => SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM,
+        (SwitchPath::Ktime, true, true) => SCHED_SWITCH_PROGRAM,
+        (SwitchPath::Ktime, false, true) => SCHED_SWITCH_TIME_ONLY_PROGRAM,
+        (SwitchPath::Ktime, true, false) => SCHED_SWITCH_UNCACHED_PROGRAM,
+        (SwitchPath::Ktime, false, false) => SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM,
     }
 }
 
