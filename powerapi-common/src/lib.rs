@@ -97,6 +97,12 @@ pub const MAX_SOCKETS: usize = 8;
 /// the totals, then frees the slot itself.
 pub const FLAG_DEAD: u64 = 1;
 
+/// `TaskTotals::flags`: someone has claimed the ending of this slot (set atomically, once): the
+/// task's own last switch, or the exec of another thread of its process that takes over its
+/// key. Whoever sets it first ends the slot; the other leaves it alone, so one exit is never
+/// reported twice nor one slot freed twice.
+pub const FLAG_ENDING: u64 = 2;
+
 /// `TASK_DEAD` from `include/linux/sched.h`: the `prev_state` of a task's very last switch.
 pub const TASK_DEAD: u64 = 0x80;
 
@@ -163,6 +169,14 @@ pub struct TaskTotals {
     /// `/proc` no longer knows it.
     pub uid: u32,
     pub gid: u32,
+    /// The drain epoch ([`Globals::epoch`]) of the last slice booked here. A drain reads the
+    /// epoch before the current one: a slot already booked in the current one reports
+    /// `closed_lane_ns` instead of `lane_ns`, so a slice booked while the drain runs counts in
+    /// the next interval for both busy time and capacity, never in two.
+    pub epoch: u64,
+    /// `lane_ns` as it stood at the end of the epoch before `epoch` (zero for a slot first
+    /// booked in `epoch`).
+    pub closed_lane_ns: [u64; MAX_SOCKETS],
 }
 
 impl TaskTotals {
@@ -188,6 +202,8 @@ impl Default for TaskTotals {
             exit_ns: 0,
             uid: 0,
             gid: 0,
+            epoch: 0,
+            closed_lane_ns: [0; MAX_SOCKETS],
         }
     }
 }
@@ -220,14 +236,20 @@ pub struct CpuSlice {
     pub cpu: u32,
     /// The `CpuConfig::counters_epoch` the counter starts were read under.
     pub counters_epoch: u32,
-    /// When the slice was last (re)opened without charging anyone: the CPU's first switch, or
-    /// its return from being offline. Written on that rare path only, never per switch.
-    pub reopened_ns: u64,
-    /// At that reopening, where booking had stopped (the start of the stale slice: the CPU's
-    /// last switch before it went offline; 0 at the first switch). With `start_ns` (booked up
-    /// to) these give each CPU's exact booked span per interval, so capacity counts the time the
-    /// CPU was there, not the interval times the CPUs online at its end.
-    pub left_ns: u64,
+    /// Set by the hotplug program on this CPU while it is being brought (back) online, before
+    /// its first switch: the open slice began before the CPU went away, so the next close books
+    /// only from here and drops the rest (the time the CPU was offline is no one's).
+    pub hotplug_ns: u64,
+    /// The drain epoch this CPU books into ([`Globals::epoch`] as of its last flush or reopening).
+    pub epoch: u64,
+    /// Every nanosecond this CPU booked (into slots, or lost because the table was full), since
+    /// load: the CPU's capacity. The time it was offline and stale slices are not in it.
+    pub booked_ns: u64,
+    /// `booked_ns` at the end of the CPU's previous epoch (taken when it moved to `epoch`).
+    pub closed_booked_ns: u64,
+    /// The lost part of `booked_ns`, and its value at the end of the previous epoch.
+    pub lost_ns: u64,
+    pub closed_lost_ns: u64,
     /// Threads this CPU switched out recently and where their slots are: most switches on a
     /// CPU are between the same few threads, and this finds them without a helper call.
     pub recent: [RecentTask; RECENT_TASKS],
@@ -277,6 +299,10 @@ pub struct Globals {
     /// open slice began earlier missed a whole round, i.e. it was offline: its slice is stale and
     /// is restarted instead of being charged to whatever runs there now.
     pub stale_before_ns: u64,
+    /// The drain epoch: raised by userspace right before each flush round. Each CPU moves to it
+    /// at its flush (or when it comes back online), so everything a CPU books before its flush
+    /// belongs to the epoch being closed and everything after to the new one.
+    pub epoch: u64,
 }
 
 /// The final totals of a thread that died.

@@ -27,14 +27,14 @@
 #![feature(core_intrinsics)]
 
 use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd},
+    intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
     ptr::{addr_of, read_volatile, write_volatile},
     sync::atomic::{Ordering, compiler_fence},
 };
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_F_CURRENT_CPU, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
+        BPF_ANY, BPF_F_CURRENT_CPU, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE,
         bpf_map_type, bpf_perf_event_value,
     },
     helpers::{
@@ -50,8 +50,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use powerapi_common::{
-    CounterReading, CpuConfig, CpuSlice, ExitEvent, FLAG_DEAD, Globals, MAX_COUNTERS, MAX_SOCKETS,
-    NOT_IDLE, RECENT_TASKS, RecentTask, SensorStats, TASK_DEAD, TaskKey, TaskSlot, TaskTotals,
+    CounterReading, CpuConfig, CpuSlice, ExitEvent, FLAG_DEAD, FLAG_ENDING, Globals, MAX_COUNTERS,
+    MAX_SOCKETS, NOT_IDLE, RECENT_TASKS, RecentTask, SensorStats, TASK_DEAD, TaskKey, TaskSlot,
+    TaskTotals,
 };
 
 /// Non-zero: the switch path finds a thread's slot through task-local storage (`SLOT_OF_TASK`)
@@ -224,7 +225,7 @@ fn on_switch<const COUNTERS: bool, const RECENT: bool>(ctx: &RawTracePointContex
     //          unsigned int prev_state): the previous task's state is argument 3 (Linux ≥ 5.18).
     let prev: u64 = ctx.arg(1);
     let prev_state: u64 = ctx.arg(3);
-    close_slice::<COUNTERS, RECENT>(prev_state & TASK_DEAD != 0, false, prev, 0);
+    close_slice::<COUNTERS, RECENT, false>(prev_state & TASK_DEAD != 0, false, prev, 0);
     0
 }
 
@@ -272,8 +273,11 @@ fn on_switch_btf<const COUNTERS: bool>(ctx: &BtfTracePointContext) -> i32 {
     };
     // The cache is keyed by pid here (a typed pointer cannot be hashed): unique among live
     // threads, and per CPU, so pid 0 is this CPU's idle task; the bit keeps the key non-zero.
+    // A pid outlives its thread's use of a slot (a non-leader thread that execs hands its tid
+    // back while its slot lives on under the leader's), so a hit is checked against the slot's
+    // own key (`PID_KEYED`).
     let key = (1u64 << 32) | u64::from(pid);
-    close_slice::<COUNTERS, true>(prev_state & TASK_DEAD != 0, false, key, rq_clock);
+    close_slice::<COUNTERS, true, true>(prev_state & TASK_DEAD != 0, false, key, rq_clock);
     0
 }
 
@@ -287,16 +291,37 @@ unsafe fn field<T>(base: *const u8, offset: &u64) -> T {
     unsafe { read_volatile(base.add(read_volatile(offset) as usize).cast::<T>()) }
 }
 
-/// Closes the current slice without a switch. Never attached: run by userspace on each CPU.
+/// Closes the current slice without a switch, then moves this CPU to the drain epoch userspace
+/// has just raised. Never attached: run by userspace on each CPU.
 #[raw_tracepoint]
 pub fn flush_cpu(_ctx: RawTracePointContext) -> i32 {
-    close_slice::<true, false>(false, true, 0, 0);
+    close_slice::<true, false, false>(false, true, 0, 0);
+    if let (Some(slice), Some(globals)) = (CPU_SLICE.get_ptr_mut(0), GLOBALS.get_ptr(0)) {
+        // SAFETY: per-CPU value of this CPU, which runs nothing else now (see close_slice);
+        // an aligned u64 of the globals, written by userspace before this round.
+        unsafe { enter_epoch(&mut *slice, read_volatile(&(*globals).epoch)) };
+    }
     0
+}
+
+/// Moves a CPU to drain epoch `epoch`, keeping what it had booked by the end of the previous
+/// one: the drain of that epoch reads these, whatever the CPU books meanwhile.
+#[inline(always)]
+fn enter_epoch(slice: &mut CpuSlice, epoch: u64) {
+    if slice.epoch != epoch {
+        slice.closed_booked_ns = slice.booked_ns;
+        slice.closed_lost_ns = slice.lost_ns;
+        slice.epoch = epoch;
+    }
 }
 
 /// Counts every hotplug step of a CPU. The online mask read each interval misses a CPU that
 /// went offline and came back in between; the kernel leaves such a CPU's counter events
 /// switched off, so userspace must notice it to install new ones. Never on the switch path.
+///
+/// A step of a CPU's bring-up that runs on that CPU itself (its `STARTING` steps run there
+/// before its first switch) also marks its open slice: that slice began before the CPU went
+/// away, and its next close must not book the time the CPU was offline to anyone.
 #[raw_tracepoint(tracepoint = "cpuhp_enter")]
 pub fn cpu_hotplug(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(unsigned int cpu, int target, int idx, int (*fun)(unsigned int)).
@@ -304,6 +329,15 @@ pub fn cpu_hotplug(ctx: RawTracePointContext) -> i32 {
     if let Some(steps) = CPU_HOTPLUG.get_ptr_mut(cpu) {
         // SAFETY: an aligned u64 of the map value; steps of one CPU may run on several CPUs.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(steps, 1) };
+    }
+    let (target, state) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    // SAFETY: helper without arguments.
+    if target > state && unsafe { bpf_get_smp_processor_id() } == cpu {
+        if let Some(slice) = CPU_SLICE.get_ptr_mut(0) {
+            // SAFETY: this CPU's own slice; one aligned store, which a switch that interrupts
+            // this program can only see before or after.
+            unsafe { write_volatile(&raw mut (*slice).hotplug_ns, bpf_ktime_get_ns()) };
+        }
     }
     0
 }
@@ -343,15 +377,21 @@ fn rekey_after_exec(key: &TaskKey, old_pid: u32) {
     let Some((index, slot)) = existing_slot(&old_key) else {
         return;
     };
-    // The old leader is dead by now (exec waits for it), but its last switch may not have freed
-    // its slot yet: end it here, so that the key can point at the exec'ing thread's slot.
+    // The old leader is dead by now (exec waits for it), but its last switch may not have ended
+    // its slot yet, and may be running on another CPU right now: this CPU must not write that
+    // slot. It claims the ending instead and flags the slot dead, so userspace reports and frees
+    // it at the next drain; if the leader's last switch claimed it first, that switch ends it.
+    // Either way the key is taken over below by the exec'ing thread's slot.
     if let Some((leader_index, leader_slot)) = existing_slot(key) {
         if leader_index != index {
-            // SAFETY: the leader no longer runs (it is a zombie); its last switch, if still to
-            // come, runs under its new pid (`old_pid`) and no longer finds this slot.
-            // SAFETY: helper without arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            finish_dead(key, leader_index, unsafe { &mut *leader_slot }, false, now);
+            // SAFETY: an aligned u64 of a slot in the map; every writer of `flags` outside the
+            // slot's own seqcount uses atomics.
+            unsafe {
+                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*leader_slot).totals.flags,
+                    FLAG_ENDING | FLAG_DEAD,
+                )
+            };
         }
     }
     // SAFETY: this thread's own slot, written from the CPU it runs on.
@@ -521,10 +561,12 @@ fn refresh_identity(totals: &mut TaskTotals) {
 
 /// Resets `totals` for a task first seen at `now`.
 #[inline(always)]
-fn init_totals(totals: &mut TaskTotals, key: &TaskKey, now: u64, identity_gen: u64) {
+fn init_totals(totals: &mut TaskTotals, key: &TaskKey, now: u64, identity_gen: u64, epoch: u64) {
     // SAFETY: TaskTotals is plain integers; all-zero is a valid value.
     unsafe { core::ptr::write_bytes(totals as *mut TaskTotals, 0, 1) };
     totals.first_seen_ns = now;
+    // Born in this epoch: nothing of it belongs to the one before (`closed_lane_ns` stays 0).
+    totals.epoch = epoch;
     totals.group_first_seen_ns = now;
     if key.pid != key.tgid {
         let leader = TaskKey {
@@ -540,12 +582,23 @@ fn init_totals(totals: &mut TaskTotals, key: &TaskKey, now: u64, identity_gen: u
     refresh_identity(totals);
 }
 
-/// The slot (index and pointer) of a thread already tracked.
+/// The slot (index and pointer) of a thread already tracked: only while the slot is live and
+/// still holds that key (an exec re-keys slots, and a key can outlive its slot's ending by a
+/// moment when an exec and a last switch race on two CPUs).
 #[inline(always)]
 fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
     // SAFETY: the value is a plain u32 copied out at once.
     let index = unsafe { *TASK_SLOTS.get_ptr(key)? };
-    Some((index, TASK_TOTALS.get_ptr_mut(index)?))
+    let slot = TASK_TOTALS.get_ptr_mut(index)?;
+    // SAFETY: aligned fields of a slot in the map, copied out.
+    let (slot_key, first_seen_ns, flags) = unsafe {
+        (
+            read_volatile(&(*slot).key),
+            read_volatile(&(*slot).totals.first_seen_ns),
+            read_volatile(&(*slot).totals.flags),
+        )
+    };
+    (slot_key == *key && first_seen_ns != 0 && flags & FLAG_DEAD == 0).then_some((index, slot))
 }
 
 /// Seqcount writer side: `seq` is odd while the slot is being written. Atomic read-modify-writes,
@@ -610,10 +663,21 @@ fn free_slot(index: u32, slot: &mut TaskSlot) {
 
 /// Ends a dead task's slot: its final totals go out on the ring and the slot is freed, or, with
 /// the ring full, they stay in the slot flagged dead for userspace. Either way its key goes
-/// first. `fresh`: the key was never published (the task's only slice was its last).
+/// first. `fresh`: the key was never published (the task's only slice was its last). Nothing
+/// happens if the ending was already claimed (an exec in the task's process took its key).
 #[inline(always)]
 fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now: u64) {
-    if !fresh {
+    // SAFETY: an aligned u64 of the slot; see `rekey_after_exec` for the other claimant.
+    let claimed =
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_ENDING) };
+    if claimed & FLAG_ENDING != 0 {
+        return;
+    }
+    // Only while the key still leads here: an exec may have handed it to another slot.
+    if !fresh && TASK_SLOTS.get_ptr(key).is_some_and(|i| {
+        // SAFETY: the value is a plain u32.
+        (unsafe { *i }) == index
+    }) {
         let _ = TASK_SLOTS.remove(key);
     }
     begin_write(slot);
@@ -622,9 +686,8 @@ fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now:
     if send_exit(key, index, &slot.totals) {
         free_slot(index, slot);
     } else {
-        begin_write(slot);
-        slot.totals.flags |= FLAG_DEAD;
-        end_write(slot);
+        // SAFETY: as above.
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_DEAD) };
         count(|s| s.exit_overflow += 1);
     }
 }
@@ -632,7 +695,7 @@ fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now:
 /// Opens a fresh slice on this CPU without charging anyone: the first switch seen on a CPU, or a
 /// CPU back from being offline.
 #[inline(always)]
-fn open_slice(slice: &mut CpuSlice, now: u64) {
+fn open_slice(slice: &mut CpuSlice, now: u64, epoch: u64) {
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     slice.cpu = cpu;
@@ -641,9 +704,10 @@ fn open_slice(slice: &mut CpuSlice, now: u64) {
         slice.counters_epoch = config.counters_epoch;
     }
     roll_counters(slice, None);
-    slice.left_ns = slice.start_ns;
     slice.start_ns = now;
-    slice.reopened_ns = now;
+    slice.hotplug_ns = 0;
+    // A CPU that was offline missed the flushes meanwhile: it joins the current epoch now.
+    enter_epoch(slice, epoch);
 }
 
 /// `task`: the switching-out thread's cache key (its `task_struct` address, or its pid with bit
@@ -653,7 +717,7 @@ fn open_slice(slice: &mut CpuSlice, now: u64) {
 /// every flush (once per interval for running tasks) and after an identity change anywhere, not
 /// on every switch: those helper calls were a measurable part of the switch path.
 #[inline(always)]
-fn close_slice<const COUNTERS: bool, const RECENT: bool>(
+fn close_slice<const COUNTERS: bool, const RECENT: bool, const PID_KEYED: bool>(
     dead: bool,
     flush: bool,
     task: u64,
@@ -676,13 +740,19 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool>(
             read_volatile(&(*globals).stale_before_ns),
         )
     };
-    if slice.start_ns == 0 || slice.start_ns < stale_before {
+    // Stale: the CPU was offline since this slice opened (its bring-up marked it, or it missed
+    // a whole flush round), so the slice is nobody's time.
+    if slice.start_ns == 0 || slice.start_ns < stale_before || slice.hotplug_ns > slice.start_ns {
         if slice.start_ns != 0 {
             count(|s| s.stale_slices += 1);
         }
-        open_slice(slice, now);
+        // SAFETY: an aligned u64 of the globals, written by userspace.
+        open_slice(slice, now, unsafe { read_volatile(&(*globals).epoch) });
         slice.calibrated_rq_ns = 0;
-        return;
+        // A dying task's last switch must still end its slot (with nothing more to book).
+        if !dead {
+            return;
+        }
     }
     // An estimate from the run queue's clock may sit a few µs ahead of a flush's fresh time
     // (its clock can lag the switch by a wakeup's length): book nothing then, but go on, so a
@@ -705,7 +775,7 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool>(
     // SAFETY: a global written only by the loader.
     let by_task = unsafe { read_volatile(&USE_TASK_STORAGE) } != 0;
     let recent = if by_recent {
-        recent_slot(slice, task)
+        recent_slot::<PID_KEYED>(slice, task)
     } else {
         None
     };
@@ -737,6 +807,8 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool>(
                             roll_counters(slice, None);
                         }
                         slice.start_ns = now;
+                        slice.booked_ns += slice_ns;
+                        slice.lost_ns += slice_ns;
                         count(|s| {
                             s.lost_slices += 1;
                             s.lost_ns += slice_ns;
@@ -750,16 +822,32 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool>(
     // SAFETY: single writer per slot (see the module comment).
     let slot = unsafe { &mut *slot };
     begin_write(slot);
+    let epoch = slice.epoch;
     if is_new {
         let key = slot.key;
-        init_totals(&mut slot.totals, &key, now, identity_gen);
+        init_totals(&mut slot.totals, &key, now, identity_gen, epoch);
     } else if flush || slot.totals.identity_gen != identity_gen {
         slot.totals.identity_gen = identity_gen;
         refresh_identity(&mut slot.totals);
     }
     // Lanes past the last share it (userspace assigns none beyond).
     let lane = (slice.lane as usize).min(MAX_SOCKETS - 1);
+    if slot.totals.epoch != epoch {
+        if slot.totals.epoch < epoch {
+            // The slot's first slice of a new epoch: keep where it stood at the end of the
+            // previous one for the drain that closes it.
+            for l in 0..MAX_SOCKETS {
+                slot.totals.closed_lane_ns[l] = slot.totals.lane_ns[l];
+            }
+            slot.totals.epoch = epoch;
+        } else {
+            // This CPU has not flushed into the slot's epoch yet: the slice belongs to the
+            // closing epoch (the thread ran on a flushed CPU a moment ago).
+            slot.totals.closed_lane_ns[lane] += slice_ns;
+        }
+    }
     slot.totals.lane_ns[lane] += slice_ns;
+    slice.booked_ns += slice_ns;
     if COUNTERS {
         roll_counters(slice, Some(&mut slot.totals));
     }
@@ -775,7 +863,7 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool>(
     }
     if is_new {
         let key = slot.key;
-        if !insert_slot(&key, index, slot, slice_ns) {
+        if !insert_slot(slice, &key, index, slot, slice_ns) {
             return;
         }
         if by_task {
@@ -833,9 +921,11 @@ fn recent_set(task: u64) -> usize {
 
 /// The slot of `task` from this CPU's cache, if the slot still holds the incarnation cached and
 /// is not flagged dead. A reused `task_struct` address cannot match a live slot of its previous
-/// owner: that task's last switch freed its slot (`first_seen_ns` 0) or flagged it dead.
+/// owner: that task's last switch freed its slot (`first_seen_ns` 0) or flagged it dead. A pid
+/// can (`PID_KEYED`): a thread that execs takes its leader's pid and keeps its slot, and its old
+/// tid goes to the next new task; so the slot's own key must still hold that pid.
 #[inline(always)]
-fn recent_slot(slice: &CpuSlice, task: u64) -> Option<(u32, *mut TaskSlot)> {
+fn recent_slot<const PID_KEYED: bool>(slice: &CpuSlice, task: u64) -> Option<(u32, *mut TaskSlot)> {
     let way0 = recent_set(task);
     let entry = if slice.recent[way0].task == task {
         slice.recent[way0]
@@ -860,6 +950,12 @@ fn recent_slot(slice: &CpuSlice, task: u64) -> Option<(u32, *mut TaskSlot)> {
             read_volatile(&(*slot).totals.flags),
         )
     };
+    if PID_KEYED {
+        // SAFETY: an aligned u32 of the slot; rewritten only by an exec of its own thread.
+        if unsafe { read_volatile(&(*slot).key.pid) } != task as u32 {
+            return None;
+        }
+    }
     (current == first_seen_ns && flags & FLAG_DEAD == 0).then_some((index, slot))
 }
 
@@ -877,9 +973,17 @@ fn slot_of_current_task() -> Option<(u32, *mut TaskSlot)> {
         ..
     } = unsafe { *slot_ref };
     let slot = TASK_TOTALS.get_ptr_mut(index)?;
-    // SAFETY: aligned u64 of a slot in the map; only this CPU's current task writes it now.
-    let current = unsafe { read_volatile(&(*slot).totals.first_seen_ns) };
-    (first_seen_ns != 0 && current == first_seen_ns).then_some((index, slot))
+    // SAFETY: aligned u64s of a slot in the map; only this CPU's current task writes it now
+    // (an exec elsewhere may flag it, atomically).
+    let (current, flags) = unsafe {
+        (
+            read_volatile(&(*slot).totals.first_seen_ns),
+            read_volatile(&(*slot).totals.flags),
+        )
+    };
+    // A slot flagged dead is userspace's to free: never book into it again.
+    (first_seen_ns != 0 && current == first_seen_ns && flags & FLAG_DEAD == 0)
+        .then_some((index, slot))
 }
 
 #[inline(always)]
@@ -900,9 +1004,18 @@ fn remember_slot(index: u32, first_seen_ns: u64) {
 /// Publishes a new slot under its key; if the key map is full, gives the slot back (counted)
 /// and returns false.
 #[inline(always)]
-fn insert_slot(key: &TaskKey, index: u32, slot: &mut TaskSlot, slice_ns: u64) -> bool {
-    if TASK_SLOTS.insert(key, &index, BPF_NOEXIST as u64).is_err() {
+fn insert_slot(
+    slice: &mut CpuSlice,
+    key: &TaskKey,
+    index: u32,
+    slot: &mut TaskSlot,
+    slice_ns: u64,
+) -> bool {
+    // Any value under this key leads to a slot that is no longer this thread's (`existing_slot`
+    // found none), e.g. one an exec flagged dead: replace it.
+    if TASK_SLOTS.insert(key, &index, BPF_ANY as u64).is_err() {
         free_slot(index, slot);
+        slice.lost_ns += slice_ns;
         count(|s| {
             s.lost_slices += 1;
             s.lost_ns += slice_ns;

@@ -174,23 +174,20 @@ pub struct Tracker {
     previous: HashMap<Incarnation, (TaskTotals, u64)>,
     previous_stats: SensorStats,
     previous_ns: u64,
-    /// Each CPU's `booked_to_ns` at the previous reading, by CPU id.
-    previous_marks: HashMap<u32, u64>,
+    /// Each CPU's mark at the previous reading, by CPU id.
+    previous_marks: HashMap<u32, CpuMark>,
     readings: u64,
 }
 
-/// The time one CPU booked between its previous mark (`before`: where booking stood then, `None`
-/// for a CPU never seen) and `mark`. A CPU that left and came back in between booked up to where
-/// it left, then again from its return; the time it was away is no one's. (A CPU that left and
-/// came back twice within one interval loses the middle span from this figure: hotplug takes
-/// far longer than that in practice.)
-pub fn booked_span_ns(before: Option<u64>, mark: &CpuMark) -> u64 {
-    let since_return = mark.booked_to_ns.saturating_sub(mark.reopened_ns);
-    match before {
-        Some(b) if mark.reopened_ns <= b => mark.booked_to_ns.saturating_sub(b),
-        Some(b) => mark.left_ns.saturating_sub(b) + since_return,
-        None => since_return,
-    }
+/// What one CPU booked, and lost, between its previous mark (`None` for a CPU never seen: it
+/// booked everything since load in this interval) and `mark`. The kernel counts only time the
+/// CPU was online and booked to someone, so the time it was away is in neither.
+pub fn booked_between(before: Option<&CpuMark>, mark: &CpuMark) -> (u64, u64) {
+    let (booked, lost) = before.map_or((0, 0), |b| (b.booked_ns, b.lost_ns));
+    (
+        mark.booked_ns.saturating_sub(booked),
+        mark.lost_ns.saturating_sub(lost),
+    )
 }
 
 /// `now − before` for a cumulative figure of one incarnation (never negative).
@@ -379,17 +376,23 @@ impl Tracker {
             }
         }
 
-        let mut capacity_ns = 0;
+        let (mut capacity_ns, mut lost_ns) = (0, 0);
         for mark in &reading.cpu_marks {
-            capacity_ns += booked_span_ns(self.previous_marks.get(&mark.cpu).copied(), mark);
-            self.previous_marks.insert(mark.cpu, mark.booked_to_ns);
+            let (booked, lost) = booked_between(self.previous_marks.get(&mark.cpu), mark);
+            capacity_ns += booked;
+            lost_ns += lost;
+            self.previous_marks.insert(mark.cpu, *mark);
         }
+        let mut losses = stats_delta(&reading.stats, &self.previous_stats);
+        // Lost time by drain epoch, like the rest of the books (the kernel's running count
+        // includes slices lost while this drain ran).
+        losses.lost_ns = lost_ns;
 
         let deltas = IntervalDeltas {
             start_ns: self.previous_ns,
             end_ns: reading.taken_at_ns,
             tasks,
-            losses: stats_delta(&reading.stats, &self.previous_stats),
+            losses,
             live_tgids,
             leaders,
             cpus: reading.cpus.len() as u32,
@@ -746,8 +749,13 @@ mod tests {
         let mut tracker = Tracker::new(0, &base, 0);
         let mut next = reading(10, vec![], vec![]);
         next.stats.lost_slices = 5;
-        next.stats.lost_ns = 40;
         next.stats.stale_slices = 1;
+        // Lost time comes from the CPUs' marks (by drain epoch), the counts from the stats.
+        next.cpu_marks = vec![CpuMark {
+            cpu: 0,
+            booked_ns: 100,
+            lost_ns: 40,
+        }];
         let d = tracker.advance(&next);
         assert_eq!(
             (
@@ -759,68 +767,42 @@ mod tests {
         );
     }
 
-    fn mark(cpu: u32, booked_to_ns: u64, reopened_ns: u64, left_ns: u64) -> CpuMark {
+    fn mark(cpu: u32, booked_ns: u64, lost_ns: u64) -> CpuMark {
         CpuMark {
             cpu,
-            booked_to_ns,
-            reopened_ns,
-            left_ns,
+            booked_ns,
+            lost_ns,
         }
     }
 
     #[test]
-    fn a_cpu_books_from_its_previous_mark_to_its_flush() {
-        // Online throughout, its flush 7 ns late this time: the span follows the flushes.
-        assert_eq!(booked_span_ns(Some(1_000), &mark(0, 2_007, 10, 0)), 1_007);
-        // Reopened exactly at the previous mark (the baseline flush): not a return.
-        assert_eq!(booked_span_ns(Some(1_000), &mark(0, 1_500, 1_000, 0)), 500);
+    fn a_cpu_books_what_it_booked_between_its_marks() {
+        assert_eq!(booked_between(Some(&mark(0, 1_000, 5)), &mark(0, 2_007, 9)), (1_007, 4));
+        // Offline throughout: nothing booked, nothing lost.
+        assert_eq!(booked_between(Some(&mark(1, 1_300, 0)), &mark(1, 1_300, 0)), (0, 0));
+        // Never seen before (offline since the meter started): all it booked since load.
+        assert_eq!(booked_between(None, &mark(3, 250, 7)), (250, 7));
     }
 
     #[test]
-    fn a_cpu_that_left_books_up_to_its_last_switch() {
-        // Went offline: no flush since, its slice still starts at its last switch.
-        assert_eq!(booked_span_ns(Some(1_000), &mark(1, 1_300, 10, 0)), 300);
-        // Still offline a reading later: nothing.
-        assert_eq!(booked_span_ns(Some(1_300), &mark(1, 1_300, 10, 0)), 0);
-    }
-
-    #[test]
-    fn a_returning_cpu_books_from_its_return_only() {
-        // Offline since an earlier interval, back at 1_600, flushed at 2_000.
-        assert_eq!(
-            booked_span_ns(Some(1_300), &mark(1, 2_000, 1_600, 1_300)),
-            400
-        );
-        // Left at 1_200 and back at 1_600 within one interval: both sides, not the gap.
-        assert_eq!(
-            booked_span_ns(Some(1_000), &mark(1, 2_000, 1_600, 1_200)),
-            600
-        );
-        // Never seen before (offline since the meter started).
-        assert_eq!(booked_span_ns(None, &mark(3, 2_000, 1_750, 0)), 250);
-    }
-
-    #[test]
-    fn capacity_sums_each_cpu_between_its_own_marks() {
+    fn capacity_and_lost_time_sum_each_cpu_between_its_own_marks() {
         let mut base = reading(1_000, vec![], vec![]);
-        base.cpu_marks = vec![mark(0, 1_000, 900, 0), mark(1, 1_002, 900, 0)];
+        base.cpu_marks = vec![mark(0, 1_000, 0), mark(1, 1_002, 2)];
         let mut tracker = Tracker::new(0, &base, 0);
         let mut next = reading(2_000, vec![], vec![]);
-        // CPU 0 flushed at 2_001; CPU 1 went offline at 1_402; CPU 2 appeared at 1_800.
-        next.cpu_marks = vec![
-            mark(0, 2_001, 900, 0),
-            mark(1, 1_402, 900, 0),
-            mark(2, 2_003, 1_800, 0),
-        ];
+        // CPU 0 booked 1_001 ns; CPU 1 400 ns before going offline, 30 of them lost; CPU 2
+        // appeared and booked 203 ns.
+        next.cpu_marks = vec![mark(0, 2_001, 0), mark(1, 1_402, 32), mark(2, 203, 0)];
+        // The kernel's running count of lost time includes slices lost after the flush: the
+        // interval's lost time comes from the marks.
+        next.stats.lost_ns = 1_000_000;
         let d = tracker.advance(&next);
         assert_eq!(d.capacity_ns, 1_001 + 400 + 203);
+        assert_eq!(d.losses.lost_ns, 30);
         // The next interval counts from these marks, not the baseline's.
         let mut last = reading(3_000, vec![], vec![]);
-        last.cpu_marks = vec![
-            mark(0, 3_000, 900, 0),
-            mark(1, 1_402, 900, 0),
-            mark(2, 3_001, 1_800, 0),
-        ];
-        assert_eq!(tracker.advance(&last).capacity_ns, 999 + 998);
+        last.cpu_marks = vec![mark(0, 3_000, 0), mark(1, 1_402, 32), mark(2, 1_201, 1)];
+        let d = tracker.advance(&last);
+        assert_eq!((d.capacity_ns, d.losses.lost_ns), (999 + 998, 1));
     }
 }

@@ -231,18 +231,17 @@ pub struct SensorReading {
     pub cpu_marks: Vec<CpuMark>,
 }
 
-/// One CPU's booking state at a reading, from its open slice: the exact span a CPU booked in an
-/// interval follows from two marks (see [`crate::delta::booked_span_ns`]).
+/// What one CPU had booked, cumulatively, by the end of the drain epoch a reading closes: two
+/// marks give the CPU's capacity in the interval between them, exactly the time its slices
+/// booked into slots (or lost), whatever the drain took and however often the CPU went away.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuMark {
     /// The CPU.
     pub cpu: u32,
-    /// Everything on this CPU up to here is booked (the start of its open slice).
-    pub booked_to_ns: u64,
-    /// Last time booking restarted from nothing (first switch, or back from offline).
-    pub reopened_ns: u64,
-    /// Where booking had stopped before that restart.
-    pub left_ns: u64,
+    /// Time booked on this CPU since load (into slots, or lost).
+    pub booked_ns: u64,
+    /// The lost part of it: slices no slot could take.
+    pub lost_ns: u64,
 }
 
 /// A loaded, attached sensor. Dropping it detaches everything.
@@ -267,6 +266,12 @@ pub struct Sensor {
     globals: bpf_sys::MappedArray<Globals>,
     /// Start of the previous flush round (see `Globals::stale_before_ns`).
     last_round_ns: u64,
+    /// The drain epoch opened by the last flush round (`Globals::epoch`); a reading reports the
+    /// one before it.
+    epoch: u64,
+    /// Exits of tasks that were booked in an epoch not yet read: reported at the next reading
+    /// (and their part in the epoch being read reported live now).
+    pending_exits: Vec<TaskEntry>,
     cpus_changed: bool,
 }
 
@@ -671,6 +676,8 @@ impl Sensor {
             slots,
             globals,
             last_round_ns: 0,
+            epoch: 0,
+            pending_exits: Vec::new(),
             cpus_changed: false,
         };
         // Open a slice on every CPU now, so the first interval starts at a known instant.
@@ -683,6 +690,12 @@ impl Sensor {
             libc::malloc_trim(0);
         }
         Ok(sensor)
+    }
+
+    /// The drain epoch the next reading reports: the one before the epoch the last flush
+    /// round opened.
+    fn closed_epoch(&self) -> u64 {
+        self.epoch.saturating_sub(1)
     }
 
     /// Which switch program is attached.
@@ -794,10 +807,12 @@ impl Sensor {
     /// (ENXIO/ENODEV from the kernel) is dropped from this round, not an error.
     fn flush(&mut self) -> Result<(), SensorError> {
         let round_start = monotonic_ns();
+        self.epoch += 1;
         if let Some(globals) = self.globals.element(0) {
-            // SAFETY: an aligned u64 inside the live mapping; the kernel only reads this field.
+            // SAFETY: aligned u64s inside the live mapping; the kernel only reads these fields.
             unsafe {
-                std::ptr::write_volatile(&raw mut (*globals).stale_before_ns, self.last_round_ns)
+                std::ptr::write_volatile(&raw mut (*globals).stale_before_ns, self.last_round_ns);
+                std::ptr::write_volatile(&raw mut (*globals).epoch, self.epoch);
             };
         }
         self.last_round_ns = round_start;
@@ -849,16 +864,28 @@ impl Sensor {
         reading.cpus_changed = std::mem::take(&mut self.cpus_changed);
 
         // Exits first: a task that dies after this point is still in its slot (or in the next
-        // read).
+        // read). Exits held back by the previous reading belong to this one.
+        reading.live.clear();
+        reading.exited.append(&mut self.pending_exits);
+        let closed = self.closed_epoch();
         while let Some(item) = self.exits.next() {
             if item.len() >= size_of::<ExitEvent>() {
                 // SAFETY: the kernel wrote a whole ExitEvent; read_unaligned copes with alignment.
                 let event: ExitEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                reading.exited.push(TaskEntry {
+                let entry = TaskEntry {
                     slot: event.slot,
                     key: event.key,
                     totals: event.totals,
-                });
+                };
+                match as_of_epoch(&entry, closed) {
+                    EpochView::Whole => reading.exited.push(entry),
+                    view => {
+                        if let EpochView::Closed(before) = view {
+                            reading.live.push(before);
+                        }
+                        self.pending_exits.push(entry);
+                    }
+                }
             }
         }
 
@@ -886,6 +913,7 @@ impl Sensor {
     /// One lookup returns every CPU's open slice (per-CPU map); read right after the flush, so
     /// online CPUs show the flush instant and offline ones their last switch.
     fn read_cpu_marks(&mut self, marks: &mut Vec<CpuMark>) -> Result<(), SensorError> {
+        let closed = self.closed_epoch();
         let map: PerCpuArray<&mut MapData, CpuSlice> = typed_map(&mut self.ebpf, CPU_SLICE_MAP)?;
         let slices = map.get(&0, 0).map_err(|e| SensorError::Map {
             name: CPU_SLICE_MAP,
@@ -897,15 +925,51 @@ impl Sensor {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.start_ns != 0)
-                .map(|(cpu, s)| CpuMark {
-                    cpu: cpu as u32,
-                    booked_to_ns: s.start_ns,
-                    reopened_ns: s.reopened_ns,
-                    left_ns: s.left_ns,
-                }),
+                .map(|(cpu, s)| cpu_mark(cpu as u32, s, closed)),
         );
         Ok(())
     }
+}
+
+/// A CPU's mark at the end of epoch `closed`: a CPU that has moved past it (its flush ran)
+/// kept its figures at the move; one that has not (offline through the round) books nothing.
+fn cpu_mark(cpu: u32, slice: &CpuSlice, closed: u64) -> CpuMark {
+    if slice.epoch > closed {
+        CpuMark {
+            cpu,
+            booked_ns: slice.closed_booked_ns,
+            lost_ns: slice.closed_lost_ns,
+        }
+    } else {
+        CpuMark {
+            cpu,
+            booked_ns: slice.booked_ns,
+            lost_ns: slice.lost_ns,
+        }
+    }
+}
+
+/// What a task's totals were at the end of drain epoch `closed`.
+#[derive(Debug, PartialEq)]
+enum EpochView {
+    /// Everything in them was booked by then.
+    Whole,
+    /// Part of them was booked later: these are the totals as of then.
+    Closed(TaskEntry),
+    /// The task was first booked later.
+    Unborn,
+}
+
+fn as_of_epoch(entry: &TaskEntry, closed: u64) -> EpochView {
+    if entry.totals.epoch <= closed {
+        return EpochView::Whole;
+    }
+    if entry.totals.closed_lane_ns.iter().all(|&ns| ns == 0) {
+        return EpochView::Unborn;
+    }
+    let mut before = *entry;
+    before.totals.lane_ns = entry.totals.closed_lane_ns;
+    EpochView::Closed(before)
 }
 
 fn set_cpu_config(ebpf: &mut Ebpf, cpu: u32, config: CpuConfig) -> Result<(), SensorError> {
@@ -986,7 +1050,7 @@ impl Sensor {
             .copied()
             .max()
             .unwrap_or(0) as usize;
-        reading.live.clear();
+        let closed = self.closed_epoch();
         let mut dead = Vec::new();
         for index in 0..used {
             let Some(ptr) = self.slots.element(index) else {
@@ -996,15 +1060,24 @@ impl Sensor {
             if slot.totals.first_seen_ns == 0 {
                 continue;
             }
-            let entry = TaskEntry {
+            let mut entry = TaskEntry {
                 slot: index as u32,
                 key: slot.key,
                 totals: slot.totals,
             };
-            if slot.totals.flags & FLAG_DEAD != 0 {
-                dead.push((ptr, entry));
-            } else {
-                reading.live.push(entry);
+            match as_of_epoch(&entry, closed) {
+                // Booked since the epoch being read closed: that part waits for the next
+                // reading, and so does freeing a dead slot.
+                EpochView::Closed(before) => reading.live.push(before),
+                EpochView::Unborn => {}
+                EpochView::Whole if slot.totals.flags & FLAG_DEAD != 0 => {
+                    // An exec that took over this task's key ended it without a clock.
+                    if entry.totals.exit_ns == 0 {
+                        entry.totals.exit_ns = reading.taken_at_ns;
+                    }
+                    dead.push((ptr, entry));
+                }
+                EpochView::Whole => reading.live.push(entry),
             }
         }
         // Exits that did not fit on the ring buffer. The kernel removed their keys before
@@ -1079,6 +1152,69 @@ mod tests {
         assert_eq!(lanes.lane_of(99), (MAX_SOCKETS - 1) as u32);
         assert!(lanes.overflowed);
         assert_eq!(lanes.sockets().len(), MAX_SOCKETS);
+    }
+
+    fn entry(epoch: u64, lane_ns: [u64; 2], closed: [u64; 2]) -> TaskEntry {
+        let mut totals = TaskTotals {
+            first_seen_ns: 5,
+            epoch,
+            ..TaskTotals::default()
+        };
+        totals.lane_ns[..2].copy_from_slice(&lane_ns);
+        totals.closed_lane_ns[..2].copy_from_slice(&closed);
+        TaskEntry {
+            slot: 3,
+            key: TaskKey::default(),
+            totals,
+        }
+    }
+
+    #[test]
+    fn a_task_booked_after_the_epoch_closed_reports_what_it_had_by_then() {
+        // Last booked in the epoch being read, or earlier: all of it.
+        assert_eq!(as_of_epoch(&entry(7, [10, 0], [0, 0]), 7), EpochView::Whole);
+        assert_eq!(as_of_epoch(&entry(2, [10, 0], [0, 0]), 7), EpochView::Whole);
+        // Booked again since: the totals as they stood at the close, on every lane.
+        let EpochView::Closed(before) = as_of_epoch(&entry(8, [10, 30], [4, 20]), 7) else {
+            panic!("a task booked since the close is reported as of the close");
+        };
+        assert_eq!(before.totals.lane_ns[..2], [4, 20]);
+        assert_eq!((before.slot, before.totals.first_seen_ns), (3, 5));
+        // First booked after the close: not yet there.
+        assert_eq!(as_of_epoch(&entry(8, [10, 0], [0, 0]), 7), EpochView::Unborn);
+    }
+
+    #[test]
+    fn a_cpu_mark_is_what_it_had_booked_when_it_left_the_closed_epoch() {
+        let slice = CpuSlice {
+            epoch: 8,
+            booked_ns: 900,
+            closed_booked_ns: 700,
+            lost_ns: 50,
+            closed_lost_ns: 20,
+            ..CpuSlice::default()
+        };
+        assert_eq!(
+            cpu_mark(1, &slice, 7),
+            CpuMark {
+                cpu: 1,
+                booked_ns: 700,
+                lost_ns: 20
+            }
+        );
+        // A CPU that missed the flush (offline) books nothing after: its running figures.
+        let offline = CpuSlice {
+            epoch: 6,
+            ..slice
+        };
+        assert_eq!(
+            cpu_mark(1, &offline, 7),
+            CpuMark {
+                cpu: 1,
+                booked_ns: 900,
+                lost_ns: 50
+            }
+        );
     }
 
     #[test]
