@@ -31,6 +31,9 @@ pub const GLOBALS_MAP: &str = "GLOBALS";
 /// Hotplug steps seen per CPU (`u64` by CPU id, mmapable): a CPU that went offline and came back
 /// between two readings is noticed by its count, not only by the online mask.
 pub const CPU_HOTPLUG_MAP: &str = "CPU_HOTPLUG";
+/// By CPU id (`u64`): when a step of the CPU's bring-up last ran on another CPU; an open slice
+/// older than that spans the CPU's absence and is dropped.
+pub const CPU_UP_NS_MAP: &str = "CPU_UP_NS";
 /// Ring buffer of [`ExitEvent`]s.
 pub const EXITS_MAP: &str = "EXITS";
 /// Per-CPU loss counters: `u32` 0 → [`SensorStats`].
@@ -236,10 +239,6 @@ pub struct CpuSlice {
     pub cpu: u32,
     /// The `CpuConfig::counters_epoch` the counter starts were read under.
     pub counters_epoch: u32,
-    /// Set by the hotplug program on this CPU while it is being brought (back) online, before
-    /// its first switch: the open slice began before the CPU went away, so the next close books
-    /// only from here and drops the rest (the time the CPU was offline is no one's).
-    pub hotplug_ns: u64,
     /// The drain epoch this CPU books into ([`Globals::epoch`] as of its last flush or reopening).
     pub epoch: u64,
     /// Every nanosecond this CPU booked (into slots, or lost because the table was full), since

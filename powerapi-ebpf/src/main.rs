@@ -112,6 +112,11 @@ static GLOBALS: Array<Globals> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Resized by the loader to the number of possible CPUs.
 #[map]
 static CPU_HOTPLUG: Array<u64> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
+/// By CPU id (resized by the loader): when a step of the CPU's bring-up last ran on another CPU,
+/// i.e. before the CPU itself runs again. An open slice older than that spans the CPU's absence.
+/// (Its own bring-up steps cannot say so: tracepoints do not fire on a CPU not yet online.)
+#[map]
+static CPU_UP_NS: Array<u64> = Array::with_max_entries(4096, 0);
 #[map]
 static EXITS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
@@ -319,9 +324,9 @@ fn enter_epoch(slice: &mut CpuSlice, epoch: u64) {
 /// went offline and came back in between; the kernel leaves such a CPU's counter events
 /// switched off, so userspace must notice it to install new ones. Never on the switch path.
 ///
-/// A step of a CPU's bring-up that runs on that CPU itself (its `STARTING` steps run there
-/// before its first switch) also marks its open slice: that slice began before the CPU went
-/// away, and its next close must not book the time the CPU was offline to anyone.
+/// A step of a CPU's bring-up that runs on another CPU (before the CPU itself runs again) is
+/// timed in `CPU_UP_NS`: the CPU's open slice began before it went away, and its next close
+/// must not book the time the CPU was offline to anyone.
 #[raw_tracepoint(tracepoint = "cpuhp_enter")]
 pub fn cpu_hotplug(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(unsigned int cpu, int target, int idx, int (*fun)(unsigned int)).
@@ -332,11 +337,10 @@ pub fn cpu_hotplug(ctx: RawTracePointContext) -> i32 {
     }
     let (target, state) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
     // SAFETY: helper without arguments.
-    if target > state && unsafe { bpf_get_smp_processor_id() } == cpu {
-        if let Some(slice) = CPU_SLICE.get_ptr_mut(0) {
-            // SAFETY: this CPU's own slice; one aligned store, which a switch that interrupts
-            // this program can only see before or after.
-            unsafe { write_volatile(&raw mut (*slice).hotplug_ns, bpf_ktime_get_ns()) };
+    if target > state && unsafe { bpf_get_smp_processor_id() } != cpu {
+        if let Some(up) = CPU_UP_NS.get_ptr_mut(cpu) {
+            // SAFETY: an aligned u64 of the map value, one store; helper without arguments.
+            unsafe { write_volatile(up, bpf_ktime_get_ns()) };
         }
     }
     0
@@ -668,16 +672,19 @@ fn free_slot(index: u32, slot: &mut TaskSlot) {
 #[inline(always)]
 fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now: u64) {
     // SAFETY: an aligned u64 of the slot; see `rekey_after_exec` for the other claimant.
-    let claimed =
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_ENDING) };
+    let claimed = unsafe {
+        atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_ENDING)
+    };
     if claimed & FLAG_ENDING != 0 {
         return;
     }
     // Only while the key still leads here: an exec may have handed it to another slot.
-    if !fresh && TASK_SLOTS.get_ptr(key).is_some_and(|i| {
-        // SAFETY: the value is a plain u32.
-        (unsafe { *i }) == index
-    }) {
+    if !fresh
+        && TASK_SLOTS.get_ptr(key).is_some_and(|i| {
+            // SAFETY: the value is a plain u32.
+            (unsafe { *i }) == index
+        })
+    {
         let _ = TASK_SLOTS.remove(key);
     }
     begin_write(slot);
@@ -687,7 +694,9 @@ fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now:
         free_slot(index, slot);
     } else {
         // SAFETY: as above.
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_DEAD) };
+        unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_DEAD)
+        };
         count(|s| s.exit_overflow += 1);
     }
 }
@@ -705,7 +714,6 @@ fn open_slice(slice: &mut CpuSlice, now: u64, epoch: u64) {
     }
     roll_counters(slice, None);
     slice.start_ns = now;
-    slice.hotplug_ns = 0;
     // A CPU that was offline missed the flushes meanwhile: it joins the current epoch now.
     enter_epoch(slice, epoch);
 }
@@ -740,9 +748,11 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool, const PID_KEYED: bool>(
             read_volatile(&(*globals).stale_before_ns),
         )
     };
-    // Stale: the CPU was offline since this slice opened (its bring-up marked it, or it missed
-    // a whole flush round), so the slice is nobody's time.
-    if slice.start_ns == 0 || slice.start_ns < stale_before || slice.hotplug_ns > slice.start_ns {
+    // Stale: the CPU was offline since this slice opened (it was brought up since, or it missed
+    // a whole flush round), so the slice is nobody's time. (An array lookup: the verifier
+    // inlines it, no helper call.)
+    let brought_up = CPU_UP_NS.get(slice.cpu).copied().unwrap_or(0);
+    if slice.start_ns == 0 || slice.start_ns < stale_before || brought_up > slice.start_ns {
         if slice.start_ns != 0 {
             count(|s| s.stale_slices += 1);
         }

@@ -777,9 +777,15 @@ mod tests {
 
     #[test]
     fn a_cpu_books_what_it_booked_between_its_marks() {
-        assert_eq!(booked_between(Some(&mark(0, 1_000, 5)), &mark(0, 2_007, 9)), (1_007, 4));
+        assert_eq!(
+            booked_between(Some(&mark(0, 1_000, 5)), &mark(0, 2_007, 9)),
+            (1_007, 4)
+        );
         // Offline throughout: nothing booked, nothing lost.
-        assert_eq!(booked_between(Some(&mark(1, 1_300, 0)), &mark(1, 1_300, 0)), (0, 0));
+        assert_eq!(
+            booked_between(Some(&mark(1, 1_300, 0)), &mark(1, 1_300, 0)),
+            (0, 0)
+        );
         // Never seen before (offline since the meter started): all it booked since load.
         assert_eq!(booked_between(None, &mark(3, 250, 7)), (250, 7));
     }

@@ -19,9 +19,9 @@ use aya::{
 };
 use powerapi_common::{
     CGROUP_ATTACH_PROGRAM, CLOCK_PROGRAM, COUNTER_MAPS, CPU_HOTPLUG_MAP, CPU_HOTPLUG_PROGRAM,
-    CPU_LANES_MAP, CPU_SLICE_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent, FLAG_DEAD,
-    FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, LAYOUT_GLOBALS, MAX_COUNTERS, MAX_SOCKETS,
-    NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_BTF_PROGRAM,
+    CPU_LANES_MAP, CPU_SLICE_MAP, CPU_UP_NS_MAP, CpuConfig, CpuSlice, EXITS_MAP, ExitEvent,
+    FLAG_DEAD, FLUSH_PROGRAM, FREE_SLOTS_MAP, GLOBALS_MAP, Globals, LAYOUT_GLOBALS, MAX_COUNTERS,
+    MAX_SOCKETS, NOOP_PROGRAM, NUM_COUNTERS_GLOBAL, SCHED_EXEC_PROGRAM, SCHED_SWITCH_BTF_PROGRAM,
     SCHED_SWITCH_BTF_TIME_ONLY_PROGRAM, SCHED_SWITCH_PROGRAM, SCHED_SWITCH_TIME_ONLY_PROGRAM,
     SCHED_SWITCH_TIME_ONLY_UNCACHED_PROGRAM, SCHED_SWITCH_UNCACHED_PROGRAM, SENSOR_STATS_MAP,
     SLOT_HWM_MAP, STORES_ORDERED_GLOBAL, SensorStats, TASK_RENAME_PROGRAM, TASK_SLOTS_MAP,
@@ -388,6 +388,7 @@ fn load_object(
         .allow_unsupported_maps()
         .map_max_entries(CPU_LANES_MAP, possible)
         .map_max_entries(CPU_HOTPLUG_MAP, possible)
+        .map_max_entries(CPU_UP_NS_MAP, possible)
         .map_max_entries(TASK_SLOTS_MAP, max_tasks)
         .map_max_entries(TASK_TOTALS_MAP, max_tasks)
         .map_max_entries(FREE_SLOTS_MAP, max_tasks)
@@ -949,8 +950,10 @@ fn cpu_mark(cpu: u32, slice: &CpuSlice, closed: u64) -> CpuMark {
     }
 }
 
-/// What a task's totals were at the end of drain epoch `closed`.
+/// What a task's totals were at the end of drain epoch `closed`. (Built once per slot and
+/// consumed at once: the size of the variant does not matter.)
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 enum EpochView {
     /// Everything in them was booked by then.
     Whole,
@@ -1181,7 +1184,10 @@ mod tests {
         assert_eq!(before.totals.lane_ns[..2], [4, 20]);
         assert_eq!((before.slot, before.totals.first_seen_ns), (3, 5));
         // First booked after the close: not yet there.
-        assert_eq!(as_of_epoch(&entry(8, [10, 0], [0, 0]), 7), EpochView::Unborn);
+        assert_eq!(
+            as_of_epoch(&entry(8, [10, 0], [0, 0]), 7),
+            EpochView::Unborn
+        );
     }
 
     #[test]
@@ -1203,10 +1209,7 @@ mod tests {
             }
         );
         // A CPU that missed the flush (offline) books nothing after: its running figures.
-        let offline = CpuSlice {
-            epoch: 6,
-            ..slice
-        };
+        let offline = CpuSlice { epoch: 6, ..slice };
         assert_eq!(
             cpu_mark(1, &offline, 7),
             CpuMark {

@@ -16,6 +16,11 @@
 //! - `leader-exits SECONDS`: the main thread exits at once, a worker burns for SECONDS.
 //! - `reuse MS`: fork a child that burns MS of CPU and exits, then create another with the same
 //!   pid (`clone3` with `set_tid`, root only) that burns 2×MS; prints the pid and both CPU times.
+//! - `exec-reuse SECONDS`: a process on CPU 0 whose second thread execs `sleep` (handing its tid
+//!   back), then a burner created with that tid (`clone3` with `set_tid`), on CPU 0 too, that
+//!   burns SECONDS of CPU; prints both pids and both CPU times (rusage).
+//! - `rt-pulse SECONDS [CPU…]`: one SCHED_FIFO thread per CPU given, each burning 0.3 ms of every 0.5 ms for
+//!   SECONDS: whatever runs at normal priority (the meter's drain) is preempted mid-way.
 
 use std::time::{Duration, Instant};
 
@@ -289,11 +294,128 @@ fn main() {
                 "{{\"pid\":{first},\"second_pid\":{second},\"first_ns\":{first_ns},\"second_ns\":{second_ns}}}"
             );
         }
+        Some("exec-reuse") => exec_reuse(arg(2).unwrap_or(1.0)),
+        Some("rt-pulse") => {
+            let secs = arg(2).unwrap_or(1.0);
+            let cpus = args.len().saturating_sub(3).max(1);
+            let workers: Vec<_> = (0..cpus)
+                .map(|i| {
+                    let cpu = arg(3 + i).unwrap_or(i as f64) as usize;
+                    std::thread::spawn(move || {
+                        pin(cpu);
+                        let param = libc::sched_param { sched_priority: 10 };
+                        // SAFETY: this thread's own policy, with a valid parameter.
+                        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                            eprintln!("SCHED_FIFO: {}", std::io::Error::last_os_error());
+                            std::process::exit(3);
+                        }
+                        let end = Instant::now() + Duration::from_secs_f64(secs);
+                        while Instant::now() < end {
+                            spin_wall(Duration::from_micros(300));
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = worker.join();
+            }
+            println!("{{\"cpu_ns\":{}}}", thread_cpu_ns());
+        }
         _ => {
             eprintln!(
-                "usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS | hop COUNT MS | exec-thread COUNT | rename NAME SECONDS | leader-exits SECONDS | reuse MS"
+                "usage: powerapi-load burn SECONDS [CPU] | storm COUNT MS | threads COUNT SECONDS | hop COUNT MS | exec-thread COUNT | rename NAME SECONDS | leader-exits SECONDS | reuse MS | exec-reuse SECONDS | rt-pulse SECONDS [CPU…]"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// See `exec-reuse` in the module comment. The exec'ing thread's last switches under its own tid
+/// happen on CPU 0 (it waits there for the leader to die), so CPU 0's cache of recent threads
+/// knows that tid when the burner, which reuses it, first switches out there.
+fn exec_reuse(secs: f64) {
+    pin(1);
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid two-int array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("pipe: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    let [read_fd, write_fd] = fds;
+    let sleep_for = format!("{:.3}", secs + 1.0);
+    let sleeper = fork_with(move || {
+        pin(0);
+        let worker = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+            spin_wall(Duration::from_millis(20));
+            let bytes = tid.to_ne_bytes();
+            // SAFETY: writing 4 bytes from a valid buffer to our pipe.
+            unsafe { libc::write(write_fd, bytes.as_ptr().cast(), bytes.len()) };
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("sleep").arg(&sleep_for),
+            );
+            eprintln!("exec failed: {err}");
+            // SAFETY: plain exit of the whole process.
+            unsafe { libc::_exit(1) };
+        });
+        let _ = worker.join();
+    });
+    let mut bytes = [0u8; 4];
+    // SAFETY: reading 4 bytes into a valid buffer from our pipe.
+    if unsafe { libc::read(read_fd, bytes.as_mut_ptr().cast(), bytes.len()) } != 4 {
+        eprintln!("no tid from the sleeper");
+        std::process::exit(1);
+    }
+    let tid = i32::from_ne_bytes(bytes);
+    // The tid is free once the exec is through: the process is `sleep` by then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{sleeper}/comm"))
+        .map_or(true, |c| c.trim() != "sleep")
+    {
+        if Instant::now() > deadline {
+            eprintln!("the sleeper did not exec");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let clone_args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &tid as *const libc::pid_t as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let burner = loop {
+        // SAFETY: clone3 with a valid clone_args (no CLONE_VM: a fork); the child runs only code
+        // that is safe after fork in a single-threaded process.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &clone_args as *const CloneArgs,
+                size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            pin(0);
+            spin_cpu((secs * 1e9) as u64);
+            // SAFETY: leave the child without the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        if pid > 0 {
+            break pid as i32;
+        }
+        let err = std::io::Error::last_os_error();
+        // The old leader, which held the tid last, may not be reaped yet.
+        if err.raw_os_error() != Some(libc::EEXIST) || Instant::now() > deadline {
+            eprintln!("clone3 with set_tid {tid} failed: {err}");
+            std::process::exit(3);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let burner_ns = wait_child(burner);
+    let sleeper_ns = wait_child(sleeper);
+    println!(
+        "{{\"sleeper\":{sleeper},\"burner\":{burner},\"sleeper_ns\":{sleeper_ns},\"burner_ns\":{burner_ns}}}"
+    );
 }
