@@ -1027,6 +1027,9 @@ pub fn execute(cli: Cli) -> Result<i32> {
 }
 
 #[cfg(test)]
+mod help_snapshot;
+
+#[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
