@@ -29,7 +29,7 @@ use crate::{
 #[command(
     name = "powerapi",
     version,
-    about = "eBPF software power meter: CPU time, counters and (soon) watts per process"
+    about = "eBPF software power meter: watts, CPU time and counters per process, container and command"
 )]
 pub struct Cli {
     /// A JSON file declaring the pipeline (sensor, energy source, formula, sinks, outputs);
