@@ -113,6 +113,70 @@ fn fit(parts: &[String], width: usize) -> String {
     out
 }
 
+/// One part of the header's first line, for `fit_ranked`.
+struct HeaderPart {
+    /// Parts of lower rank are shortened, then left out, first.
+    rank: u8,
+    text: String,
+    short: Option<String>,
+}
+
+impl HeaderPart {
+    fn new(rank: u8, text: String) -> Self {
+        Self {
+            rank,
+            text,
+            short: None,
+        }
+    }
+
+    /// A shorter form, taken before any part is left out.
+    fn or(self, short: String) -> Self {
+        Self {
+            short: Some(short),
+            ..self
+        }
+    }
+}
+
+/// Joins `parts` with ` · `, in their order, in at most `width` columns. Unlike `fit`, the
+/// tail is not what goes: parts take their short forms, lowest rank first, and only then are
+/// parts left out, lowest rank first, so a narrow terminal keeps what matters most wherever it
+/// stands on the line.
+fn fit_ranked(parts: &[HeaderPart], width: usize) -> String {
+    const SEPARATOR: &str = " · ";
+    let mut short = vec![false; parts.len()];
+    let mut kept = vec![true; parts.len()];
+    let line = |short: &[bool], kept: &[bool]| {
+        parts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| kept[i])
+            .map(|(i, part)| match (&part.short, short[i]) {
+                (Some(text), true) => text.as_str(),
+                _ => part.text.as_str(),
+            })
+            .collect::<Vec<_>>()
+            .join(SEPARATOR)
+    };
+    let fits = |text: &str| text.chars().count() <= width;
+    let mut by_rank: Vec<usize> = (0..parts.len()).collect();
+    by_rank.sort_by_key(|&i| parts[i].rank);
+    for &i in &by_rank {
+        if fits(&line(&short, &kept)) {
+            break;
+        }
+        short[i] = parts[i].short.is_some();
+    }
+    for &i in &by_rank {
+        if fits(&line(&short, &kept)) {
+            break;
+        }
+        kept[i] = false;
+    }
+    line(&short, &kept)
+}
+
 /// The key hints, most useful first, as many as fit.
 fn footer_hints(width: usize, group: &str) -> String {
     let hints = [
@@ -157,16 +221,21 @@ fn header_lines(app: &App, p: &Palette, width: usize) -> Vec<Line<'static>> {
         first.push(Span::raw(" "));
     }
     let used: usize = first.iter().map(|span| span.content.chars().count()).sum();
-    let parts = [
-        match &s.energy {
-            Some(e) => format!("{} · metric {metric}", e.source),
-            None => "no energy source (CPU only)".to_string(),
-        },
-        format!(" · {} CPUs", s.cpus),
-        format!(" · {:.1}s", s.duration_s),
-        format!(" · meter {:.1}% CPU", s.meter_cpu_percent),
-    ];
-    first.push(Span::raw(fit(&parts, width.saturating_sub(used))));
+    // Ranked: at 80 columns the meter's own cost (what measuring costs) outlasts the CPU count
+    // and the interval, which the user chose or knows anyway.
+    let mut parts = vec![match &s.energy {
+        Some(e) => HeaderPart::new(5, e.source.clone()),
+        None => HeaderPart::new(5, "no energy source (CPU only)".into()).or("CPU only".into()),
+    }];
+    if s.energy.is_some() {
+        parts.push(HeaderPart::new(3, format!("metric {metric}")).or(metric));
+    }
+    parts.extend([
+        HeaderPart::new(1, format!("{} CPUs", s.cpus)),
+        HeaderPart::new(2, format!("{:.1}s", s.duration_s)),
+        HeaderPart::new(4, format!("meter {:.1}% CPU", s.meter_cpu_percent)),
+    ]);
+    first.push(Span::raw(fit_ranked(&parts, width.saturating_sub(used))));
     lines.push(Line::from(first));
     if let Some(e) = &s.energy {
         lines.push(Line::from(vec![
@@ -612,9 +681,80 @@ mod tests {
         );
     }
 
+    /// The README's model example: a badge, the source, the metric, 2 CPUs, the interval.
+    fn estimated_app(source: &str, metric: &str, meter_cpu_percent: f64) -> App {
+        let mut app = App::new(1.0, true);
+        let mut s = snapshot(false);
+        s.meter_cpu_percent = meter_cpu_percent;
+        if let Some(e) = s.energy.as_mut() {
+            e.estimated = true;
+            e.source = source.into();
+            e.domains.push(DomainReport {
+                key: DomainKey {
+                    domain: Domain::Package,
+                    socket: 0,
+                },
+                measured_j: 12.2,
+                attributed_j: 8.2,
+                idle_j: 4.0,
+                unattributed_j: 0.0,
+                power_w: 12.2,
+                idle_w: 4.0,
+                idle_source: IdleSource::Model,
+                metric: metric.into(),
+                formula: None,
+            });
+        }
+        app.ingest(Arc::new(s));
+        app
+    }
+
+    #[test]
+    fn meter_cost_stays_at_80_columns() {
+        let first_line = |app: &App, columns: u16| {
+            let text = screen(app, columns, 24);
+            text.lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end()
+                .to_string()
+        };
+        // The README's example: at 80 columns only the word "metric" goes.
+        let mut app = estimated_app("model", "cpu-time", 0.7);
+        assert_eq!(
+            first_line(&app, 80),
+            "powerapi top  ESTIMATED  model · cpu-time · 2 CPUs · 1.0s · meter 0.7% CPU"
+        );
+        assert_eq!(
+            first_line(&app, 120),
+            "powerapi top  ESTIMATED  model · metric cpu-time · 2 CPUs · 1.0s · meter 0.7% CPU"
+        );
+        // The longest header there is: both badges, the longest source and metric, a costly
+        // meter. The CPU count, the interval and then the metric give way; the meter does not.
+        app = estimated_app("smartwatts-model", "instructions", 12.3);
+        app.apply(Action::TogglePause);
+        assert_eq!(
+            first_line(&app, 80),
+            "powerapi top  ESTIMATED   PAUSED  smartwatts-model · meter 12.3% CPU"
+        );
+        // Narrower still, the source outlasts the meter.
+        let header = first_line(&app, 50);
+        assert!(header.ends_with("smartwatts-model"), "{header}");
+    }
+
     #[test]
     fn fitting_and_units() {
         assert_eq!(fit(&["ab".into(), "cd".into(), "ef".into()], 5), "abcd");
+        let parts = [
+            HeaderPart::new(3, "source".into()),
+            HeaderPart::new(2, "metric cycles".into()).or("cycles".into()),
+            HeaderPart::new(1, "2 CPUs".into()),
+        ];
+        assert_eq!(fit_ranked(&parts, 40), "source · metric cycles · 2 CPUs");
+        assert_eq!(fit_ranked(&parts, 26), "source · cycles · 2 CPUs");
+        assert_eq!(fit_ranked(&parts, 20), "source · cycles");
+        assert_eq!(fit_ranked(&parts, 8), "source");
+        assert_eq!(fit_ranked(&parts, 3), "");
         assert_eq!(footer_hints(6, "process"), "h help");
         assert_eq!(shown_watts(-0.001), "0.00");
         assert_eq!(shown_watts(-0.2), "-0.20");
