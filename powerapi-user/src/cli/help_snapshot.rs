@@ -6,7 +6,9 @@
 //! UPDATE_SNAPSHOTS=1 AYA_BUILD_SKIP=1 cargo test -p powerapi-user --lib help_snapshot
 //! ```
 //!
-//! then `git diff powerapi-user/tests/snapshots` shows what users will see change.
+//! then `git diff powerapi-user/tests/snapshots` shows what users will see change. `flags.txt`
+//! beside the folder lists every flag, hidden ones and hidden commands included, which `--help`
+//! does not show.
 
 use std::{
     fs,
@@ -22,8 +24,8 @@ use super::Cli;
 /// snapshots independent of the terminal the tests run in.
 const HELP_WIDTH: usize = 100;
 
-fn snapshot_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/help")
+fn snapshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots")
 }
 
 /// What `powerapi <path…> --help` prints, through clap's own parsing: it chooses between the
@@ -102,7 +104,7 @@ fn help_matches_snapshots() {
     let cmd = Cli::command();
     let mut paths = Vec::new();
     command_paths(&cmd, &[], &mut paths);
-    let dir = snapshot_dir();
+    let dir = snapshots().join("help");
     // (the command as typed, its snapshot file, what its --help prints)
     let rendered: Vec<(String, PathBuf, String)> = paths
         .iter()
@@ -124,26 +126,10 @@ fn help_matches_snapshots() {
         })
         .collect();
 
-    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v != "0" && !v.is_empty());
+    let update = updating();
     let mut failures = Vec::new();
     for (command, path, help) in &rendered {
-        if update {
-            fs::create_dir_all(&dir).expect("create the snapshot folder");
-            fs::write(path, help).expect("write a snapshot");
-            continue;
-        }
-        match fs::read_to_string(path) {
-            Ok(expected) if expected == *help => {}
-            Ok(expected) => failures.push(format!(
-                "`{command} --help` differs from {}: {}",
-                path.display(),
-                first_difference(&expected, help)
-            )),
-            Err(err) => failures.push(format!(
-                "`{command} --help` has no snapshot ({}: {err})",
-                path.display()
-            )),
-        }
+        failures.extend(compare(path, help, &format!("`{command} --help`"), update));
     }
     // A snapshot whose command is gone is a removed command: stale copies would hide that.
     let wanted: Vec<&PathBuf> = rendered.iter().map(|(_, path, _)| path).collect();
@@ -162,11 +148,130 @@ fn help_matches_snapshots() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "--help changed:\n{}\n\nIf the change is meant, refresh the snapshots and review the diff:\n  \
-         UPDATE_SNAPSHOTS=1 AYA_BUILD_SKIP=1 cargo test -p powerapi-user --lib help_snapshot\n  \
-         git diff powerapi-user/tests/snapshots",
+    assert!(failures.is_empty(), "{}", explain(&failures));
+}
+
+/// Every flag of every command, hidden ones included, one line each: what `--help` leaves out
+/// (hidden flags and commands, aliases, the action) changes no more silently than what it shows.
+#[test]
+fn flags_match_snapshot() {
+    let mut lines = Vec::new();
+    list_flags(&Cli::command(), "powerapi", &mut lines);
+    let path = snapshots().join("flags.txt");
+    let failures: Vec<String> = compare(
+        &path,
+        &(lines.join("\n") + "\n"),
+        "the flag list",
+        updating(),
+    )
+    .into_iter()
+    .collect();
+    assert!(failures.is_empty(), "{}", explain(&failures));
+}
+
+fn list_flags(cmd: &clap::Command, command: &str, lines: &mut Vec<String>) {
+    let hidden = |yes: bool| if yes { " hidden" } else { "" };
+    lines.push(format!("{command}{}", hidden(cmd.is_hide_set())));
+    for alias in cmd.get_all_aliases() {
+        lines.push(format!("{command} alias {alias}"));
+    }
+    for arg in cmd.get_arguments() {
+        let mut line = format!("{command} ");
+        match (arg.get_long(), arg.get_short()) {
+            (Some(long), Some(short)) => line += &format!("-{short}/--{long}"),
+            (Some(long), None) => line += &format!("--{long}"),
+            (None, Some(short)) => line += &format!("-{short}"),
+            (None, None) => line += &format!("<{}>", arg.get_id()),
+        }
+        line += &format!(" {:?}", arg.get_action());
+        // A switch's value parser (true|false) is clap's, not a flag's interface.
+        let takes_values = arg.get_action().takes_values();
+        if let Some(names) = arg.get_value_names().filter(|_| takes_values) {
+            let names: Vec<&str> = names.iter().map(|name| name.as_str()).collect();
+            line += &format!(" value={}", names.join(","));
+        }
+        let aliases: Vec<String> = arg
+            .get_all_aliases()
+            .unwrap_or_default()
+            .iter()
+            .map(|alias| format!("--{alias}"))
+            .chain(
+                arg.get_all_short_aliases()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|alias| format!("-{alias}")),
+            )
+            .collect();
+        if !aliases.is_empty() {
+            line += &format!(" aliases={}", aliases.join(","));
+        }
+        if let Some(env) = arg.get_env() {
+            line += &format!(" env={}", env.to_string_lossy());
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|value| value.to_string_lossy().into_owned())
+            .collect();
+        if !defaults.is_empty() {
+            line += &format!(" default={}", defaults.join(","));
+        }
+        let possible: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .map(|value| value.get_name().to_string())
+            .collect();
+        if takes_values && !possible.is_empty() {
+            line += &format!(" one-of={}", possible.join("|"));
+        }
+        if arg.is_required_set() {
+            line += " required";
+        }
+        if arg.is_global_set() {
+            line += " global";
+        }
+        line += hidden(arg.is_hide_set());
+        lines.push(line);
+    }
+    for sub in cmd.get_subcommands() {
+        list_flags(sub, &format!("{command} {}", sub.get_name()), lines);
+    }
+}
+
+/// `UPDATE_SNAPSHOTS=1` (any value but `0`): write what the code prints instead of comparing.
+fn updating() -> bool {
+    std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// Compares `actual` with the snapshot at `path`, or writes it there when updating; the failure,
+/// if any, names `what` and the first line that differs.
+fn compare(path: &Path, actual: &str, what: &str, update: bool) -> Option<String> {
+    if update {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).expect("create the snapshot folder");
+        }
+        fs::write(path, actual).expect("write a snapshot");
+        return None;
+    }
+    match fs::read_to_string(path) {
+        Ok(expected) if expected == actual => None,
+        Ok(expected) => Some(format!(
+            "{what} differs from {}: {}",
+            path.display(),
+            first_difference(&expected, actual)
+        )),
+        Err(err) => Some(format!(
+            "{what} has no snapshot ({}: {err})",
+            path.display()
+        )),
+    }
+}
+
+fn explain(failures: &[String]) -> String {
+    format!(
+        "the command line changed:\n{}\n\nIf the change is meant, refresh the snapshots and review \
+         the diff:\n  UPDATE_SNAPSHOTS=1 AYA_BUILD_SKIP=1 cargo test -p powerapi-user --lib \
+         help_snapshot\n  git diff powerapi-user/tests/snapshots",
         failures.join("\n")
-    );
+    )
 }
