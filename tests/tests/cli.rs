@@ -160,6 +160,12 @@ fn contradictory_options_are_refused_not_silently_degraded() {
             "energy source: --max-watts 1 W is below the model's idle power",
         ),
         (
+            // The run queue's clock programs always use the cache: this used to attach the
+            // clock-helper programs instead, silently.
+            &["--switch-clock", "rq", "--recent-cache", "false"],
+            "powerapi: error: --switch-clock rq needs the recent-thread cache (the run queue's clock programs always use it): drop --recent-cache false, or use --switch-clock ktime to measure without the cache",
+        ),
+        (
             &["--counters", "none,cpu-clock"],
             "powerapi: error: --counters none means time-only and cannot be combined with counters (none,cpu-clock); drop one",
         ),
