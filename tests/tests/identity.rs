@@ -405,6 +405,83 @@ fn cpus_going_offline_and_online_keep_the_books_balanced() {
     }
 }
 
+/// The model sizes itself by the CPUs online: started with CPU 1 offline, it must follow CPU 1
+/// coming back (it was left sized for one CPU: 10 W for two busy CPUs where the documented
+/// model gives 2 × 2 W + 2 × 8 W = 20 W).
+#[test]
+fn the_model_follows_a_cpu_coming_online() {
+    let Some(_lock) = bpf_test("the_model_follows_a_cpu_coming_online") else {
+        return;
+    };
+    let Some(online) = cpu1_control("the_model_follows_a_cpu_coming_online") else {
+        return;
+    };
+    let control = online.0.clone();
+    fs::write(&control, "0").expect("offline CPU 1");
+    let recording = Recording::start(
+        "hotplug-model",
+        &[
+            "--interval",
+            "250ms",
+            "--counters",
+            "none",
+            "--energy-source",
+            "model",
+        ],
+    );
+    fs::write(&control, "1").expect("online CPU 1");
+    // A reading must see the CPU back before the burners start.
+    std::thread::sleep(Duration::from_millis(600));
+    let burners = [Killed::burner(&["1.5", "0"]), Killed::burner(&["1.5", "1"])];
+    std::thread::sleep(Duration::from_millis(1600));
+    drop(burners);
+    let records = recording.stop();
+
+    let machines: Vec<&Value> = of_type(&records, "machine").collect();
+    assert!(
+        machines.first().is_some_and(|m| m["cpus"] == 1),
+        "the recording started with one CPU"
+    );
+    let after: Vec<&Value> = machines
+        .iter()
+        .skip_while(|m| m["cpus"] == 1)
+        .filter(|m| m["cpus"] == 2 && m["cpus_changed"] == false)
+        .filter(|m| m["interval"]["partial"] == false)
+        .copied()
+        .collect();
+    assert!(
+        after.len() >= 4,
+        "intervals with CPU 1 back: {}",
+        after.len()
+    );
+    let mut busiest: f64 = 0.0;
+    for m in &after {
+        let duration = u64_of(&m["interval"]["duration_ns"]) as f64;
+        let busy = (u64_of(&m["busy_ns"]) as f64 / (2.0 * duration)).min(1.0);
+        busiest = busiest.max(busy);
+        let power: f64 = m["energy"]["domains"]
+            .as_array()
+            .expect("energy domains")
+            .iter()
+            .filter(|d| d["domain"] == "package")
+            .map(|d| f64_of(&d["power_w"]))
+            .sum();
+        // P = 2 W × 2 CPUs + 8 W × 2 CPUs × busy. The model reads the tasks' on-CPU time,
+        // the record's busy_ns is the same sum: measured equal; 1 % leaves room for rounding.
+        let want = 4.0 + 16.0 * busy;
+        assert!(
+            (power - want).abs() <= 0.01 * want,
+            "interval {}: {power:.2} W with 2 CPUs {:.0} % busy, the model gives {want:.2} W",
+            m["interval"]["seq"],
+            busy * 100.0
+        );
+    }
+    assert!(
+        busiest > 0.75,
+        "both burners ran in some interval: busiest {busiest:.2}"
+    );
+}
+
 /// The kernel switches a CPU's counter events off for good when the CPU goes offline, and reads
 /// of them then succeed with a frozen value: counts on that CPU silently stopped (a burner
 /// pinned there showed 3% of its time in cpu-clock). The sensor now installs new events when a
