@@ -194,28 +194,38 @@ fn software_counter_path_matches_on_cpu_time() {
         "counters",
         &["--interval", "500ms", "--counters", "cpu-clock"],
     );
-    let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "1.5"]));
+    let (pid, truth) = run_measured(Command::new(LOAD).args(["burn", "1.5"]));
     let records = recording.stop();
     assert!(records.iter().all(|r| r["mode"] == "counters"));
-    let mut checked = 0;
-    for r in of_type(&records, "process") {
-        let on_cpu = u64_of(&r["on_cpu_ns"]);
-        let clock = u64_of(&r["counters"]["cpu-clock"]);
-        // Sub-millisecond figures are dominated by the few ns between the two clock reads.
-        if on_cpu < 5_000_000 {
-            continue;
-        }
-        let error = (clock as f64 - on_cpu as f64).abs() / on_cpu as f64;
+    // The burner, against its own rusage: its on-CPU time and its cpu-clock count. Only the
+    // burner: other tasks (this test's own threads, whatever else runs) are fast wakers, whose
+    // on-CPU time runs from their wakeup under the run queue's clock while the counter is read at
+    // the switch (README, `--metric`): 15 % apart for a test thread under `stress-ng --cpu 2`.
+    let rows: Vec<_> = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .collect();
+    let on_cpu: u64 = rows.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
+    let clock: u64 = rows
+        .iter()
+        .map(|r| u64_of(&r["counters"]["cpu-clock"]))
+        .sum();
+    // It burns 1.5 s of wall time: all of a CPU when quiet, less when others compete for it.
+    assert!(
+        truth > 300_000_000,
+        "the burner ran {truth} ns: too little to compare"
+    );
+    // Measured: cpu-clock vs on-CPU 0.38–0.44 % quiet, 0.14–0.61 % under `stress-ng --cpu 2`
+    // (bound 1 %, as before); on-CPU vs rusage 0.02–0.29 % quiet, 0.03–0.12 % under load
+    // (bound 1 %, three times the worst).
+    for (what, value, bound) in [("cpu-clock", clock, 0.01), ("rusage", truth, 0.01)] {
+        let error = (value as f64 - on_cpu as f64).abs() / on_cpu as f64;
+        eprintln!("burner: on-CPU vs {what}: {:.3}%", error * 100.0);
         assert!(
-            error <= 0.01,
-            "pid {} {}: cpu-clock {clock} vs on-CPU {on_cpu}",
-            r["pid"],
-            r["comm"]
+            error <= bound,
+            "burner {pid}: on-CPU {on_cpu} ns vs {what} {value} ns ({:.2}%)",
+            error * 100.0
         );
-        checked += 1;
     }
-    assert!(checked >= 3, "too few tasks to compare ({checked})");
-    assert!(on_cpu_of(&records, pid) > 1_000_000_000);
     for m in of_type(&records, "machine") {
         assert_eq!(m["counters"], serde_json::json!(["cpu-clock"]));
         assert!(m["counter_totals"]["cpu-clock"].is_u64());
@@ -358,16 +368,45 @@ fn pid_and_comm_filters() {
             "powerapi-load",
         ],
     );
-    let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "0.6"]));
+    let (pid, truth) = run_measured(Command::new(LOAD).args(["burn", "0.6"]));
     let records = recording.stop();
     let processes: Vec<_> = of_type(&records, "process").collect();
     assert!(!processes.is_empty());
     assert!(processes.iter().all(|r| r["comm"] == "powerapi-load"));
-    assert!(processes.iter().any(|r| r["pid"] == pid));
-    assert!(
-        of_type(&records, "machine").all(|m| u64_of(&m["idle_ns"]) > 0),
-        "machine record is not filtered"
+    // The burner passes the filter whole, against its own rusage. Measured: 0.02–0.94 % (up to
+    // 5.6 ms) quiet, 0.01–0.19 % under `stress-ng --cpu 2`: bounded as for --pid below.
+    let measured = on_cpu_of(&records, pid);
+    eprintln!(
+        "--comm: recorded vs rusage: {:.3}%",
+        (measured as f64 - truth as f64).abs() / truth as f64 * 100.0
     );
+    assert!(
+        measured.abs_diff(truth) <= rusage_bound(truth),
+        "--comm: the burner recorded {measured} ns vs rusage {truth} ns"
+    );
+    // The machine record is not filtered: it counts every process that ran, powerapi itself
+    // (which drains every interval) among them, and its busy time covers the filtered ones'.
+    // (Not `idle_ns > 0`: with both CPUs busy beside the test, an interval has no idle time.)
+    for m in of_type(&records, "machine") {
+        let seq = &m["interval"]["seq"];
+        let rows: Vec<_> = processes
+            .iter()
+            .filter(|r| r["interval"]["seq"] == *seq)
+            .collect();
+        let filtered_ns: u64 = rows.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
+        assert!(
+            u64_of(&m["processes"]) > rows.len() as u64,
+            "interval {seq}: the machine record counts {} processes, the filtered records {}",
+            m["processes"],
+            rows.len()
+        );
+        assert!(
+            u64_of(&m["busy_ns"]) >= filtered_ns,
+            "interval {seq}: machine busy {} ns < the filtered processes' {filtered_ns} ns",
+            m["busy_ns"]
+        );
+    }
+    assert_conservation(&records);
 }
 
 /// Filters that used to match nothing, silently: a command name longer than the kernel keeps,
@@ -441,18 +480,31 @@ fn long_comm_and_sysfs_cgroup_filters_match() {
     );
 }
 
+/// How far a short burner's recorded time may be from its rusage: 1 % plus 5 ms. The 5 ms is
+/// its time on the CPU around its exit, which rusage, taken when the parent reaps it, leaves out
+/// (up to 5.7 ms measured, quiet or loaded; noted in issue 7); 1 % is about three times the
+/// worst relative error left on a 1 s burner.
+fn rusage_bound(truth_ns: u64) -> u64 {
+    truth_ns / 100 + 5_000_000
+}
+
 /// `--pid` reports that process only (the machine record stays whole).
 #[test]
 fn pid_filter_reports_only_that_process() {
     let Some(_lock) = bpf_test("pid_filter_reports_only_that_process") else {
         return;
     };
-    let mut child = Command::new(LOAD)
-        .args(["burn", "1.2"])
+    // The burner waits for a line on stdin, so it burns only once the recording runs (a busy
+    // machine can make starting the recording take longer than a burner that starts at once
+    // runs), and execs from sh so its pid, given to --pid, is the one that burns.
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("read go && exec {LOAD} burn 1.2")])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("burner");
     let pid = child.id();
+    let mut go = child.stdin.take().expect("the burner's stdin");
     let recording = Recording::start(
         "pid-filter",
         &[
@@ -464,13 +516,28 @@ fn pid_filter_reports_only_that_process() {
             &pid.to_string(),
         ],
     );
-    let _ = child.wait();
+    use std::io::Write as _;
+    writeln!(go, "go").expect("start the burner");
+    drop(go);
+    let truth = wait_measured(child);
     std::thread::sleep(std::time::Duration::from_millis(350));
     let records = recording.stop();
     let processes: Vec<_> = of_type(&records, "process").collect();
     assert!(!processes.is_empty());
     assert!(processes.iter().all(|r| r["pid"] == pid), "{processes:?}");
     assert!(of_type(&records, "machine").all(|m| u64_of(&m["processes"]) >= 1));
+    // All of the process's time is there, against its own rusage (which counts what it ran
+    // whatever else the machine does). Measured: 0.11–0.20 % quiet, 0.23–0.48 % (5.7 ms) under
+    // `stress-ng --cpu 2`.
+    let measured = on_cpu_of(&records, pid);
+    eprintln!(
+        "--pid: recorded vs rusage: {:.3}%",
+        (measured as f64 - truth as f64).abs() / truth as f64 * 100.0
+    );
+    assert!(
+        measured.abs_diff(truth) <= rusage_bound(truth),
+        "--pid {pid}: recorded {measured} ns vs rusage {truth} ns"
+    );
 }
 
 #[test]
