@@ -4,10 +4,11 @@
 //! directory in the cgroup2 filesystem; userspace maps it back to a path by walking that tree.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -131,31 +132,93 @@ pub fn parse_systemd_unit(path: &str) -> Option<&str> {
         .then_some(last)
 }
 
+/// Shortest time between two walks of the cgroup tree. A walk costs in proportion to the tree
+/// (tens of milliseconds for thousands of cgroups); a host starting containers all day would
+/// otherwise walk it every interval. A cgroup first seen meanwhile carries only its id until
+/// the next walk.
+pub const RESCAN_PERIOD: Duration = Duration::from_secs(2);
+
+/// Every cgroup directory under `mount` (a cgroup2 mount, or a fixture tree in tests): its id
+/// (the directory's inode) → its path relative to `mount` (`/` for `mount` itself). A directory
+/// that vanishes during the walk is left out.
+pub fn walk_cgroup_tree(mount: &Path) -> HashMap<u64, String> {
+    let mut paths = HashMap::new();
+    let mut stack = vec![(mount.to_path_buf(), String::from("/"))];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        paths.insert(meta.ino(), rel.clone());
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    paths
+}
+
 /// Maps cgroup ids to paths relative to the cgroup2 root (`/` is the root cgroup).
+///
+/// Bounded for hosts that churn containers for weeks: each walk replaces the map, so removed
+/// cgroups are forgotten, and walks are at most one per [`RESCAN_PERIOD`], only for ids not
+/// already looked for in vain.
 #[derive(Debug)]
 pub struct CgroupResolver {
     mount: PathBuf,
     paths: HashMap<u64, String>,
+    /// Ids the last walk was asked for and did not find (another cgroup namespace, or removed
+    /// before the walk): they do not trigger another walk. Emptied by every walk.
+    unresolved: HashSet<u64>,
+    /// When the last walk that `learn` asked for ran (`None`: only the first one, at start).
+    last_rescan: Option<Instant>,
+    period: Duration,
 }
 
 impl CgroupResolver {
     pub fn new(mount: PathBuf) -> Self {
-        let mut resolver = Self {
-            mount,
-            paths: HashMap::new(),
-        };
-        resolver.rescan();
-        resolver
+        Self::with_period(mount, RESCAN_PERIOD)
     }
 
-    /// Rescans the tree when some of `ids` are unknown. A cgroup created and removed within one
-    /// interval stays unknown: its records then carry only the id.
+    /// As [`CgroupResolver::new`], with walks at most one per `period`.
+    pub fn with_period(mount: PathBuf, period: Duration) -> Self {
+        let paths = walk_cgroup_tree(&mount);
+        Self {
+            mount,
+            paths,
+            unresolved: HashSet::new(),
+            last_rescan: None,
+            period,
+        }
+    }
+
+    /// Walks the tree again when some of `ids` (the cgroups of this interval's tasks) are new
+    /// and unknown, unless the last walk was less than the period ago. A cgroup created and
+    /// removed between two walks stays unknown: its records then carry only the id.
     pub fn learn(&mut self, ids: impl IntoIterator<Item = u64>) {
-        if ids
-            .into_iter()
-            .any(|id| id != 0 && !self.paths.contains_key(&id))
-        {
-            self.rescan();
+        self.learn_at(ids, Instant::now());
+    }
+
+    /// [`CgroupResolver::learn`] at `now` (tests inject the clock).
+    pub fn learn_at(&mut self, ids: impl IntoIterator<Item = u64>, now: Instant) {
+        let wanted: Vec<u64> = ids.into_iter().filter(|&id| id != 0).collect();
+        let new_unknown = wanted
+            .iter()
+            .any(|id| !self.paths.contains_key(id) && !self.unresolved.contains(id));
+        let too_soon = self
+            .last_rescan
+            .is_some_and(|last| now.saturating_duration_since(last) < self.period);
+        if new_unknown && !too_soon {
+            self.rescan(&wanted, now);
         }
     }
 
@@ -163,28 +226,34 @@ impl CgroupResolver {
         self.paths.get(&id).map(String::as_str)
     }
 
-    fn rescan(&mut self) {
-        let mut stack = vec![(self.mount.clone(), String::from("/"))];
-        while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
-            self.paths.insert(meta.ino(), rel.clone());
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    stack.push((entry.path(), child));
-                }
+    /// How many cgroups are remembered.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when no cgroup is known (no walk found the mount).
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    fn rescan(&mut self, wanted: &[u64], now: Instant) {
+        let mut paths = walk_cgroup_tree(&self.mount);
+        // A cgroup removed since the last walk is forgotten, unless tasks of this interval were
+        // in it: the records about to be written still name it (gone at the next walk).
+        for id in wanted {
+            if !paths.contains_key(id)
+                && let Some(path) = self.paths.remove(id)
+            {
+                paths.insert(*id, path);
             }
         }
+        self.unresolved = wanted
+            .iter()
+            .filter(|id| !paths.contains_key(id))
+            .copied()
+            .collect();
+        self.paths = paths;
+        self.last_rescan = Some(now);
     }
 }
 
@@ -263,14 +332,147 @@ mod tests {
         assert_eq!(parse_systemd_unit("/user.slice"), None);
     }
 
+    /// A fixture tree under the temp dir, removed when dropped.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("powerapi-cg-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("mkdir");
+            Self(dir)
+        }
+
+        fn add(&self, rel: &str) -> u64 {
+            fs::create_dir_all(self.0.join(rel)).expect("mkdir");
+            fs::metadata(self.0.join(rel)).expect("meta").ino()
+        }
+
+        fn remove(&self, rel: &str) {
+            fs::remove_dir_all(self.0.join(rel)).expect("rmdir");
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn resolver_walks_tree() {
-        let dir = std::env::temp_dir().join(format!("powerapi-cg-{}", std::process::id()));
-        fs::create_dir_all(dir.join("a/b")).expect("mkdir");
-        let ino = fs::metadata(dir.join("a/b")).expect("meta").ino();
-        let mut resolver = CgroupResolver::new(dir.clone());
+        let tree = Tree::new("walk");
+        let ino = tree.add("a/b");
+        let mut resolver = CgroupResolver::new(tree.0.clone());
         resolver.learn([ino]);
         assert_eq!(resolver.path(ino), Some("/a/b"));
-        fs::remove_dir_all(&dir).expect("cleanup");
+        let walked = walk_cgroup_tree(&tree.0);
+        assert_eq!(walked.len(), 3, "root, /a, /a/b: {walked:?}");
+        assert_eq!(walked.get(&ino).map(String::as_str), Some("/a/b"));
+    }
+
+    /// Many unknown ids in a row walk the tree at most once per period: a cgroup created right
+    /// after a walk is found only once the period has passed, however many intervals ask.
+    #[test]
+    fn unknown_ids_walk_the_tree_at_most_once_per_period() {
+        let tree = Tree::new("period");
+        let period = Duration::from_secs(2);
+        let mut resolver = CgroupResolver::with_period(tree.0.clone(), period);
+        let t0 = Instant::now();
+        let early = tree.add("early");
+        resolver.learn_at([early], t0);
+        assert_eq!(
+            resolver.path(early),
+            Some("/early"),
+            "the first unknown id walks at once"
+        );
+
+        let late = tree.add("late");
+        for (step, unknown) in (1..=19u64).zip(1_000_000u64..) {
+            // 100 ms intervals, each with a new id that no walk can find, and the new cgroup.
+            let now = t0 + Duration::from_millis(100 * step);
+            resolver.learn_at([unknown, late], now);
+            assert_eq!(
+                resolver.path(late),
+                None,
+                "walked again {step} intervals after the last"
+            );
+        }
+        resolver.learn_at([late], t0 + period);
+        assert_eq!(
+            resolver.path(late),
+            Some("/late"),
+            "walked once the period passed"
+        );
+
+        // An id the last walk looked for in vain does not walk again, even after the period.
+        let gone = 42_000_000;
+        resolver.learn_at([gone], t0 + 2 * period);
+        let later = tree.add("later");
+        resolver.learn_at([gone], t0 + 4 * period);
+        assert_eq!(
+            resolver.path(later),
+            None,
+            "only a known-missing id: no walk"
+        );
+        resolver.learn_at([later], t0 + 4 * period);
+        assert_eq!(resolver.path(later), Some("/later"));
+    }
+
+    /// Containers come and go for weeks: the map holds what the tree holds now (plus the
+    /// cgroups of the interval being reported), not every cgroup ever seen.
+    #[test]
+    fn removed_cgroups_are_forgotten() {
+        let tree = Tree::new("churn");
+        let mut resolver = CgroupResolver::with_period(tree.0.clone(), Duration::ZERO);
+        let t0 = Instant::now();
+        let kept = tree.add("system.slice");
+        for round in 0..50u64 {
+            let ids: Vec<u64> = (0..20)
+                .map(|n| tree.add(&format!("system.slice/docker-{round}-{n}.scope")))
+                .collect();
+            resolver.learn_at(ids.iter().copied(), t0 + Duration::from_secs(round));
+            for id in &ids {
+                assert!(
+                    resolver.path(*id).is_some(),
+                    "round {round}: a new container found"
+                );
+            }
+            for n in 0..20 {
+                tree.remove(&format!("system.slice/docker-{round}-{n}.scope"));
+            }
+            // root, system.slice, and this round's 20 containers at most.
+            assert!(
+                resolver.len() <= 22,
+                "round {round}: {} paths remembered",
+                resolver.len()
+            );
+        }
+        assert_eq!(resolver.path(kept), Some("/system.slice"));
+    }
+
+    /// A cgroup removed while its tasks are being reported keeps its path for that interval.
+    /// (Directories are made before any is removed: a fixture filesystem, unlike cgroupfs, may
+    /// give a new directory a removed one's inode.)
+    #[test]
+    fn a_cgroup_removed_during_its_last_interval_is_named_then_forgotten() {
+        let tree = Tree::new("leaving");
+        let leaving = tree.add("leaving");
+        let mut resolver = CgroupResolver::with_period(tree.0.clone(), Duration::ZERO);
+        let t0 = Instant::now();
+        let arriving = tree.add("arriving");
+        tree.remove("leaving");
+        resolver.learn_at([leaving, arriving], t0);
+        assert_eq!(
+            resolver.path(leaving),
+            Some("/leaving"),
+            "still reported this interval"
+        );
+        assert_eq!(resolver.path(arriving), Some("/arriving"));
+        // An id no walk finds asks for the next walk.
+        resolver.learn_at([arriving, 77_000_000], t0 + Duration::from_secs(1));
+        assert_eq!(resolver.path(leaving), None, "forgotten at the next walk");
+        assert_eq!(resolver.len(), 2, "root and arriving: {:?}", resolver.paths);
     }
 }

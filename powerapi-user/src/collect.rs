@@ -417,6 +417,13 @@ impl Collector {
             // CPU hotplug: share each socket's energy over the CPUs it has now.
             self.cpus_by_socket = cpus_by_socket(&self.reading.cpus);
             self.frequencies = Frequencies::open(&self.root, &self.reading.cpus);
+            if let Some(energy) = &mut self.energy
+                && let Err(e) = energy.cpus_changed(&self.reading.cpus)
+            {
+                eprintln!(
+                    "powerapi: the energy model keeps its figures from before CPUs changed: {e}"
+                );
+            }
         }
         let drain_us = began.elapsed().as_micros() as u64;
         let frequencies = self

@@ -160,6 +160,12 @@ fn contradictory_options_are_refused_not_silently_degraded() {
             "energy source: --max-watts 1 W is below the model's idle power",
         ),
         (
+            // The run queue's clock programs always use the cache: this used to attach the
+            // clock-helper programs instead, silently.
+            &["--switch-clock", "rq", "--recent-cache", "false"],
+            "powerapi: error: --switch-clock rq needs the recent-thread cache (the run queue's clock programs always use it): drop --recent-cache false, or use --switch-clock ktime to measure without the cache",
+        ),
+        (
             &["--counters", "none,cpu-clock"],
             "powerapi: error: --counters none means time-only and cannot be combined with counters (none,cpu-clock); drop one",
         ),
@@ -278,12 +284,17 @@ fn the_command_line_beats_the_environment_which_beats_the_file() {
         );
         let records = read_records(&out_path);
         let machines: Vec<_> = of_type(&records, "machine").collect();
-        let first = u64_of(&machines[0]["interval"]["duration_ns"]);
-        (machines.len(), (first as f64 / 1e6).round() as u64)
+        // The second interval where there is one: the first also holds the start-up between
+        // the sensor's first reading and the first deadline (20–40 ms under `stress-ng --cpu 2`,
+        // 289 ms for a 250 ms interval was seen).
+        let timed = machines.get(1).unwrap_or(&machines[0]);
+        let ms = u64_of(&timed["interval"]["duration_ns"]);
+        (machines.len(), (ms as f64 / 1e6).round() as u64)
     };
-    // Durations are within a few ms of the interval: the drain's delay.
+    // Durations are within a few ms of the interval: the drain's delay. The one interval of the
+    // 1 s case may also hold the start-up: its count says it is 1 s, not how long it ran.
     let near = |(n, ms): (usize, u64), want_n: usize, want_ms: u64| {
-        n == want_n && ms.abs_diff(want_ms) < 30
+        n == want_n && ms + 30 > want_ms && (n == 1 || ms < want_ms + 30)
     };
     let file = run(None, &[]);
     assert!(near(file, 4, 250), "the file's 250 ms: {file:?}");

@@ -12,7 +12,17 @@ fn busy_loop_time_matches_rusage_and_shows_in_every_interval() {
         return;
     };
     let recording = Recording::start("accuracy", &["--interval", "500ms", "--counters", "none"]);
-    let (pid, truth_ns) = run_measured(Command::new(LOAD).args(["burn", "3", "1"]));
+    let child = Command::new(LOAD)
+        .args(["burn", "3", "1"])
+        .spawn()
+        .expect("burner");
+    let pid = child.id();
+    let sampler = std::thread::spawn(move || schedstat_samples(pid));
+    let truth_ns = wait_measured(child);
+    let mut samples = sampler.join().expect("schedstat sampler");
+    // Reaped: its whole time, later than any interval it ran in (the sampler, delayed on a busy
+    // machine, may have missed its last milliseconds).
+    samples.push((monotonic_ns(), truth_ns));
     let records = recording.stop();
 
     let measured = on_cpu_of(&records, pid);
@@ -40,13 +50,32 @@ fn busy_loop_time_matches_rusage_and_shows_in_every_interval() {
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "gaps in the intervals of a running loop: {seqs:?}"
     );
+    // Each interval's time against what the kernel itself counted for the burner over that
+    // interval (its schedstat, sampled every 5 ms): a loop alone on its CPU is never switched
+    // out, and without the flush its time would land in the interval it exits in. Not a share of
+    // the interval: a busy machine gives CPU 1 to others too (24 % of an interval was seen under
+    // `stress-ng --cpu 2`), and the kernel's count says how much.
     let inner = &intervals[1..intervals.len() - 1];
     for r in inner {
-        let share = u64_of(&r["on_cpu_ns"]) as f64 / u64_of(&r["interval"]["duration_ns"]) as f64;
+        let (start, end) = (
+            u64_of(&r["interval"]["start_ns"]),
+            u64_of(&r["interval"]["end_ns"]),
+        );
+        let (lo, hi) = schedstat_between(&samples, start, end).unwrap_or_else(|| {
+            panic!(
+                "no schedstat samples around interval {}",
+                r["interval"]["seq"]
+            )
+        });
+        let on_cpu = u64_of(&r["on_cpu_ns"]);
+        // 2 ms: the flush on each CPU lies within the drain, after the interval's end instant
+        // (assert_conservation says how far: ~0.4 ms drains). 10 ms: schedstat shows a running
+        // task's time as of its last tick or switch, up to a tick late (4 ms here, HZ=250;
+        // 10 ms at HZ=100); measured 3.5 ms outside the samples' bracket without it.
+        let slack = 12_000_000;
         assert!(
-            share > 0.9,
-            "busy loop got only {:.0}% of interval {}",
-            share * 100.0,
+            on_cpu + slack >= lo && on_cpu <= hi + slack,
+            "interval {}: busy loop recorded {on_cpu} ns, the kernel counted {lo}..{hi} ns",
             r["interval"]["seq"]
         );
     }
@@ -59,6 +88,45 @@ fn busy_loop_time_matches_rusage_and_shows_in_every_interval() {
         "--counters none must say time-only"
     );
     assert_conservation(&records);
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of the records' `start_ns` and `end_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// (CLOCK_MONOTONIC ns, the task's `sum_exec_runtime` ns from `/proc/PID/schedstat`) every
+/// 5 ms until the task is gone.
+fn schedstat_samples(pid: u32) -> Vec<(u64, u64)> {
+    let mut samples = Vec::new();
+    loop {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/schedstat")) else {
+            return samples;
+        };
+        let now = monotonic_ns();
+        match text.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            // A reaped task's file may read empty before it vanishes.
+            Some(ran) => samples.push((now, ran)),
+            None => return samples,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The least and most CPU time the sampled task can have had between `start` and `end`
+/// (CLOCK_MONOTONIC ns), from the samples bracketing each instant.
+fn schedstat_between(samples: &[(u64, u64)], start: u64, end: u64) -> Option<(u64, u64)> {
+    let before = |t: u64| samples.iter().rev().find(|(at, _)| *at <= t).map(|s| s.1);
+    let after = |t: u64| samples.iter().find(|(at, _)| *at >= t).map(|s| s.1);
+    let lo = before(end)?.saturating_sub(after(start)?);
+    let hi = after(end)?.saturating_sub(before(start)?);
+    Some((lo, hi))
 }
 
 /// Records while `powerapi-load storm COUNT MS` runs; checks that every child is reported as
@@ -194,28 +262,38 @@ fn software_counter_path_matches_on_cpu_time() {
         "counters",
         &["--interval", "500ms", "--counters", "cpu-clock"],
     );
-    let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "1.5"]));
+    let (pid, truth) = run_measured(Command::new(LOAD).args(["burn", "1.5"]));
     let records = recording.stop();
     assert!(records.iter().all(|r| r["mode"] == "counters"));
-    let mut checked = 0;
-    for r in of_type(&records, "process") {
-        let on_cpu = u64_of(&r["on_cpu_ns"]);
-        let clock = u64_of(&r["counters"]["cpu-clock"]);
-        // Sub-millisecond figures are dominated by the few ns between the two clock reads.
-        if on_cpu < 5_000_000 {
-            continue;
-        }
-        let error = (clock as f64 - on_cpu as f64).abs() / on_cpu as f64;
+    // The burner, against its own rusage: its on-CPU time and its cpu-clock count. Only the
+    // burner: other tasks (this test's own threads, whatever else runs) are fast wakers, whose
+    // on-CPU time runs from their wakeup under the run queue's clock while the counter is read at
+    // the switch (README, `--metric`): 15 % apart for a test thread under `stress-ng --cpu 2`.
+    let rows: Vec<_> = of_type(&records, "process")
+        .filter(|r| r["pid"] == pid)
+        .collect();
+    let on_cpu: u64 = rows.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
+    let clock: u64 = rows
+        .iter()
+        .map(|r| u64_of(&r["counters"]["cpu-clock"]))
+        .sum();
+    // It burns 1.5 s of wall time: all of a CPU when quiet, less when others compete for it.
+    assert!(
+        truth > 300_000_000,
+        "the burner ran {truth} ns: too little to compare"
+    );
+    // Measured: cpu-clock vs on-CPU 0.38–0.44 % quiet, 0.14–0.61 % under `stress-ng --cpu 2`
+    // (bound 1 %, as before); on-CPU vs rusage 0.02–0.29 % quiet, 0.03–0.12 % under load
+    // (bound 1 %, three times the worst).
+    for (what, value, bound) in [("cpu-clock", clock, 0.01), ("rusage", truth, 0.01)] {
+        let error = (value as f64 - on_cpu as f64).abs() / on_cpu as f64;
+        eprintln!("burner: on-CPU vs {what}: {:.3}%", error * 100.0);
         assert!(
-            error <= 0.01,
-            "pid {} {}: cpu-clock {clock} vs on-CPU {on_cpu}",
-            r["pid"],
-            r["comm"]
+            error <= bound,
+            "burner {pid}: on-CPU {on_cpu} ns vs {what} {value} ns ({:.2}%)",
+            error * 100.0
         );
-        checked += 1;
     }
-    assert!(checked >= 3, "too few tasks to compare ({checked})");
-    assert!(on_cpu_of(&records, pid) > 1_000_000_000);
     for m in of_type(&records, "machine") {
         assert_eq!(m["counters"], serde_json::json!(["cpu-clock"]));
         assert!(m["counter_totals"]["cpu-clock"].is_u64());
@@ -358,16 +436,45 @@ fn pid_and_comm_filters() {
             "powerapi-load",
         ],
     );
-    let (pid, _) = run_measured(Command::new(LOAD).args(["burn", "0.6"]));
+    let (pid, truth) = run_measured(Command::new(LOAD).args(["burn", "0.6"]));
     let records = recording.stop();
     let processes: Vec<_> = of_type(&records, "process").collect();
     assert!(!processes.is_empty());
     assert!(processes.iter().all(|r| r["comm"] == "powerapi-load"));
-    assert!(processes.iter().any(|r| r["pid"] == pid));
-    assert!(
-        of_type(&records, "machine").all(|m| u64_of(&m["idle_ns"]) > 0),
-        "machine record is not filtered"
+    // The burner passes the filter whole, against its own rusage. Measured: 0.02–0.94 % (up to
+    // 5.6 ms) quiet, 0.01–0.19 % under `stress-ng --cpu 2`: bounded as for --pid below.
+    let measured = on_cpu_of(&records, pid);
+    eprintln!(
+        "--comm: recorded vs rusage: {:.3}%",
+        (measured as f64 - truth as f64).abs() / truth as f64 * 100.0
     );
+    assert!(
+        measured.abs_diff(truth) <= rusage_bound(truth),
+        "--comm: the burner recorded {measured} ns vs rusage {truth} ns"
+    );
+    // The machine record is not filtered: it counts every process that ran, powerapi itself
+    // (which drains every interval) among them, and its busy time covers the filtered ones'.
+    // (Not `idle_ns > 0`: with both CPUs busy beside the test, an interval has no idle time.)
+    for m in of_type(&records, "machine") {
+        let seq = &m["interval"]["seq"];
+        let rows: Vec<_> = processes
+            .iter()
+            .filter(|r| r["interval"]["seq"] == *seq)
+            .collect();
+        let filtered_ns: u64 = rows.iter().map(|r| u64_of(&r["on_cpu_ns"])).sum();
+        assert!(
+            u64_of(&m["processes"]) > rows.len() as u64,
+            "interval {seq}: the machine record counts {} processes, the filtered records {}",
+            m["processes"],
+            rows.len()
+        );
+        assert!(
+            u64_of(&m["busy_ns"]) >= filtered_ns,
+            "interval {seq}: machine busy {} ns < the filtered processes' {filtered_ns} ns",
+            m["busy_ns"]
+        );
+    }
+    assert_conservation(&records);
 }
 
 /// Filters that used to match nothing, silently: a command name longer than the kernel keeps,
@@ -441,18 +548,31 @@ fn long_comm_and_sysfs_cgroup_filters_match() {
     );
 }
 
+/// How far a short burner's recorded time may be from its rusage: 1 % plus 5 ms. The 5 ms is
+/// its time on the CPU around its exit, which rusage, taken when the parent reaps it, leaves out
+/// (up to 5.7 ms measured, quiet or loaded; noted in issue 7); 1 % is about three times the
+/// worst relative error left on a 1 s burner.
+fn rusage_bound(truth_ns: u64) -> u64 {
+    truth_ns / 100 + 5_000_000
+}
+
 /// `--pid` reports that process only (the machine record stays whole).
 #[test]
 fn pid_filter_reports_only_that_process() {
     let Some(_lock) = bpf_test("pid_filter_reports_only_that_process") else {
         return;
     };
-    let mut child = Command::new(LOAD)
-        .args(["burn", "1.2"])
+    // The burner waits for a line on stdin, so it burns only once the recording runs (a busy
+    // machine can make starting the recording take longer than a burner that starts at once
+    // runs), and execs from sh so its pid, given to --pid, is the one that burns.
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("read go && exec {LOAD} burn 1.2")])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("burner");
     let pid = child.id();
+    let mut go = child.stdin.take().expect("the burner's stdin");
     let recording = Recording::start(
         "pid-filter",
         &[
@@ -464,13 +584,28 @@ fn pid_filter_reports_only_that_process() {
             &pid.to_string(),
         ],
     );
-    let _ = child.wait();
+    use std::io::Write as _;
+    writeln!(go, "go").expect("start the burner");
+    drop(go);
+    let truth = wait_measured(child);
     std::thread::sleep(std::time::Duration::from_millis(350));
     let records = recording.stop();
     let processes: Vec<_> = of_type(&records, "process").collect();
     assert!(!processes.is_empty());
     assert!(processes.iter().all(|r| r["pid"] == pid), "{processes:?}");
     assert!(of_type(&records, "machine").all(|m| u64_of(&m["processes"]) >= 1));
+    // All of the process's time is there, against its own rusage (which counts what it ran
+    // whatever else the machine does). Measured: 0.11–0.20 % quiet, 0.23–0.48 % (5.7 ms) under
+    // `stress-ng --cpu 2`.
+    let measured = on_cpu_of(&records, pid);
+    eprintln!(
+        "--pid: recorded vs rusage: {:.3}%",
+        (measured as f64 - truth as f64).abs() / truth as f64 * 100.0
+    );
+    assert!(
+        measured.abs_diff(truth) <= rusage_bound(truth),
+        "--pid {pid}: recorded {measured} ns vs rusage {truth} ns"
+    );
 }
 
 #[test]
@@ -613,6 +748,27 @@ fn duration_ends_with_a_partial_interval_and_intervals_are_contiguous() {
     let Some(_lock) = bpf_test("duration_ends_with_a_partial_interval") else {
         return;
     };
+    // How late this machine wakes a sleeper meanwhile: the partial interval is the remainder of
+    // the duration, 100 ms, give or take how late the intervals' two ends were.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let probe = std::thread::spawn(move || {
+        // At the collector's priority (nice −10, collect.rs), so it is woken as the collector is.
+        // SAFETY: gettid and setpriority have no memory-safety preconditions; on Linux,
+        // PRIO_PROCESS with a thread id changes only this thread.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10);
+        }
+        let mut latest = std::time::Duration::ZERO;
+        loop {
+            let asked = std::time::Duration::from_millis(5);
+            let before = std::time::Instant::now();
+            if stopped.recv_timeout(asked).is_ok() {
+                return latest;
+            }
+            latest = latest.max(before.elapsed().saturating_sub(asked));
+        }
+    });
     let started = std::time::Instant::now();
     let out = Command::new(powerapi())
         .args(["record", "--counters", "none", "--interval", "200ms"])
@@ -620,6 +776,8 @@ fn duration_ends_with_a_partial_interval_and_intervals_are_contiguous() {
         .output()
         .expect("powerapi record");
     let elapsed = started.elapsed();
+    let _ = stop.send(());
+    let wake_latency_ms = probe.join().expect("latency probe").as_secs_f64() * 1e3;
     assert!(out.status.success());
     let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -639,8 +797,16 @@ fn duration_ends_with_a_partial_interval_and_intervals_are_contiguous() {
         );
     }
     let last_ms = u64_of(&machines[2]["interval"]["duration_ns"]) as f64 / 1e6;
-    // Measured here: 100.1–100.4 ms; the sleep's wake-up jitter is the error.
-    assert!((last_ms - 100.0).abs() < 15.0, "last interval {last_ms} ms");
+    // Measured here: 100.1–100.4 ms quiet; the sleep's wake-up jitter is the error. Under
+    // `stress-ng --cpu 2` 92–104 ms, and 48 and 118 ms now and then (an end woken ~50 ms late):
+    // hence the latest wake-up the probe saw meanwhile, at each end, on top (measured at nice
+    // −10 under that load: 7–27 ms, so the bound stays under 70 ms, well short of a whole
+    // 200 ms interval; without stress-ng, 3–4 ms on this shared VM).
+    let bound = 15.0 + 2.0 * wake_latency_ms;
+    assert!(
+        (last_ms - 100.0).abs() < bound,
+        "last interval {last_ms} ms, not 100 ± {bound:.1} ms (wake-ups up to {wake_latency_ms:.1} ms late meanwhile)"
+    );
     assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
 }
 

@@ -101,14 +101,24 @@ fn report_figures_equal_the_traces_own_sums() {
     assert!(close(f64_of(&package["measured_j"]), measured));
     assert!(close(f64_of(&package["average_w"]), measured / seconds));
     assert!(close(f64_of(&summary["idle_share"]), idle / measured));
+    // The top target is the command that drew the most in the trace: the burner on a quiet
+    // machine, but a compile running beside the test can outdraw it.
     let top = &summary["targets"][0];
+    let (most, &(joules, cpu_ns)) = by_command
+        .iter()
+        .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+        .expect("processes in the trace");
     assert_eq!(
-        top["name"], "powerapi-load",
-        "the burner drew the most: {summary}"
+        top["name"],
+        most.as_str(),
+        "the command that drew the most: {summary}"
     );
-    let (joules, cpu_ns) = by_command["powerapi-load"];
     assert!(close(f64_of(&top["joules"]), joules));
     assert!(close(f64_of(&top["cpu_s"]), cpu_ns as f64 / 1e9));
+    assert!(
+        by_command.contains_key("powerapi-load"),
+        "the burner is in the trace"
+    );
     // Three targets and the rest: together every process's energy.
     let listed: f64 = summary["targets"]
         .as_array()
@@ -141,10 +151,11 @@ fn report_figures_equal_the_traces_own_sums() {
         5,
         "idle, 3 targets, other"
     );
+    // The top target's series is labelled (the burner's when the machine is quiet).
     for label in [
         "idle",
         "other",
-        "powerapi-load",
+        most.as_str(),
         "time since start (s)",
         "power, package (W)",
     ] {

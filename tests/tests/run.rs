@@ -98,11 +98,27 @@ fn ctrl_c_during_a_series_reports_only_the_complete_runs() {
     let Some(_lock) = bpf_test("ctrl_c_during_a_series_reports_only_the_complete_runs") else {
         return;
     };
-    // Each run sleeps 0.8 s; the interrupt lands in the second.
-    let (out, _) = interrupt(
-        &["--json", "--repeat", "3", "--", "sleep", "0.8"],
-        &[Duration::from_millis(1200)],
-    );
+    // Each run marks its start in a file and sleeps 0.8 s; the interrupt lands 0.2 s into the
+    // second, whenever that starts (not at a fixed time: a busy machine delays the first).
+    let marker = temp_path("series-marker");
+    let _ = fs::remove_file(&marker);
+    let script = format!("echo run >> {}; sleep 0.8", marker.display());
+    let child = Command::new(powerapi())
+        .args(["run", "--energy-source", "none", "--interval", "100ms"])
+        .args(["--json", "--repeat", "3", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("powerapi run");
+    wait_until("the second run", Duration::from_secs(30), || {
+        let runs = fs::read_to_string(&marker).map_or(0, |t| t.lines().count());
+        (runs >= 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    let _ = fs::remove_file(&marker);
     let stderr = stderr_of(&out);
     let report = json_report(&stderr);
     assert_eq!(report["runs"].as_array().map(Vec::len), Some(1), "{stderr}");

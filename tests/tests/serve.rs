@@ -31,9 +31,63 @@ fn prometheus() -> Option<&'static str> {
     debian_binary("prometheus", "/usr/bin/prometheus")
 }
 
-fn start_serve(port: u16, extra: &[&str]) -> Killed {
+/// `powerapi serve` at 500 ms intervals, time-only, its energy from `energy` (`--energy-source`).
+/// The power [`ConstantPower`] injects.
+const INJECTED_W: f64 = 15.0;
+
+/// A powercap-shaped tree (`intel-rapl:0`, package 0) whose `energy_uj` a thread advances at
+/// [`INJECTED_W`] from the wall clock until dropped: energy whose rate does not depend on load.
+struct ConstantPower {
+    dir: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConstantPower {
+    fn start(name: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let dir = temp_path(name);
+        let zone = dir.join("intel-rapl:0");
+        fs::create_dir_all(&zone).expect("mkdir zone");
+        fs::write(zone.join("name"), "package-0\n").expect("name");
+        fs::write(zone.join("max_energy_range_uj"), "262143328850\n").expect("range");
+        fs::write(zone.join("energy_uj"), "0\n").expect("energy");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                // Every 5 ms: a reading is at most 5 ms × 15 W stale, 1.5 % of a 500 ms interval,
+                // and the staleness of consecutive readings largely cancels.
+                std::thread::sleep(Duration::from_millis(5));
+                let energy_uj = (INJECTED_W * t0.elapsed().as_secs_f64() * 1e6) as u64;
+                // Write-and-rename so a reader never sees a half-written number.
+                let tmp = zone.join("energy_uj.tmp");
+                fs::write(&tmp, format!("{energy_uj}\n")).expect("write energy");
+                fs::rename(&tmp, zone.join("energy_uj")).expect("rename energy");
+            }
+        });
+        Self {
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ConstantPower {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_serve(port: u16, energy: &str, extra: &[&str]) -> Killed {
     let child = Command::new(powerapi())
-        .args(["serve", "--counters", "none", "--energy-source", "model"])
+        .args(["serve", "--counters", "none", "--energy-source", energy])
         .args([
             "--interval",
             "500ms",
@@ -62,8 +116,14 @@ fn a_real_prometheus_scrapes_serve() {
         );
         return;
     };
+    // Energy at a power this test sets, whatever else the machine does: the model's power
+    // follows the CPUs' load, and under a load that varies (a compile beside the test) rate()
+    // over every interval and the average of the gauge sampled at each scrape (one interval in
+    // two) drifted 5.4 % apart, with nothing wrong.
+    let injector = ConstantPower::start("prometheus-energy");
+    let source = format!("powercap-dir:{}", injector.dir.display());
     let serve_port = free_port();
-    let _serve = start_serve(serve_port, &["--top", "5"]);
+    let _serve = start_serve(serve_port, &source, &["--top", "5"]);
     let _burner = Killed(
         Command::new(LOAD)
             .args(["burn", "60"])
@@ -108,8 +168,10 @@ fn a_real_prometheus_scrapes_serve() {
         query(prom_port, burner).filter(|v| *v > first)
     });
     assert!(second > first);
-    // rate() of the node counter against the node power gauge: the model with a steady burner
-    // gives a steady power (measured here: 1.4 % apart; the issue asks for 5 %).
+    // rate() of the node counter and the node power gauge, each against the power injected.
+    // Measured, quiet: rate +0.01 to +0.03 %, gauge −0.36 to −0.18 %; under `stress-ng --cpu 2`
+    // or a half-loaded CPU: rate −0.55 to +0.37 %, gauge −1.34 to +0.34 % (the injector's
+    // writes and the meter's reads delayed). Bounds about three times the worst: 2 % and 4 %.
     std::thread::sleep(Duration::from_secs(6));
     let rate = wait_until("rate", Duration::from_secs(10), || {
         query(
@@ -123,11 +185,17 @@ fn a_real_prometheus_scrapes_serve() {
             "sum(avg_over_time(powerapi_node_power_watts[5s]))",
         )
     });
-    eprintln!("rate {rate:.3} W, gauge {gauge:.3} W");
-    assert!(
-        (rate - gauge).abs() <= gauge * 0.05,
-        "rate {rate} W vs gauge {gauge} W"
+    eprintln!(
+        "rate {rate:.3} W ({:+.2} %), gauge {gauge:.3} W ({:+.2} %), injected {INJECTED_W} W",
+        (rate / INJECTED_W - 1.0) * 100.0,
+        (gauge / INJECTED_W - 1.0) * 100.0
     );
+    for (what, watts, bound) in [("rate", rate, 0.02), ("gauge", gauge, 0.04)] {
+        assert!(
+            (watts - INJECTED_W).abs() <= INJECTED_W * bound,
+            "{what} {watts} W vs {INJECTED_W} W injected"
+        );
+    }
     // The node's energy is its idle, attributed and unattributed parts, in one scrape.
     let parts = wait_until("the parts", Duration::from_secs(10), || {
         query(
@@ -158,7 +226,7 @@ fn hostile_clients_cannot_stall_serve() {
         return;
     };
     let port = free_port();
-    let serve = start_serve(port, &[]);
+    let serve = start_serve(port, "model", &[]);
     let pid = serve.0.id();
     let rss_before = rss_kib(pid);
     // 1,000 connections that never send a header, and 20 that send one slowly.
@@ -226,7 +294,7 @@ fn serve_also_writes_records_to_its_sinks() {
     let _ = fs::remove_file(&trace);
     let port = free_port();
     let sink = format!("csv:{}", trace.display());
-    let mut serve = start_serve(port, &["--sink", &sink]);
+    let mut serve = start_serve(port, "model", &["--sink", &sink]);
     std::thread::sleep(Duration::from_millis(1200));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(serve.0.id() as i32, libc::SIGINT) };

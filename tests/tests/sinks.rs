@@ -140,10 +140,20 @@ fn influxdb_csv_and_json_lines_of_one_run_agree() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("influxdb:"), "no write failed: {stderr}");
+    // The burner's own count of its time, while it still runs: the recording saw part of it.
+    let burner_total = fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("the burner's schedstat");
     drop(burner);
     let records = read_records(&jsonl);
     let burner_ns = on_cpu_of(&records, pid);
-    assert!(burner_ns > 1_500_000_000, "the burner ran: {burner_ns} ns");
+    // Not a fixed 1.5 s: on a busy machine it gets a share of a CPU (0.4 s in 2.5 s was seen).
+    // 10 ms: schedstat lags a running task by up to a tick.
+    assert!(
+        burner_ns > 100_000_000 && burner_ns <= burner_total + 10_000_000,
+        "the burner ran: recorded {burner_ns} ns of its {burner_total} ns"
+    );
     let machines: Vec<&Value> = of_type(&records, "machine").collect();
     assert!(machines.len() >= 5, "five intervals: {}", machines.len());
 
@@ -364,15 +374,28 @@ fn a_full_tcp_buffer_drops_whole_intervals_and_counts_their_records() {
         return;
     };
     let port = free_port();
+    let jsonl = temp_path("tcp-drops.jsonl");
+    let _ = fs::remove_file(&jsonl);
+    let written = jsonl.clone();
     let collector = std::thread::spawn(move || {
-        // Away for the first 1.6 s (about three intervals), then there until the end.
-        std::thread::sleep(Duration::from_millis(1600));
+        // Away until three intervals are in the file, then there until the end (not for a
+        // fixed 1.6 s: on a busy machine starting the recording took longer than that).
+        let machines = || {
+            fs::read_to_string(&written).map_or(0, |t| {
+                t.lines()
+                    .filter(|l| l.contains(r#""type":"machine""#))
+                    .count()
+            })
+        };
+        wait_until(
+            "three intervals in the file",
+            Duration::from_secs(30),
+            || (machines() >= 3).then_some(()),
+        );
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
         let (stream, _) = listener.accept().expect("connection");
         read_lines(stream, |_| false)
     });
-    let jsonl = temp_path("tcp-drops.jsonl");
-    let _ = fs::remove_file(&jsonl);
     let mut cmd = Command::new(powerapi());
     // 1 KiB holds less than one interval: each interval queued while the collector is away
     // pushes out the one before.

@@ -94,7 +94,8 @@ pub fn setup() -> Result<()> {
     }
 
     // 4. The servers the end-to-end tests talk to (Prometheus for `serve`, InfluxDB for
-    //    `--sink influxdb:`) and the font of `report --chart`, from Debian.
+    //    `--sink influxdb:`), the font of `report --chart`, and `stress-ng` (to check that the
+    //    end-to-end tests hold on a busy machine: TESTING.md), from Debian.
     install_test_servers()?;
     Ok(())
 }
@@ -110,6 +111,8 @@ fn install_test_servers() -> Result<()> {
             "fonts-dejavu-core",
             "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         ),
+        // Loads both CPUs while the end-to-end tests run (`stress-ng --cpu 2`).
+        ("stress-ng", "/usr/bin/stress-ng"),
     ]
     .into_iter()
     .filter(|(_, bin)| !Path::new(bin).exists())

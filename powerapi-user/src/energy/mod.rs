@@ -495,6 +495,12 @@ pub trait Source: Send {
         _frequencies: &[(u32, f64)],
     ) {
     }
+
+    /// The online CPUs changed (hotplug): a source that models from the CPU count rebuilds for
+    /// `cpus`. On an error the source keeps its previous figures.
+    fn cpus_changed(&mut self, _cpus: &[Cpu]) -> Result<(), EnergyError> {
+        Ok(())
+    }
 }
 
 /// What the tasks of one socket did in an interval.
@@ -630,6 +636,17 @@ impl Source for EnergySource {
 
     fn estimated(&self) -> bool {
         matches!(self, Self::Model(_))
+    }
+
+    fn cpus_changed(&mut self, cpus: &[Cpu]) -> Result<(), EnergyError> {
+        match self {
+            // RAPL measures whatever CPUs are there.
+            Self::Measured(_) => Ok(()),
+            Self::Model(model) => {
+                *model = model.for_cpus(cpus)?;
+                Ok(())
+            }
+        }
     }
 
     fn name(&self) -> &str {

@@ -15,6 +15,9 @@ pub struct LinearModel {
     pub max_watts: f64,
     /// (socket, CPUs on it)
     pub sockets: Vec<(u32, u32)>,
+    /// `--idle-watts` and `--max-watts` as given: kept so that when CPUs come or go only the
+    /// per-CPU defaults are rescaled, never a figure the user chose.
+    given: (Option<f64>, Option<f64>),
 }
 
 impl LinearModel {
@@ -41,7 +44,15 @@ impl LinearModel {
             idle_watts: idle,
             max_watts: max,
             sockets,
+            given: (idle_watts, max_watts),
         })
+    }
+
+    /// The same model for the CPUs online now (after a hotplug): the defaults follow the CPU
+    /// count and each socket's share its CPUs, so that two busy CPUs cost what two CPUs do
+    /// (a model left sized for one CPU clamped two busy ones to one CPU's power).
+    pub fn for_cpus(&self, cpus: &[Cpu]) -> Result<Self, EnergyError> {
+        Self::new(cpus, self.given.0, self.given.1)
     }
 
     /// Package energy per socket over `duration_ns`, from each socket's busy time.
@@ -110,5 +121,36 @@ mod tests {
             "--max-watts 5 W is below the model's idle power 8 W (2 W per CPU × 4 CPUs); raise --max-watts or set --idle-watts below it"
         );
         assert!(LinearModel::new(&cpus, Some(4.0), Some(5.0)).is_ok());
+    }
+
+    /// Started with CPU 1 offline, then both CPUs busy for 1 s: the documented model gives
+    /// 2 × 2 W + 2 × 8 W = 20 W (the model sized at start gave 10 W).
+    #[test]
+    fn a_cpu_coming_online_rescales_the_defaults_but_not_given_figures() {
+        let one = [Cpu { id: 0, socket: 0 }];
+        let two = [Cpu { id: 0, socket: 0 }, Cpu { id: 1, socket: 0 }];
+        let defaults = LinearModel::new(&one, None, None).expect("valid");
+        assert_eq!((defaults.idle_watts, defaults.max_watts), (2.0, 10.0));
+        let grown = defaults.for_cpus(&two).expect("valid");
+        assert_eq!((grown.idle_watts, grown.max_watts), (4.0, 20.0));
+        assert_eq!(grown.sockets, vec![(0, 2)]);
+        let both_busy = grown.sample(1_000_000_000, &[(0, 2_000_000_000)]);
+        assert!(
+            (both_busy.domains[0].1 - 20.0).abs() < 1e-9,
+            "{both_busy:?}"
+        );
+        // And back to one CPU: the defaults shrink again.
+        assert_eq!(grown.for_cpus(&one).expect("valid"), defaults);
+
+        // Figures the user gave stay as given; only the default beside them follows the CPUs.
+        let given = LinearModel::new(&one, Some(3.0), Some(30.0)).expect("valid");
+        let grown = given.for_cpus(&two).expect("valid");
+        assert_eq!((grown.idle_watts, grown.max_watts), (3.0, 30.0));
+        let idle_given = LinearModel::new(&one, Some(3.0), None).expect("valid");
+        let grown = idle_given.for_cpus(&two).expect("valid");
+        assert_eq!((grown.idle_watts, grown.max_watts), (3.0, 20.0));
+        // A given idle above the default maximum for fewer CPUs is refused, as at start.
+        let idle_given = LinearModel::new(&two, Some(15.0), None).expect("valid");
+        assert!(idle_given.for_cpus(&one).is_err());
     }
 }

@@ -92,6 +92,12 @@ pub enum SensorError {
         /// The running kernel's release.
         found: String,
     },
+    #[error(
+        "--switch-clock rq needs the recent-thread cache (the run queue's clock programs always use it): drop --recent-cache false, or use --switch-clock ktime to measure without the cache"
+    )]
+    /// The run queue's clock was asked for without the cache its programs are built around:
+    /// refused rather than quietly timed by the clock helper instead.
+    RqClockWithoutCache,
     #[error(transparent)]
     /// A counter could not be opened.
     Counter(#[from] CounterError),
@@ -561,6 +567,9 @@ impl Sensor {
         // The run queue's clock needs the cache's build (the `tp_btf` programs have it).
         let layout = match config.switch_clock {
             SwitchClock::Ktime => None,
+            SwitchClock::Rq if !config.recent_cache => {
+                return Err(SensorError::RqClockWithoutCache);
+            }
             _ if !config.recent_cache => None,
             SwitchClock::Auto => kernel_layout::running_kernel().ok(),
             SwitchClock::Rq => Some(

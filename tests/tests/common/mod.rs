@@ -83,13 +83,129 @@ fn steal_and_total() -> (u64, u64) {
 /// Above this share of stolen CPU time, a failed accuracy bound is the machine's doing.
 const NOISY_STEAL: f64 = 0.02;
 
+/// Above this many runnable tasks outside the test on average (a compile, a `stress-ng` beside
+/// it), a failed bound may be the machine's doing: with 2 CPUs, half a CPU's worth of other work
+/// already delays the test's tasks and its meter. Quiet here: 0.0–0.1.
+const BUSY_RUNNABLE: f64 = 0.5;
+
+/// The tasks of this process and of its descendants: what the test itself runs.
+fn test_tasks() -> Vec<String> {
+    let me = std::process::id();
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The command name may hold spaces and parentheses: fields follow the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![me];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree.iter()
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|t| t.path().join("stat").display().to_string())
+        })
+        .collect()
+}
+
+/// Runnable tasks outside the test right now: `procs_running` (every runnable task, this
+/// sampler included) less the test's own runnable tasks.
+fn runnable_outside() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let running: f64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("procs_running "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let own = test_tasks()
+        .iter()
+        .filter(|path| {
+            fs::read_to_string(path).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('R'))
+            })
+        })
+        .count();
+    // The sampler counts itself among the test's tasks.
+    Some((running - own as f64).max(0.0))
+}
+
+/// Samples [`runnable_outside`] every 100 ms until dropped, for the noise verdict of a failed
+/// test; a test that passes never reads it.
+struct LoadSampler {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<(f64, u32)>>,
+}
+
+impl LoadSampler {
+    fn start() -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let (mut sum, mut samples) = (0.0, 0u32);
+            // Ends when the sender is dropped.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(100))
+            {
+                if let Some(n) = runnable_outside() {
+                    sum += n;
+                    samples += 1;
+                }
+            }
+            (sum, samples)
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Mean runnable tasks outside the test since the start (`None`: no sample).
+    fn finish(&mut self) -> Option<(f64, u32)> {
+        drop(self.stop.take());
+        let (sum, samples) = self.thread.take()?.join().ok()?;
+        (samples > 0).then(|| (sum / f64::from(samples), samples))
+    }
+}
+
+impl Drop for LoadSampler {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Held for the whole of a BPF test: serialises the tests, and when one fails, says whether the
-/// hypervisor stole enough CPU time meanwhile to explain it — tolerances are not widened for
-/// noise; a noisy machine is named as the cause instead.
+/// hypervisor stole CPU time or other work kept CPUs busy meanwhile enough to explain it —
+/// tolerances are not widened for noise; a noisy machine is named as the cause instead.
 pub struct BpfGuard {
     _lock: MutexGuard<'static, ()>,
     name: String,
     start: (u64, u64),
+    load: LoadSampler,
 }
 
 impl Drop for BpfGuard {
@@ -100,15 +216,24 @@ impl Drop for BpfGuard {
         let (steal, total) = steal_and_total();
         let (steal, total) = (steal - self.start.0, total.saturating_sub(self.start.1));
         let share = steal as f64 / total.max(1) as f64;
+        let outside = self.load.finish();
         if share > NOISY_STEAL {
             eprintln!(
                 "{}: machine too noisy: {:.1} % of CPU time was stolen by the hypervisor during the test; rerun it on a quieter machine before suspecting the code",
                 self.name,
                 share * 100.0
             );
-        } else {
+        } else if let Some((runnable, _)) = outside.filter(|(r, _)| *r > BUSY_RUNNABLE) {
             eprintln!(
-                "{}: the machine was quiet ({:.2} % steal): the failure is not noise",
+                "{}: the machine was busy: {runnable:.1} runnable tasks outside the test on average; rerun it on a quieter machine before suspecting the code (a test should hold under load: if it keeps failing only then, its ground truth is not load-proof)",
+                self.name,
+            );
+        } else {
+            let runnable = outside.map_or("not sampled".to_string(), |(r, _)| {
+                format!("{r:.2} runnable tasks outside the test")
+            });
+            eprintln!(
+                "{}: the machine was quiet ({:.2} % steal, {runnable}): the failure is not noise",
                 self.name,
                 share * 100.0
             );
@@ -124,6 +249,7 @@ pub fn bpf_test(name: &str) -> Option<BpfGuard> {
             _lock: exclusive(),
             name: name.to_string(),
             start: steal_and_total(),
+            load: LoadSampler::start(),
         }),
         Some(reason) if std::env::var("POWERAPI_REQUIRE_BPF").as_deref() == Ok("1") => {
             panic!("{name}: BPF required (POWERAPI_REQUIRE_BPF=1) but unavailable: {reason}")
@@ -301,6 +427,12 @@ pub fn assert_conservation(records: &[Value]) {
 pub fn run_measured(cmd: &mut Command) -> (u32, u64) {
     let child = cmd.spawn().expect("child starts");
     let pid = child.id();
+    (pid, wait_measured(child))
+}
+
+/// Waits for a child started by the test and returns its utime+stime ns from wait4's rusage.
+pub fn wait_measured(child: Child) -> u64 {
+    let pid = child.id();
     let mut status = 0;
     // SAFETY: zeroed rusage is valid; wait4 on our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -309,7 +441,7 @@ pub fn run_measured(cmd: &mut Command) -> (u32, u64) {
     assert_eq!(rc, pid as i32, "wait4");
     std::mem::forget(child);
     let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
-    (pid, ns(usage.ru_utime) + ns(usage.ru_stime))
+    ns(usage.ru_utime) + ns(usage.ru_stime)
 }
 
 /// A free loopback port (bound then released: good enough for a test).
