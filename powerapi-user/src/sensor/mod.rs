@@ -1217,7 +1217,10 @@ mod tests {
                 lost_ns: 20
             }
         );
-        // A CPU that missed the flush (offline) books nothing after: its running figures.
+        // A CPU that missed the flush (offline) books nothing after: its running figures, also
+        // when the epoch it is in is the one being closed.
+        let in_closed = CpuSlice { epoch: 7, ..slice };
+        assert_eq!(cpu_mark(1, &in_closed, 7).booked_ns, 900);
         let offline = CpuSlice { epoch: 6, ..slice };
         assert_eq!(
             cpu_mark(1, &offline, 7),
