@@ -9,7 +9,7 @@ use ratatui::{
 };
 
 use super::state::{App, Column};
-use crate::attribution::IdleSource;
+use crate::{attribution::IdleSource, idle_estimate::IdleMethod};
 
 /// Colours that read on light and dark terminals (the 8 ANSI colours, no backgrounds but the
 /// badge), or none at all under NO_COLOR.
@@ -183,6 +183,8 @@ fn header_lines(app: &App, p: &Palette, width: usize) -> Vec<Line<'static>> {
             let idle_source = match d.idle_source {
                 IdleSource::Flag => "flag",
                 IdleSource::Model => "model",
+                // An intercept extrapolated from a machine never seen quiet: said, not hidden.
+                IdleSource::Online if d.idle_method == Some(IdleMethod::Extrapolated) => "weak",
                 IdleSource::Online => "online",
                 IdleSource::Baseline => "baseline",
                 IdleSource::Persisted => "saved",
@@ -506,6 +508,7 @@ mod tests {
                 power_w: 30.0,
                 idle_w: 10.0,
                 idle_source: IdleSource::Online,
+                idle_method: None,
                 metric: "cycles".into(),
                 formula: None,
             });
