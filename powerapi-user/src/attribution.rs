@@ -185,18 +185,23 @@ impl Attribution {
         }
     }
 
-    /// The online idle estimate of every domain that has one and not a weak one (what is worth
-    /// saving for the next command: an extrapolation from a machine never seen quiet would be
-    /// taken for a measurement there).
+    /// What is worth saving for the next command, per domain: this run's intercept; else the
+    /// figure it started from (a run whose load never varied does not replace a fitted figure by
+    /// its percentile); else its percentile. Never an extrapolation from a machine not seen
+    /// quiet, which the next command would take for a measurement.
     pub fn online_idle_estimates(&self) -> Vec<(DomainKey, f64)> {
         let mut out: Vec<(DomainKey, f64)> = self
             .history
             .iter()
             .filter_map(|(key, history)| {
                 let history: Vec<(f64, f64)> = history.iter().copied().collect();
-                estimate_idle(&history)
-                    .filter(|e| !e.is_weak())
-                    .map(|e| (*key, e.watts))
+                let estimate = estimate_idle(&history).filter(|e| !e.is_weak());
+                let watts = match (estimate, self.prior.get(key)) {
+                    (Some(e), _) if e.method == IdleMethod::Intercept => Some(e.watts),
+                    (_, Some(&(w, _))) => Some(w),
+                    (e, None) => e.map(|e| e.watts),
+                };
+                watts.map(|w| (*key, w))
             })
             .collect();
         out.sort_by_key(|(k, _)| *k);
@@ -306,10 +311,13 @@ impl Attribution {
                         .get(&key)
                         .map(|h| h.iter().copied().collect())
                         .unwrap_or_default();
-                    // A weak estimate (a machine never seen quiet) still beats a saved figure of
-                    // another day only when there is none.
+                    // Only this run's own intercept beats a saved figure (most likely an
+                    // intercept of an earlier run): the percentile reads high by the background,
+                    // an extrapolation may be far off.
                     match (estimate_idle(&history), self.prior.get(&key)) {
-                        (Some(e), Some(&(w, source))) if e.is_weak() => (w, source, None),
+                        (Some(e), Some(&(w, source))) if e.method != IdleMethod::Intercept => {
+                            (w, source, None)
+                        }
                         (Some(e), _) => (e.watts, IdleSource::Online, Some(e.method)),
                         (None, Some(&(w, source))) => (w, source, None),
                         (None, None) => (0.0, IdleSource::None, None),
@@ -635,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn baseline_wins_and_a_persisted_estimate_stands_in_until_a_quiet_interval() {
+    fn baseline_wins_and_a_persisted_estimate_stands_in_until_an_intercept_is_fitted() {
         let busy = deltas(vec![task(1, 0, 900_000_000, 0)]);
         let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
@@ -647,14 +655,16 @@ mod tests {
             (5.0, 25.0)
         );
         assert_eq!(r.task_joules[0][0], 25.0);
-        // A quiet interval (6 W) replaces the persisted figure from then on: alone, by the
-        // percentile; with a second busy one, by the intercept of the line through them.
+        // A quiet interval (6 W) alone gives only a percentile, which reads high by the
+        // background: the persisted figure stays, and is what would be saved again.
         let r = a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
         assert_eq!(
             (r.domains[0].idle_source, r.domains[0].idle_w),
-            (IdleSource::Online, 6.0)
+            (IdleSource::Persisted, 5.0)
         );
-        assert_eq!(r.domains[0].idle_method, Some(IdleMethod::Percentile));
+        assert_eq!(r.domains[0].idle_method, None);
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 5.0)]);
+        // With a second busy one, the intercept of the line through them replaces it.
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
         let intercept = 6.0 - 24.0 / 0.89 * 0.01;
         assert_eq!(r.domains[0].idle_source, IdleSource::Online);
@@ -900,6 +910,7 @@ mod tests {
                 (IdleSource::Persisted, 6.5)
             );
         }
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 6.5)]);
         // Until a quiet interval comes: then this run's own fit.
         let r = on_the_line(&mut a, 0.05);
         assert_eq!(r.domains[0].idle_method, Some(IdleMethod::Intercept));
