@@ -14,7 +14,7 @@ use crate::{
     delta::IntervalDeltas,
     energy::{Domain, DomainKey, EnergySample, Unmeasured},
     formula::{Formula, FormulaNote, Proportional, Split},
-    idle_estimate::{IdleMethod, estimate_idle},
+    idle_estimate::{IdleMethod, IdleSample, estimate_idle},
     smartwatts::ModelFit,
 };
 
@@ -142,7 +142,7 @@ pub struct PowerReport {
 /// [`crate::idle_estimate::FIT_WINDOW`] first, its fallbacks at all of them).
 const HISTORY: usize = 300;
 
-/// Holds the configuration and the recent (power, busy) history the online idle estimate needs.
+/// Holds the configuration and the recent intervals the online idle estimate needs.
 pub struct Attribution {
     config: AttributionConfig,
     formula: Box<dyn Formula>,
@@ -150,7 +150,7 @@ pub struct Attribution {
     weights: Vec<f64>,
     /// Average frequency per socket over the interval being attributed (MHz), when known.
     frequencies: Vec<(u32, f64)>,
-    history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
+    history: HashMap<DomainKey, VecDeque<IdleSample>>,
     /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
     /// online estimate) or a persisted estimate (which only stands in until there is one).
     prior: HashMap<DomainKey, (f64, IdleSource)>,
@@ -194,7 +194,7 @@ impl Attribution {
             .history
             .iter()
             .filter_map(|(key, history)| {
-                let history: Vec<(f64, f64)> = history.iter().copied().collect();
+                let history: Vec<IdleSample> = history.iter().copied().collect();
                 let estimate = estimate_idle(&history).filter(|e| !e.is_weak());
                 let watts = match (estimate, self.prior.get(key)) {
                     (Some(e), _) if e.method == IdleMethod::Intercept => Some(e.watts),
@@ -291,7 +291,11 @@ impl Attribution {
                 // Busy share of the socket's CPUs: the x of the idle fit.
                 let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
                 let busy = (busy_ns as f64 / capacity).clamp(0.0, 1.0);
-                history.push_back((power_w, busy));
+                history.push_back(IdleSample {
+                    power_w,
+                    busy,
+                    seconds,
+                });
                 if history.len() > HISTORY {
                     history.pop_front();
                 }
@@ -306,7 +310,7 @@ impl Attribution {
                 } else if let Some(w) = self.formula.idle_watts(key) {
                     (w, IdleSource::Formula, None)
                 } else {
-                    let history: Vec<(f64, f64)> = self
+                    let history: Vec<IdleSample> = self
                         .history
                         .get(&key)
                         .map(|h| h.iter().copied().collect())

@@ -11,10 +11,12 @@
 //! are too alike in busy share for a line to be fitted through them.
 //!
 //! ```
-//! use powerapi::idle_estimate::{estimate_idle, IdleMethod};
+//! use powerapi::idle_estimate::{estimate_idle, IdleMethod, IdleSample};
 //! // 7 W + 31 W × busy; the quietest interval is 2 % busy, yet idle is 7 W, not 7.6 W.
-//! let history: Vec<(f64, f64)> =
-//!     [0.02, 0.05, 0.6, 0.3].iter().map(|b| (7.0 + 31.0 * b, *b)).collect();
+//! let history: Vec<IdleSample> = [0.02, 0.05, 0.6, 0.3]
+//!     .iter()
+//!     .map(|&busy| IdleSample { power_w: 7.0 + 31.0 * busy, busy, seconds: 1.0 })
+//!     .collect();
 //! let idle = estimate_idle(&history).expect("an estimate");
 //! assert!((idle.watts - 7.0).abs() < 1e-9 && idle.method == IdleMethod::Intercept);
 //! ```
@@ -34,6 +36,24 @@ pub const MIN_BUSY_SPREAD: f64 = 0.1;
 pub const LOW_ACTIVITY: f64 = 0.2;
 /// The percentile of quiet intervals' power used by the fallback.
 const FALLBACK_PERCENTILE: f64 = 0.1;
+
+/// One interval of one domain, as the idle estimate sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdleSample {
+    /// Measured energy over the interval's duration.
+    pub power_w: f64,
+    /// Share of the domain's CPUs busy over the interval (0–1).
+    pub busy: f64,
+    /// The interval's duration: how much its power can be trusted.
+    pub seconds: f64,
+}
+
+/// Intervals shorter than this share of the longest one are left out: an energy reading is off
+/// by about as many joules whatever the interval's length (counter update period, a
+/// reading a few ms stale), so the power of a short one — the partial last interval of a run —
+/// is mostly that error. One at 5.6 W for a true 8.7 W pulled the lowest power, and so the
+/// intercept, 1.6 W down in a test run, and that was the figure saved at exit.
+const SHORT_INTERVAL: f64 = 0.5;
 
 /// How an online idle figure was made (the machine record's `idle_method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,17 +85,26 @@ impl IdleEstimate {
     }
 }
 
-/// The idle power of one domain from its (power W, busy share) intervals, oldest first; `None`
-/// when nothing can be said (no quiet interval and no usable fit).
+/// The idle power of one domain from its intervals, oldest first; `None` when nothing can be said
+/// (no quiet interval and no usable fit).
 ///
 /// In order of preference: a fit over the last [`FIT_WINDOW`] intervals, else over all of
 /// `history`, that includes a quiet interval; the percentile of quiet intervals; a fit without a
 /// quiet interval (weak).
-pub fn estimate_idle(history: &[(f64, f64)]) -> Option<IdleEstimate> {
+pub fn estimate_idle(history: &[IdleSample]) -> Option<IdleEstimate> {
+    let usable = |s: &&IdleSample| {
+        s.power_w.is_finite() && s.busy.is_finite() && s.seconds.is_finite() && s.seconds > 0.0
+    };
+    let longest = history
+        .iter()
+        .filter(usable)
+        .map(|s| s.seconds)
+        .fold(0.0, f64::max);
     let history: Vec<(f64, f64)> = history
         .iter()
-        .copied()
-        .filter(|(w, b)| w.is_finite() && b.is_finite())
+        .filter(usable)
+        .filter(|s| s.seconds >= SHORT_INTERVAL * longest)
+        .map(|s| (s.power_w, s.busy))
         .collect();
     let recent = &history[history.len().saturating_sub(FIT_WINDOW)..];
     let recent_fit = fit_intercept(recent);
@@ -151,9 +180,22 @@ fn quiet_percentile(history: &[(f64, f64)]) -> Option<IdleEstimate> {
 mod tests {
     use super::*;
 
-    /// `(b + w × busy, busy)` for each busy share.
-    fn line(b: f64, w: f64, busy: &[f64]) -> Vec<(f64, f64)> {
-        busy.iter().map(|&x| (b + w * x, x)).collect()
+    fn sample((power_w, busy): (f64, f64)) -> IdleSample {
+        IdleSample {
+            power_w,
+            busy,
+            seconds: 1.0,
+        }
+    }
+
+    /// 1 s intervals of (power, busy).
+    fn samples(pairs: &[(f64, f64)]) -> Vec<IdleSample> {
+        pairs.iter().copied().map(sample).collect()
+    }
+
+    /// 1 s intervals at `b + w × busy` for each busy share.
+    fn line(b: f64, w: f64, busy: &[f64]) -> Vec<IdleSample> {
+        busy.iter().map(|&x| sample((b + w * x, x))).collect()
     }
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -174,11 +216,11 @@ mod tests {
     #[test]
     fn noise_moves_the_intercept_little() {
         // ±0.3 W of alternating noise over 40 intervals from 1 % to 79 % busy.
-        let history: Vec<(f64, f64)> = (0..40)
+        let history: Vec<IdleSample> = (0..40)
             .map(|i| {
                 let b = 0.01 + 0.02 * f64::from(i);
                 let noise = if i % 2 == 0 { 0.3 } else { -0.3 };
-                (7.0 + 31.0 * b + noise, b)
+                sample((7.0 + 31.0 * b + noise, b))
             })
             .collect();
         let est = estimate_idle(&history).expect("estimate");
@@ -188,8 +230,8 @@ mod tests {
     #[test]
     fn too_few_busy_levels_fall_back_to_the_percentile_of_quiet_intervals() {
         // 1–6 % busy only (a spread of 0.05): p10 of 10…19 W in the order given is 11 W.
-        let mut history: Vec<(f64, f64)> = (0..10)
-            .map(|i| (10.0 + f64::from(i), 0.01 + 0.005 * f64::from(i)))
+        let mut history: Vec<IdleSample> = (0..10)
+            .map(|i| sample((10.0 + f64::from(i), 0.01 + 0.005 * f64::from(i))))
             .collect();
         history.swap(0, 7);
         let est = estimate_idle(&history).expect("estimate");
@@ -225,15 +267,15 @@ mod tests {
     fn the_percentile_counts_only_intervals_at_most_20_percent_busy() {
         // Flat power (no line): 21 quiet intervals at 10…30 W (one exactly 20 % busy), and one
         // 21 % busy at 2 W that must not count. p10 of 21 is the 3rd smallest: 12 W.
-        let mut history: Vec<(f64, f64)> = (10..=30)
-            .map(|w| (f64::from(w), if w == 15 { 0.2 } else { 0.15 }))
+        let mut history: Vec<IdleSample> = (10..=30)
+            .map(|w| sample((f64::from(w), if w == 15 { 0.2 } else { 0.15 })))
             .collect();
         history.swap(0, 17);
-        history.push((2.0, 0.21));
+        history.push(sample((2.0, 0.21)));
         let est = estimate_idle(&history).expect("estimate");
         assert_eq!((est.watts, est.method), (12.0, IdleMethod::Percentile));
         // Of 5 values, p10 is the smallest (rank 0.4 → 0).
-        let five = [3.0, 1.0, 5.0, 2.0, 4.0].map(|w| (w, 0.1));
+        let five = [3.0, 1.0, 5.0, 2.0, 4.0].map(|w| sample((w, 0.1)));
         assert_eq!(estimate_idle(&five).map(|e| e.watts), Some(1.0));
         assert_eq!(estimate_idle(&[]), None);
     }
@@ -265,8 +307,8 @@ mod tests {
         assert!(close(est.watts, 6.0, 1e-9), "{est:?}");
         // Then FIT_WINDOW busy intervals all alike: the recent window has no spread to fit,
         // the whole history has, and a quiet interval.
-        let mut flat: Vec<(f64, f64)> = vec![(8.0, 0.03), (8.5, 0.05)];
-        flat.extend(std::iter::repeat_n((25.0, 0.6), FIT_WINDOW));
+        let mut flat = samples(&[(8.0, 0.03), (8.5, 0.05)]);
+        flat.extend(std::iter::repeat_n(sample((25.0, 0.6)), FIT_WINDOW));
         let est = estimate_idle(&flat).expect("estimate");
         assert_eq!(est.method, IdleMethod::Intercept);
     }
@@ -279,12 +321,15 @@ mod tests {
         let mut history = line(7.0, 31.0, &busy);
         let est = estimate_idle(&history).expect("estimate");
         assert!(close(est.watts, 7.0, 1e-9));
-        for (i, (w, b)) in line(5.0, 20.0, &busy[..FIT_WINDOW]).into_iter().enumerate() {
-            history.push((w, b));
+        for (i, s) in line(5.0, 20.0, &busy[..FIT_WINDOW]).into_iter().enumerate() {
+            history.push(s);
             let est = estimate_idle(&history).expect("estimate");
             // Meanwhile never below nothing nor above the lowest power in the window.
             let window = &history[history.len() - FIT_WINDOW..];
-            let min_power = window.iter().map(|(w, _)| *w).fold(f64::INFINITY, f64::min);
+            let min_power = window
+                .iter()
+                .map(|s| s.power_w)
+                .fold(f64::INFINITY, f64::min);
             assert!(
                 est.watts >= 0.0 && est.watts <= min_power,
                 "after {i}: {est:?}"
@@ -303,7 +348,7 @@ mod tests {
     fn power_falling_with_busy_is_no_line_and_a_high_intercept_is_clamped() {
         // Quiet at 20 W then busy at 10 W (a power cap applied meanwhile): the slope is
         // negative, so no fit; the percentile of the quiet intervals.
-        let history = vec![(20.0, 0.02), (20.0, 0.04), (10.0, 0.6), (10.0, 0.7)];
+        let history = samples(&[(20.0, 0.02), (20.0, 0.04), (10.0, 0.6), (10.0, 0.7)]);
         assert_eq!(
             estimate_idle(&history),
             Some(IdleEstimate {
@@ -312,17 +357,17 @@ mod tests {
             })
         );
         // Flat power is no line either.
-        let flat = vec![(9.0, 0.02), (9.0, 0.5), (9.0, 0.9)];
+        let flat = samples(&[(9.0, 0.02), (9.0, 0.5), (9.0, 0.9)]);
         assert_eq!(
             estimate_idle(&flat).map(|e| e.method),
             Some(IdleMethod::Percentile)
         );
         // A concave cloud whose line meets zero busy above the lowest power: clamped to it.
-        let concave = vec![(5.0, 0.0), (30.0, 0.3), (31.0, 0.6), (32.0, 0.9)];
+        let concave = samples(&[(5.0, 0.0), (30.0, 0.3), (31.0, 0.6), (32.0, 0.9)]);
         let est = estimate_idle(&concave).expect("estimate");
         assert_eq!((est.watts, est.method), (5.0, IdleMethod::Intercept));
         // A convex one whose line meets zero busy below 0 W: clamped to 0.
-        let convex = vec![(1.0, 0.0), (1.0, 0.1), (1.0, 0.2), (60.0, 0.9)];
+        let convex = samples(&[(1.0, 0.0), (1.0, 0.1), (1.0, 0.2), (60.0, 0.9)]);
         let est = estimate_idle(&convex).expect("estimate");
         assert_eq!((est.watts, est.method), (0.0, IdleMethod::Intercept));
     }
@@ -330,9 +375,48 @@ mod tests {
     #[test]
     fn non_finite_intervals_are_ignored() {
         let mut history = line(7.0, 31.0, &[0.02, 0.5, 0.9]);
-        history.push((f64::NAN, 0.1));
-        history.push((8.0, f64::INFINITY));
+        history.push(sample((f64::NAN, 0.1)));
+        history.push(sample((8.0, f64::INFINITY)));
+        history.push(IdleSample {
+            seconds: f64::INFINITY,
+            ..sample((8.0, 0.1))
+        });
+        history.push(IdleSample {
+            seconds: 0.0,
+            ..sample((1.0, 0.1))
+        });
         let est = estimate_idle(&history).expect("estimate");
         assert!(close(est.watts, 7.0, 1e-9), "{est:?}");
+    }
+
+    #[test]
+    fn intervals_much_shorter_than_the_longest_are_left_out() {
+        // A run's partial last interval, 0.1 s long, whose reading was a few ms stale: 5.6 W
+        // at 5 % busy on a 7 W + 31 W × busy line. Kept, it would clamp idle to 5.6 W.
+        let mut history = line(7.0, 31.0, &[0.03, 0.02, 0.6, 0.5, 0.04]);
+        let short = IdleSample {
+            power_w: 5.6,
+            busy: 0.05,
+            seconds: 0.1,
+        };
+        history.push(short);
+        let est = estimate_idle(&history).expect("estimate");
+        assert!(close(est.watts, 7.0, 1e-9), "{est:?}");
+        // Half as long as the longest still counts (its power then clamps the intercept).
+        history.push(IdleSample {
+            seconds: SHORT_INTERVAL,
+            ..short
+        });
+        let est = estimate_idle(&history).expect("estimate");
+        assert_eq!(est.watts, 5.6);
+        // The percentile fallback leaves it out too.
+        let quiet = vec![
+            sample((8.0, 0.03)),
+            IdleSample {
+                seconds: 0.4,
+                ..sample((1.0, 0.03))
+            },
+        ];
+        assert_eq!(estimate_idle(&quiet).map(|e| e.watts), Some(8.0));
     }
 }
