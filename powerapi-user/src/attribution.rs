@@ -62,7 +62,7 @@ pub enum IdleSource {
     /// Estimated from this run's intervals: power at zero busy ([`crate::idle_estimate`]; how,
     /// in `idle_method`).
     Online,
-    /// Saved by an earlier powerapi command on this machine (no quiet interval seen yet here).
+    /// Saved by an earlier powerapi command on this machine (no intercept fitted yet here).
     Persisted,
     /// The formula's own model (SmartWatts' fitted intercept).
     Formula,
@@ -151,8 +151,8 @@ pub struct Attribution {
     /// Average frequency per socket over the interval being attributed (MHz), when known.
     frequencies: Vec<(u32, f64)>,
     history: HashMap<DomainKey, VecDeque<IdleSample>>,
-    /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
-    /// online estimate) or a persisted estimate (which only stands in until there is one).
+    /// Idle watts known before this run's own intervals: a baseline (which wins over the online
+    /// estimate) or a persisted estimate (which stands in until this run fits an intercept).
     prior: HashMap<DomainKey, (f64, IdleSource)>,
 }
 
