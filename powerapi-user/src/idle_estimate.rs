@@ -92,9 +92,9 @@ impl IdleEstimate {
 /// `history`, that includes a quiet interval; the percentile of quiet intervals; a fit without a
 /// quiet interval (weak).
 pub fn estimate_idle(history: &[IdleSample]) -> Option<IdleEstimate> {
-    let usable = |s: &&IdleSample| {
-        s.power_w.is_finite() && s.busy.is_finite() && s.seconds.is_finite() && s.seconds > 0.0
-    };
+    // A zero-length interval falls to the short-interval rule below.
+    let usable =
+        |s: &&IdleSample| s.power_w.is_finite() && s.busy.is_finite() && s.seconds.is_finite();
     let longest = history
         .iter()
         .filter(usable)
@@ -265,10 +265,11 @@ mod tests {
 
     #[test]
     fn the_percentile_counts_only_intervals_at_most_20_percent_busy() {
-        // Flat power (no line): 21 quiet intervals at 10…30 W (one exactly 20 % busy), and one
-        // 21 % busy at 2 W that must not count. p10 of 21 is the 3rd smallest: 12 W.
+        // Flat power (no line): 21 quiet intervals at 10…30 W (the lowest exactly 20 % busy),
+        // and one 21 % busy at 2 W that must not count. p10 of 21 is the 3rd smallest: 12 W
+        // (13 W if the one at 20 % did not count).
         let mut history: Vec<IdleSample> = (10..=30)
-            .map(|w| sample((f64::from(w), if w == 15 { 0.2 } else { 0.15 })))
+            .map(|w| sample((f64::from(w), if w == 10 { 0.2 } else { 0.15 })))
             .collect();
         history.swap(0, 17);
         history.push(sample((2.0, 0.21)));
@@ -293,6 +294,12 @@ mod tests {
         assert!(estimate_idle(&edge).is_some_and(|e| e.is_weak()));
         let edge = line(7.0, 31.0, &[LOW_ACTIVITY, 0.5, 0.9]);
         assert!(estimate_idle(&edge).is_some_and(|e| !e.is_weak()));
+        // Busy levels that varied only long ago: the whole history's extrapolation, still weak.
+        let mut history = line(7.0, 31.0, &[0.5, 0.9]);
+        history.extend(line(7.0, 31.0, &[0.6; FIT_WINDOW]));
+        let est = estimate_idle(&history).expect("estimate");
+        assert_eq!(est.method, IdleMethod::Extrapolated);
+        assert!(close(est.watts, 7.0, 1e-9), "{est:?}");
         // Never quiet and always equally busy: nothing to say.
         assert_eq!(estimate_idle(&line(7.0, 31.0, &[0.6, 0.62, 0.61])), None);
     }
@@ -391,20 +398,23 @@ mod tests {
 
     #[test]
     fn intervals_much_shorter_than_the_longest_are_left_out() {
-        // A run's partial last interval, 0.1 s long, whose reading was a few ms stale: 5.6 W
-        // at 5 % busy on a 7 W + 31 W × busy line. Kept, it would clamp idle to 5.6 W.
-        let mut history = line(7.0, 31.0, &[0.03, 0.02, 0.6, 0.5, 0.04]);
+        // 2 s intervals, and a run's partial last one, 0.9 s long, whose reading was stale:
+        // 5.6 W at 5 % busy on a 7 W + 31 W × busy line. Kept, it would clamp idle to 5.6 W.
+        let mut history: Vec<IdleSample> = line(7.0, 31.0, &[0.03, 0.02, 0.6, 0.5, 0.04])
+            .into_iter()
+            .map(|s| IdleSample { seconds: 2.0, ..s })
+            .collect();
         let short = IdleSample {
             power_w: 5.6,
             busy: 0.05,
-            seconds: 0.1,
+            seconds: 0.9,
         };
         history.push(short);
         let est = estimate_idle(&history).expect("estimate");
         assert!(close(est.watts, 7.0, 1e-9), "{est:?}");
         // Half as long as the longest still counts (its power then clamps the intercept).
         history.push(IdleSample {
-            seconds: SHORT_INTERVAL,
+            seconds: SHORT_INTERVAL * 2.0,
             ..short
         });
         let est = estimate_idle(&history).expect("estimate");
