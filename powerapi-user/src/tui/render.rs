@@ -493,6 +493,10 @@ mod tests {
     }
 
     fn app_with(counters: bool) -> App {
+        app_with_idle(counters, Some(IdleMethod::Intercept))
+    }
+
+    fn app_with_idle(counters: bool, idle_method: Option<IdleMethod>) -> App {
         let mut app = App::new(1.0, true);
         let mut s = snapshot(counters);
         if let Some(e) = s.energy.as_mut() {
@@ -508,7 +512,7 @@ mod tests {
                 power_w: 30.0,
                 idle_w: 10.0,
                 idle_source: IdleSource::Online,
-                idle_method: None,
+                idle_method,
                 metric: "cycles".into(),
                 formula: None,
             });
@@ -544,6 +548,21 @@ mod tests {
             text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (online)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_extrapolated_idle_estimate_is_shown_weak() {
+        let text = screen(
+            &app_with_idle(true, Some(IdleMethod::Extrapolated)),
+            120,
+            30,
+        );
+        assert!(
+            text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (weak)"),
+            "{text}"
+        );
+        let text = screen(&app_with_idle(true, Some(IdleMethod::Percentile)), 120, 30);
+        assert!(text.contains("idle   10.0 (online)"), "{text}");
     }
 
     #[test]
