@@ -152,15 +152,16 @@ impl Drop for Injector {
 /// Issue 19's reference machine: 7 W idle, 31 W more with every CPU busy.
 pub const REFERENCE_MODEL: (f64, f64) = (7.0, 31.0);
 /// How far from its true energy a part of the reference workload may be charged: the issue's
-/// target. Measured on the 2-vCPU test VM over 12 runs of record and top (quiet, with a burner
-/// on one CPU, with other jobs compiling): 97.7–100.8 %, 99.0–100.4 % but for one run whose idle
-/// was extrapolated under load; the 10th percentile gave 93.7–96.3 % here, 91–93 % in the issue.
+/// target. Measured on the 2-vCPU test VM over 18 runs of record and top (quiet, with a burner
+/// on one CPU, with other jobs compiling or testing): 97.0–100.8 %, 98.8–100.8 % in the quiet
+/// ones; the 10th percentile gave 93.7–96.3 % here, 91–93 % in the issue.
 pub const REFERENCE_TOLERANCE: f64 = 0.03;
-/// How far from 7 W the intercept may be while the workload runs. Measured: 7.06–7.26 W (the
-/// sensor books interrupt time on an idle CPU to the idle task, /proc/stat as busy, so the
-/// injected line sits ~1 % of busy above the sensor's); extrapolated 6.97–7.6 W; the 10th
-/// percentile read 7.8–8.6 W.
-pub const REFERENCE_IDLE_TOLERANCE_W: f64 = 0.5;
+/// How far from 7 W the intercept may be while the workload runs. Measured: 7.06–7.26 W on a
+/// quiet machine, up to 7.54 W while another engineer's tests ran beside it (the sensor books
+/// interrupt time on an idle CPU to the idle task, /proc/stat as busy, so the injected line sits
+/// ~1 % of busy or more above the sensor's); extrapolated 6.97–7.6 W. The 10th percentile (7.8–
+/// 8.6 W) is refused by its `idle_method` whatever its value.
+pub const REFERENCE_IDLE_TOLERANCE_W: f64 = 0.75;
 
 /// A machine at least this busy in every interval has shown no power below its load.
 const SATURATED: f64 = 0.9;
