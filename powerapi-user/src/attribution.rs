@@ -14,6 +14,7 @@ use crate::{
     delta::IntervalDeltas,
     energy::{Domain, DomainKey, EnergySample, Unmeasured},
     formula::{Formula, FormulaNote, Proportional, Split},
+    idle_estimate::{IdleMethod, IdleSample, estimate_idle},
     smartwatts::ModelFit,
 };
 
@@ -58,9 +59,10 @@ pub enum IdleSource {
     Model,
     /// Measured right before the command ran (`powerapi run --baseline`).
     Baseline,
-    /// 10th percentile of power over recent intervals with ≤ 20 % busy CPUs.
+    /// Estimated from this run's intervals: power at zero busy ([`crate::idle_estimate`]; how,
+    /// in `idle_method`).
     Online,
-    /// Saved by an earlier powerapi command on this machine (no quiet interval seen yet here).
+    /// Saved by an earlier powerapi command on this machine (no intercept fitted yet here).
     Persisted,
     /// The formula's own model (SmartWatts' fitted intercept).
     Formula,
@@ -100,6 +102,10 @@ pub struct DomainReport {
     pub idle_w: f64,
     /// Where `idle_w` came from.
     pub idle_source: IdleSource,
+    /// How an online estimate was made (`idle_source` `online` only); `extrapolated` says it is
+    /// weak. Absent from records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_method: Option<IdleMethod>,
     /// The usage metric this domain was shared by (`cycles`, `cpu-time`, `llc-misses`, …).
     pub metric: String,
     /// What a model-based formula says of this domain (absent for the proportional formula).
@@ -132,10 +138,11 @@ pub struct PowerReport {
     pub estimate_error_w: Option<f64>,
 }
 
+/// Intervals kept per domain for the idle estimate (its fit looks at the last
+/// [`crate::idle_estimate::FIT_WINDOW`] first, its fallbacks at all of them).
 const HISTORY: usize = 300;
-const LOW_ACTIVITY: f64 = 0.2;
 
-/// Holds the configuration and the recent (power, busy) history the online idle estimate needs.
+/// Holds the configuration and the recent intervals the online idle estimate needs.
 pub struct Attribution {
     config: AttributionConfig,
     formula: Box<dyn Formula>,
@@ -143,19 +150,10 @@ pub struct Attribution {
     weights: Vec<f64>,
     /// Average frequency per socket over the interval being attributed (MHz), when known.
     frequencies: Vec<(u32, f64)>,
-    history: HashMap<DomainKey, VecDeque<(f64, f64)>>,
-    /// Idle watts known before this run's own quiet intervals: a baseline (which wins over the
-    /// online estimate) or a persisted estimate (which only stands in until there is one).
+    history: HashMap<DomainKey, VecDeque<IdleSample>>,
+    /// Idle watts known before this run's own intervals: a baseline (which wins over the online
+    /// estimate) or a persisted estimate (which stands in until this run fits an intercept).
     prior: HashMap<DomainKey, (f64, IdleSource)>,
-}
-
-fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let index = ((values.len() - 1) as f64 * p).round() as usize;
-    values.get(index).copied()
 }
 
 impl Attribution {
@@ -187,19 +185,23 @@ impl Attribution {
         }
     }
 
-    /// The online idle estimate of every domain that has seen a quiet interval (what is worth
-    /// saving for the next command).
+    /// What is worth saving for the next command, per domain: this run's intercept; else the
+    /// figure it started from (a run whose load never varied does not replace a fitted figure by
+    /// its percentile); else its percentile. Never an extrapolation from a machine not seen
+    /// quiet, which the next command would take for a measurement.
     pub fn online_idle_estimates(&self) -> Vec<(DomainKey, f64)> {
         let mut out: Vec<(DomainKey, f64)> = self
             .history
             .iter()
             .filter_map(|(key, history)| {
-                let mut low: Vec<f64> = history
-                    .iter()
-                    .filter(|(_, b)| *b <= LOW_ACTIVITY)
-                    .map(|(w, _)| *w)
-                    .collect();
-                percentile(&mut low, 0.1).map(|w| (*key, w))
+                let history: Vec<IdleSample> = history.iter().copied().collect();
+                let estimate = estimate_idle(&history).filter(|e| !e.is_weak());
+                let watts = match (estimate, self.prior.get(key)) {
+                    (Some(e), _) if e.method == IdleMethod::Intercept => Some(e.watts),
+                    (_, Some(&(w, _))) => Some(w),
+                    (e, None) => e.map(|e| e.watts),
+                };
+                watts.map(|w| (*key, w))
             })
             .collect();
         out.sort_by_key(|(k, _)| *k);
@@ -281,38 +283,50 @@ impl Attribution {
                 0.0
             };
 
-            let (idle_w, idle_source) =
-                if let Some(&(_, w)) = sample.known_idle_w.iter().find(|(k, _)| *k == key) {
-                    (w, IdleSource::Model)
-                } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
-                    (w / package_sockets as f64, IdleSource::Flag)
-                } else if let Some(&(w, IdleSource::Baseline)) = self.prior.get(&key) {
-                    (w, IdleSource::Baseline)
-                } else if let Some(w) = self.formula.idle_watts(key) {
-                    (w, IdleSource::Formula)
-                } else {
-                    let history = self.history.entry(key).or_default();
-                    let mut low: Vec<f64> = history
-                        .iter()
-                        .filter(|(_, b)| *b <= LOW_ACTIVITY)
-                        .map(|(w, _)| *w)
-                        .collect();
-                    match (percentile(&mut low, 0.1), self.prior.get(&key)) {
-                        (Some(w), _) => (w, IdleSource::Online),
-                        (None, Some(&(w, source))) => (w, source),
-                        (None, None) => (0.0, IdleSource::None),
-                    }
-                };
+            // The interval being attributed is in the history before the estimate is made: the
+            // first busy interval after quiet ones is then already one a line can be fitted
+            // through, instead of being split with the percentile's high idle power.
             if seconds > 0.0 {
                 let history = self.history.entry(key).or_default();
-                // Busy share of the socket's CPUs: what tells a quiet interval from a busy one.
+                // Busy share of the socket's CPUs: the x of the idle fit.
                 let capacity = deltas.duration_ns() as f64 * f64::from(cpus.max(1));
                 let busy = (busy_ns as f64 / capacity).clamp(0.0, 1.0);
-                history.push_back((power_w, busy));
+                history.push_back(IdleSample {
+                    power_w,
+                    busy,
+                    seconds,
+                });
                 if history.len() > HISTORY {
                     history.pop_front();
                 }
             }
+            let (idle_w, idle_source, idle_method) =
+                if let Some(&(_, w)) = sample.known_idle_w.iter().find(|(k, _)| *k == key) {
+                    (w, IdleSource::Model, None)
+                } else if let (Some(w), Domain::Package) = (self.config.idle_watts, key.domain) {
+                    (w / package_sockets as f64, IdleSource::Flag, None)
+                } else if let Some(&(w, IdleSource::Baseline)) = self.prior.get(&key) {
+                    (w, IdleSource::Baseline, None)
+                } else if let Some(w) = self.formula.idle_watts(key) {
+                    (w, IdleSource::Formula, None)
+                } else {
+                    let history: Vec<IdleSample> = self
+                        .history
+                        .get(&key)
+                        .map(|h| h.iter().copied().collect())
+                        .unwrap_or_default();
+                    // Only this run's own intercept beats a saved figure (most likely an
+                    // intercept of an earlier run): the percentile reads high by the background,
+                    // an extrapolation may be far off.
+                    match (estimate_idle(&history), self.prior.get(&key)) {
+                        (Some(e), Some(&(w, source))) if e.method != IdleMethod::Intercept => {
+                            (w, source, None)
+                        }
+                        (Some(e), _) => (e.watts, IdleSource::Online, Some(e.method)),
+                        (None, Some(&(w, source))) => (w, source, None),
+                        (None, None) => (0.0, IdleSource::None, None),
+                    }
+                };
 
             let mut idle_j = (idle_w * seconds).clamp(0.0, measured_j);
             let active_j = measured_j - idle_j;
@@ -367,6 +381,7 @@ impl Attribution {
                 power_w,
                 idle_w,
                 idle_source,
+                idle_method,
                 metric: metric_name,
                 formula: self.formula.note(key),
             });
@@ -598,9 +613,10 @@ mod tests {
     #[test]
     fn dram_by_llc_misses_and_psys_by_time() {
         let mut a = Attribution::new(config(Metric::Auto, IdlePolicy::None, None));
-        let mut t1 = task(1, 0, 100, 10);
+        // The CPU fully busy: no idle estimate yet, so all of the energy is shared.
+        let mut t1 = task(1, 0, 250_000_000, 10);
         t1.counters[1] = 90;
-        let mut t2 = task(2, 0, 300, 30);
+        let mut t2 = task(2, 0, 750_000_000, 30);
         t2.counters[1] = 10;
         let names = ["cycles".to_string(), "llc-misses".to_string()];
         let dram = DomainKey {
@@ -631,7 +647,7 @@ mod tests {
     }
 
     #[test]
-    fn baseline_wins_and_a_persisted_estimate_stands_in_until_a_quiet_interval() {
+    fn baseline_wins_and_a_persisted_estimate_stands_in_until_an_intercept_is_fitted() {
         let busy = deltas(vec![task(1, 0, 900_000_000, 0)]);
         let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
@@ -643,14 +659,24 @@ mod tests {
             (5.0, 25.0)
         );
         assert_eq!(r.task_joules[0][0], 25.0);
-        // A quiet interval (6 W) replaces the persisted figure from then on.
-        a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
-        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        // A quiet interval (6 W) alone gives only a percentile, which reads high by the
+        // background: the persisted figure stays, and is what would be saved again.
+        let r = a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
         assert_eq!(
             (r.domains[0].idle_source, r.domains[0].idle_w),
-            (IdleSource::Online, 6.0)
+            (IdleSource::Persisted, 5.0)
         );
-        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 6.0)]);
+        assert_eq!(r.domains[0].idle_method, None);
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 5.0)]);
+        // With a second busy one, the intercept of the line through them replaces it.
+        let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
+        let intercept = 6.0 - 24.0 / 0.89 * 0.01;
+        assert_eq!(r.domains[0].idle_source, IdleSource::Online);
+        assert_eq!(r.domains[0].idle_method, Some(IdleMethod::Intercept));
+        assert!((r.domains[0].idle_w - intercept).abs() < 1e-9, "{r:?}");
+        let saved = a.online_idle_estimates();
+        assert_eq!(saved.len(), 1);
+        assert!((saved[0].1 - intercept).abs() < 1e-9);
         // A baseline wins over both.
         a.set_idle_prior(&[(pkg(0), 7.0)], IdleSource::Baseline);
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
@@ -658,11 +684,12 @@ mod tests {
             (r.domains[0].idle_source, r.domains[0].idle_w),
             (IdleSource::Baseline, 7.0)
         );
+        assert_eq!(r.domains[0].idle_method, None);
         assert_eq!(r.task_joules[0][0], 23.0);
     }
 
     #[test]
-    fn the_idle_estimate_is_the_10th_percentile_of_intervals_at_most_20_percent_busy() {
+    fn while_busy_levels_are_alike_idle_is_the_10th_percentile_of_quiet_intervals() {
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
         // A socket of 2 CPUs. 21 quiet intervals (15 % busy, and one at exactly 20 %) at
         // 10…30 W, out of order, and a busy one (21 % busy) at 2 W that must not count.
@@ -686,14 +713,16 @@ mod tests {
         );
         // p10 of 21 sorted values is the 3rd (index round(20 × 0.1) = 2): 12 W.
         assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 12.0)]);
+        // One more at 18 % busy and 40 W: still no spread to fit; p10 of 22 is still 12 W.
         let r = a.attribute(
-            &deltas(vec![task(1, 0, 1_000_000_000, 0)]),
+            &deltas(vec![task(1, 0, 360_000_000, 0)]),
             &[],
             &[(0, 2)],
             &sample(vec![(pkg(0), 40.0)]),
         );
         assert_eq!((r.domains[0].idle_w, r.domains[0].idle_j), (12.0, 12.0));
         assert_eq!(r.domains[0].attributed_j, 28.0);
+        assert_eq!(r.domains[0].idle_method, Some(IdleMethod::Percentile));
     }
 
     #[test]
@@ -811,12 +840,95 @@ mod tests {
         assert_eq!(r.task_joules[1][Domain::Package.index()], 15.0);
     }
 
+    /// Intervals of a 2-CPU socket drawing 7 W + 31 W × busy (the reference machine of issue
+    /// 19), `busy` its share, and the task that ran.
+    fn on_the_line(a: &mut Attribution, busy: f64) -> PowerReport {
+        let d = deltas(vec![task(1, 0, (busy * 2e9) as u64, 0)]);
+        a.attribute(
+            &d,
+            &[],
+            &[(0, 2)],
+            &sample(vec![(pkg(0), 7.0 + 31.0 * busy)]),
+        )
+    }
+
+    #[test]
+    fn idle_is_power_at_zero_busy_not_that_of_the_quietest_intervals() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        // The background: 1–6 % busy, never 0 (p10 of these reads 7.3 W).
+        for busy in [0.03, 0.01, 0.06, 0.02, 0.04] {
+            on_the_line(&mut a, busy);
+        }
+        // The first busy interval is already split with the fitted 7 W: all of the 31 W × busy
+        // above it goes to the task, none of the background's power stays in idle.
+        let r = on_the_line(&mut a, 0.6);
+        let d = &r.domains[0];
+        assert_eq!(
+            (d.idle_source, d.idle_method),
+            (IdleSource::Online, Some(IdleMethod::Intercept))
+        );
+        assert!((d.idle_w - 7.0).abs() < 1e-9, "{d:?}");
+        assert!((r.task_joules[0][0] - 31.0 * 0.6).abs() < 1e-9, "{r:?}");
+        assert_conserved(&r, &deltas(vec![task(1, 0, 1, 0)]), &[true]);
+        let saved = a.online_idle_estimates();
+        assert!(
+            saved.len() == 1 && (saved[0].1 - 7.0).abs() < 1e-9,
+            "{saved:?}"
+        );
+    }
+
+    #[test]
+    fn a_machine_never_quiet_says_its_estimate_is_weak_and_does_not_save_it() {
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        // The first interval, busy, with nothing saved: no idle known yet.
+        let r = on_the_line(&mut a, 0.5);
+        assert_eq!(
+            (r.domains[0].idle_source, r.domains[0].idle_w),
+            (IdleSource::None, 0.0)
+        );
+        on_the_line(&mut a, 0.9);
+        let r = on_the_line(&mut a, 0.7);
+        let d = &r.domains[0];
+        assert_eq!(
+            (d.idle_source, d.idle_method),
+            (IdleSource::Online, Some(IdleMethod::Extrapolated))
+        );
+        assert!((d.idle_w - 7.0).abs() < 1e-9, "{d:?}");
+        assert!(a.online_idle_estimates().is_empty());
+        // In the record: `"idle_method":"extrapolated"`, absent when there is no method.
+        let json = serde_json::to_string(d).expect("json");
+        assert!(json.contains(r#""idle_method":"extrapolated""#), "{json}");
+        let mut flag = d.clone();
+        flag.idle_method = None;
+        let json = serde_json::to_string(&flag).expect("json");
+        assert!(!json.contains("idle_method"), "{json}");
+        let back: DomainReport = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, flag);
+        // A saved estimate wins over a weak one.
+        let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
+        a.set_idle_prior(&[(pkg(0), 6.5)], IdleSource::Persisted);
+        for busy in [0.5, 0.9, 0.7] {
+            let r = on_the_line(&mut a, busy);
+            assert_eq!(
+                (r.domains[0].idle_source, r.domains[0].idle_w),
+                (IdleSource::Persisted, 6.5)
+            );
+        }
+        assert_eq!(a.online_idle_estimates(), vec![(pkg(0), 6.5)]);
+        // Until a quiet interval comes: then this run's own fit.
+        let r = on_the_line(&mut a, 0.05);
+        assert_eq!(r.domains[0].idle_method, Some(IdleMethod::Intercept));
+        assert!((r.domains[0].idle_w - 7.0).abs() < 1e-9);
+    }
+
     #[test]
     fn online_idle_estimate_from_quiet_intervals() {
         let mut a = Attribution::new(config(Metric::CpuTime, IdlePolicy::None, None));
         let quiet = deltas(vec![task(1, 0, 10_000_000, 0)]);
+        // The interval being attributed counts: a first quiet one is its own estimate.
         let r = a.attribute(&quiet, &[], &[(0, 1)], &sample(vec![(pkg(0), 6.0)]));
-        assert_eq!(r.domains[0].idle_source, IdleSource::None);
+        assert_eq!(r.domains[0].idle_source, IdleSource::Online);
+        assert_eq!(r.domains[0].idle_w, 6.0);
         let busy = deltas(vec![task(1, 0, 900_000_000, 0)]);
         let r = a.attribute(&busy, &[], &[(0, 1)], &sample(vec![(pkg(0), 30.0)]));
         assert_eq!(r.domains[0].idle_source, IdleSource::Online);

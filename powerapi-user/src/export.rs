@@ -702,6 +702,7 @@ mod tests {
                     power_w: measured,
                     idle_w: measured - attributed,
                     idle_source: IdleSource::Flag,
+                    idle_method: None,
                     metric: "cpu-time".into(),
                     formula: None,
                 }],

@@ -33,6 +33,7 @@ pub mod formula;
 pub(crate) mod frequency;
 pub(crate) mod identity;
 pub(crate) mod idle;
+pub mod idle_estimate;
 pub mod influxdb;
 pub mod pipeline;
 pub(crate) mod privilege;

@@ -461,6 +461,7 @@ mod tests {
                 power_w: 0.0,
                 idle_w: 0.0,
                 idle_source: IdleSource::None,
+                idle_method: None,
                 metric: "cpu-time".into(),
                 formula: None,
             }],

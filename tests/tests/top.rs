@@ -8,12 +8,13 @@ use std::{
     io::{Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::process::CommandExt,
+    path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{injected::*, *};
 
 struct Pty {
     master: File,
@@ -127,10 +128,16 @@ fn first_row(text: &str) -> String {
 
 /// Starts `powerapi top ARGS` with the pty as its controlling terminal.
 fn spawn_top(pty: &Pty, args: &[&str]) -> std::process::Child {
+    spawn_top_env(pty, args, &[])
+}
+
+/// As [`spawn_top`], with these environment variables set for powerapi.
+fn spawn_top_env(pty: &Pty, args: &[&str], env: &[(&str, &Path)]) -> std::process::Child {
     let fd = |pty: &Pty| Stdio::from(pty.slave.try_clone().expect("dup slave"));
     let mut top = Command::new(powerapi());
     top.arg("top")
         .args(args)
+        .envs(env.iter().copied())
         .env("TERM", "xterm-256color")
         .stdin(fd(pty))
         .stdout(fd(pty))
@@ -314,4 +321,57 @@ fn top_without_a_terminal_says_so() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs a terminal"), "{stderr}");
+}
+
+/// `top` splits energy with the same attribution as `record`: on issue 19's reference workload
+/// (see `record_charges_the_reference_workload_…` in energy.rs), with default flags, each part is
+/// charged its true energy and idle is the machine's power at zero busy, learned in this run.
+#[test]
+fn top_charges_the_reference_workload_its_energy_with_idle_at_zero_busy() {
+    let Some(_lock) =
+        bpf_test("top_charges_the_reference_workload_its_energy_with_idle_at_zero_busy")
+    else {
+        return;
+    };
+    let injector = Injector::start_model("top-reference", REFERENCE_MODEL.0, REFERENCE_MODEL.1);
+    let state = temp_path("top-reference-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let trace = temp_path("top-reference.jsonl");
+    let source = format!("powercap-dir:{}", injector.dir.display());
+    let mut pty = Pty::open(30, 120);
+    let mut child = spawn_top_env(
+        &pty,
+        &[
+            "--energy-source",
+            &source,
+            "--record",
+            trace.to_str().expect("utf-8"),
+        ],
+        &[("POWERAPI_STATE_DIR", &state)],
+    );
+    pty.wait_for("a first interval", |t| t.contains("by process"));
+    // A few quiet intervals first, as a machine has before a workload.
+    std::thread::sleep(Duration::from_secs(2));
+    let parts = reference_workload("top");
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = pty.contents();
+    pty.keys("q");
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "top exited with {status}");
+    let records = read_records(&trace);
+    let _ = std::fs::remove_file(&trace);
+    let _ = std::fs::remove_dir_all(&state);
+    // The header names where idle came from: this run's fit, not a fallback.
+    assert!(
+        text.contains("(online)") || text.contains("(weak)"),
+        "idle source on screen:\n{text}"
+    );
+    assert_reference_workload_charged(
+        "top",
+        &records,
+        &parts,
+        REFERENCE_MODEL,
+        REFERENCE_TOLERANCE,
+        REFERENCE_IDLE_TOLERANCE_W,
+    );
 }

@@ -9,7 +9,7 @@ use ratatui::{
 };
 
 use super::state::{App, Column};
-use crate::attribution::IdleSource;
+use crate::{attribution::IdleSource, idle_estimate::IdleMethod};
 
 /// Colours that read on light and dark terminals (the 8 ANSI colours, no backgrounds but the
 /// badge), or none at all under NO_COLOR.
@@ -252,6 +252,8 @@ fn header_lines(app: &App, p: &Palette, width: usize) -> Vec<Line<'static>> {
             let idle_source = match d.idle_source {
                 IdleSource::Flag => "flag",
                 IdleSource::Model => "model",
+                // An intercept extrapolated from a machine never seen quiet: said, not hidden.
+                IdleSource::Online if d.idle_method == Some(IdleMethod::Extrapolated) => "weak",
                 IdleSource::Online => "online",
                 IdleSource::Baseline => "baseline",
                 IdleSource::Persisted => "saved",
@@ -560,6 +562,10 @@ mod tests {
     }
 
     fn app_with(counters: bool) -> App {
+        app_with_idle(counters, Some(IdleMethod::Intercept))
+    }
+
+    fn app_with_idle(counters: bool, idle_method: Option<IdleMethod>) -> App {
         let mut app = App::new(1.0, true);
         let mut s = snapshot(counters);
         if let Some(e) = s.energy.as_mut() {
@@ -575,6 +581,7 @@ mod tests {
                 power_w: 30.0,
                 idle_w: 10.0,
                 idle_source: IdleSource::Online,
+                idle_method,
                 metric: "cycles".into(),
                 formula: None,
             });
@@ -610,6 +617,21 @@ mod tests {
             text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (online)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_extrapolated_idle_estimate_is_shown_weak() {
+        let text = screen(
+            &app_with_idle(true, Some(IdleMethod::Extrapolated)),
+            120,
+            30,
+        );
+        assert!(
+            text.contains("package s0   30.0 W  attributed   20.0  idle   10.0 (weak)"),
+            "{text}"
+        );
+        let text = screen(&app_with_idle(true, Some(IdleMethod::Percentile)), 120, 30);
+        assert!(text.contains("idle   10.0 (online)"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod injected;
+
 pub const LOAD: &str = env!("CARGO_BIN_EXE_powerapi-load");
 
 /// The powerapi binary under test: `POWERAPI_BIN`, else the workspace's debug build (built
@@ -286,11 +288,17 @@ pub struct Recording {
 impl Recording {
     /// Starts recording and returns once the first interval is written (the sensor is attached).
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_env(name, args, &[])
+    }
+
+    /// As [`Recording::start`], with these environment variables set for powerapi.
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &Path)]) -> Self {
         let output = temp_path(&format!("{name}.jsonl"));
         let _ = fs::remove_file(&output);
         let child = Command::new(powerapi())
             .arg("record")
             .args(args)
+            .envs(env.iter().copied())
             .arg("-o")
             .arg(&output)
             .stderr(Stdio::inherit())
