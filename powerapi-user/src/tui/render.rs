@@ -723,6 +723,7 @@ mod tests {
                 power_w: 12.2,
                 idle_w: 4.0,
                 idle_source: IdleSource::Model,
+                idle_method: None,
                 metric: metric.into(),
                 formula: None,
             });
