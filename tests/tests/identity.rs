@@ -169,18 +169,6 @@ fn cgroup2_root() -> &'static Path {
         .expect("a cgroup v2 hierarchy is mounted")
 }
 
-fn cpu_stat_usage_ns(dir: &Path) -> u64 {
-    fs::read_to_string(dir.join("cpu.stat"))
-        .expect("cpu.stat")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("usage_usec ")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .expect("usage_usec")
-        * 1000
-}
-
 #[test]
 fn a_process_moved_to_another_cgroup_is_followed() {
     let Some(_lock) = bpf_test("a_process_moved_to_another_cgroup_is_followed") else {
@@ -203,7 +191,7 @@ fn a_process_moved_to_another_cgroup_is_followed() {
     std::thread::sleep(Duration::from_millis(800));
     fs::write(dir.join("cgroup.procs"), burner.id().to_string()).expect("move the pulse");
     assert!(burner.wait().expect("pulse ends").success());
-    let truth = cpu_stat_usage_ns(&dir);
+    let truth = injected::cpu_stat_usage_ns(&dir);
     let records = recording.stop();
     let _ = fs::remove_dir(&dir);
 
@@ -580,17 +568,6 @@ fn counters_follow_a_cpu_back_online() {
             m["interval"]["seq"]
         );
     }
-}
-
-/// CLOCK_MONOTONIC now, the clock of the records' `start_ns`/`end_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A thread that execs takes its leader's pid and hands its own tid back; its slot lives on

@@ -90,17 +90,6 @@ fn busy_loop_time_matches_rusage_and_shows_in_every_interval() {
     assert_conservation(&records);
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of the records' `start_ns` and `end_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// (CLOCK_MONOTONIC ns, the task's `sum_exec_runtime` ns from `/proc/PID/schedstat`) every
 /// 5 ms until the task is gone.
 fn schedstat_samples(pid: u32) -> Vec<(u64, u64)> {

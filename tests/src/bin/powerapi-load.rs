@@ -117,6 +117,26 @@ struct CloneArgs {
     set_tid_size: u64,
 }
 
+/// A fork whose child gets pid `tid` (`clone3` with `set_tid`, root only): 0 in the child, the
+/// pid in the parent, negative on failure (errno set). Callers must be single-threaded.
+fn fork_with_tid(tid: libc::pid_t) -> i64 {
+    let clone_args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &tid as *const libc::pid_t as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 with a valid clone_args (no CLONE_VM: a fork); the child runs only code
+    // that is safe after fork in a single-threaded process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &clone_args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
@@ -261,22 +281,7 @@ fn main() {
             let ns = (arg(2).unwrap_or(50.0) * 1e6) as u64;
             let first = fork_with(|| spin_cpu(ns));
             let first_ns = wait_child(first);
-            let tid = first as libc::pid_t;
-            let clone_args = CloneArgs {
-                exit_signal: libc::SIGCHLD as u64,
-                set_tid: &tid as *const libc::pid_t as u64,
-                set_tid_size: 1,
-                ..Default::default()
-            };
-            // SAFETY: clone3 with a valid clone_args (no CLONE_VM: a fork); the child runs only
-            // code that is safe after fork in a single-threaded process.
-            let second = unsafe {
-                libc::syscall(
-                    libc::SYS_clone3,
-                    &clone_args as *const CloneArgs,
-                    size_of::<CloneArgs>(),
-                )
-            };
+            let second = fork_with_tid(first);
             if second == 0 {
                 spin_cpu(2 * ns);
                 // SAFETY: leave the child without the parent's exit handlers.
@@ -380,22 +385,8 @@ fn exec_reuse(secs: f64) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let clone_args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: &tid as *const libc::pid_t as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
     let burner = loop {
-        // SAFETY: clone3 with a valid clone_args (no CLONE_VM: a fork); the child runs only code
-        // that is safe after fork in a single-threaded process.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &clone_args as *const CloneArgs,
-                size_of::<CloneArgs>(),
-            )
-        };
+        let pid = fork_with_tid(tid);
         if pid == 0 {
             pin(0);
             spin_cpu((secs * 1e9) as u64);

@@ -620,3 +620,14 @@ pub fn two_package_root(name: &str) -> PathBuf {
     fs::write(cpu.join("online"), "0-1\n").expect("write");
     root
 }
+
+/// CLOCK_MONOTONIC in ns, the clock of the records' `start_ns` and `end_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
