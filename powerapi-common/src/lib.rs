@@ -294,10 +294,6 @@ pub struct Globals {
     /// `identity_gen` differs re-reads comm and cgroup at its next switch. One compare per switch
     /// instead of two helper calls.
     pub identity_gen: u64,
-    /// Written by userspace before each flush round: the start of the previous round. A CPU whose
-    /// open slice began earlier missed a whole round, i.e. it was offline: its slice is stale and
-    /// is restarted instead of being charged to whatever runs there now.
-    pub stale_before_ns: u64,
     /// The drain epoch: raised by userspace right before each flush round. Each CPU moves to it
     /// at its flush (or when it comes back online), so everything a CPU books before its flush
     /// belongs to the epoch being closed and everything after to the new one.

@@ -388,14 +388,7 @@ fn rekey_after_exec(key: &TaskKey, old_pid: u32) {
     // Either way the key is taken over below by the exec'ing thread's slot.
     if let Some((leader_index, leader_slot)) = existing_slot(key) {
         if leader_index != index {
-            // SAFETY: an aligned u64 of a slot in the map; every writer of `flags` outside the
-            // slot's own seqcount uses atomics.
-            unsafe {
-                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*leader_slot).totals.flags,
-                    FLAG_ENDING | FLAG_DEAD,
-                )
-            };
+            set_flags(leader_slot, FLAG_ENDING | FLAG_DEAD);
         }
     }
     // SAFETY: this thread's own slot, written from the CPU it runs on.
@@ -594,15 +587,10 @@ fn existing_slot(key: &TaskKey) -> Option<(u32, *mut TaskSlot)> {
     // SAFETY: the value is a plain u32 copied out at once.
     let index = unsafe { *TASK_SLOTS.get_ptr(key)? };
     let slot = TASK_TOTALS.get_ptr_mut(index)?;
-    // SAFETY: aligned fields of a slot in the map, copied out.
-    let (slot_key, first_seen_ns, flags) = unsafe {
-        (
-            read_volatile(&(*slot).key),
-            read_volatile(&(*slot).totals.first_seen_ns),
-            read_volatile(&(*slot).totals.flags),
-        )
-    };
-    (slot_key == *key && first_seen_ns != 0 && flags & FLAG_DEAD == 0).then_some((index, slot))
+    live_incarnation(slot)?;
+    // SAFETY: an aligned key of a slot in the map, copied out.
+    let slot_key = unsafe { read_volatile(&(*slot).key) };
+    (slot_key == *key).then_some((index, slot))
 }
 
 /// Seqcount writer side: `seq` is odd while the slot is being written. Atomic read-modify-writes,
@@ -671,11 +659,8 @@ fn free_slot(index: u32, slot: &mut TaskSlot) {
 /// happens if the ending was already claimed (an exec in the task's process took its key).
 #[inline(always)]
 fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now: u64) {
-    // SAFETY: an aligned u64 of the slot; see `rekey_after_exec` for the other claimant.
-    let claimed = unsafe {
-        atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_ENDING)
-    };
-    if claimed & FLAG_ENDING != 0 {
+    // See `rekey_after_exec` for the other claimant.
+    if set_flags(slot, FLAG_ENDING) & FLAG_ENDING != 0 {
         return;
     }
     // Only while the key still leads here: an exec may have handed it to another slot.
@@ -693,12 +678,35 @@ fn finish_dead(key: &TaskKey, index: u32, slot: &mut TaskSlot, fresh: bool, now:
     if send_exit(key, index, &slot.totals) {
         free_slot(index, slot);
     } else {
-        // SAFETY: as above.
-        unsafe {
-            atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut slot.totals.flags, FLAG_DEAD)
-        };
+        set_flags(slot, FLAG_DEAD);
         count(|s| s.exit_overflow += 1);
     }
+}
+
+/// Sets `bits` in a slot's flags and returns the flags before. Atomic: an exec on another CPU may
+/// flag a slot while its own thread's last switch writes it, so no writer of `flags` outside
+/// the slot's seqcount may use a plain read-modify-write.
+#[inline(always)]
+fn set_flags(slot: *mut TaskSlot, bits: u64) -> u64 {
+    // SAFETY: an aligned u64 of a slot in the map.
+    unsafe {
+        atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).totals.flags, bits)
+    }
+}
+
+/// The slot's incarnation (`first_seen_ns`) while it is in use and not flagged dead (a dead slot
+/// is userspace's to free: nothing books into it again).
+#[inline(always)]
+fn live_incarnation(slot: *const TaskSlot) -> Option<u64> {
+    // SAFETY: aligned u64s of a slot in the map; their writers are this CPU's current task, or
+    // atomic (flags).
+    let (first_seen_ns, flags) = unsafe {
+        (
+            read_volatile(&(*slot).totals.first_seen_ns),
+            read_volatile(&(*slot).totals.flags),
+        )
+    };
+    (first_seen_ns != 0 && flags & FLAG_DEAD == 0).then_some(first_seen_ns)
 }
 
 /// Opens a fresh slice on this CPU without charging anyone: the first switch seen on a CPU, or a
@@ -741,18 +749,12 @@ fn close_slice<const COUNTERS: bool, const RECENT: bool, const PID_KEYED: bool>(
     // preemption off (or in the IPI), so nothing else touches it meanwhile.
     let slice = unsafe { &mut *slice };
     let now = slice_clock(slice, rq_clock);
-    // SAFETY: aligned u64s of the map value; other writers use atomics or whole-value updates.
-    let (identity_gen, stale_before) = unsafe {
-        (
-            read_volatile(&(*globals).identity_gen),
-            read_volatile(&(*globals).stale_before_ns),
-        )
-    };
-    // Stale: the CPU was offline since this slice opened (it was brought up since, or it missed
-    // a whole flush round), so the slice is nobody's time. (An array lookup: the verifier
-    // inlines it, no helper call.)
+    // SAFETY: an aligned u64 of the map value, written atomically.
+    let identity_gen = unsafe { read_volatile(&(*globals).identity_gen) };
+    // Stale: the CPU was brought up again since this slice opened, so the slice spans its
+    // absence and is nobody's time. (An array lookup: the verifier inlines it, no helper call.)
     let brought_up = CPU_UP_NS.get(slice.cpu).copied().unwrap_or(0);
-    if slice.start_ns == 0 || slice.start_ns < stale_before || brought_up > slice.start_ns {
+    if slice.start_ns == 0 || brought_up > slice.start_ns {
         if slice.start_ns != 0 {
             count(|s| s.stale_slices += 1);
         }
@@ -952,21 +954,14 @@ fn recent_slot<const PID_KEYED: bool>(slice: &CpuSlice, task: u64) -> Option<(u3
         return None;
     }
     let slot = TASK_TOTALS.get_ptr_mut(index)?;
-    // SAFETY: aligned u64s of a slot in the map; userspace writes `first_seen_ns` of dead slots
-    // only, and checks the flag first.
-    let (current, flags) = unsafe {
-        (
-            read_volatile(&(*slot).totals.first_seen_ns),
-            read_volatile(&(*slot).totals.flags),
-        )
-    };
-    if PID_KEYED {
-        // SAFETY: an aligned u32 of the slot; rewritten only by an exec of its own thread.
-        if unsafe { read_volatile(&(*slot).key.pid) } != task as u32 {
-            return None;
-        }
+    if live_incarnation(slot)? != first_seen_ns {
+        return None;
     }
-    (current == first_seen_ns && flags & FLAG_DEAD == 0).then_some((index, slot))
+    // SAFETY: an aligned u32 of the slot; rewritten only by an exec of its own thread.
+    if PID_KEYED && unsafe { read_volatile(&(*slot).key.pid) } != task as u32 {
+        return None;
+    }
+    Some((index, slot))
 }
 
 /// The current thread's slot through its task storage, if it still holds that incarnation.
@@ -983,17 +978,7 @@ fn slot_of_current_task() -> Option<(u32, *mut TaskSlot)> {
         ..
     } = unsafe { *slot_ref };
     let slot = TASK_TOTALS.get_ptr_mut(index)?;
-    // SAFETY: aligned u64s of a slot in the map; only this CPU's current task writes it now
-    // (an exec elsewhere may flag it, atomically).
-    let (current, flags) = unsafe {
-        (
-            read_volatile(&(*slot).totals.first_seen_ns),
-            read_volatile(&(*slot).totals.flags),
-        )
-    };
-    // A slot flagged dead is userspace's to free: never book into it again.
-    (first_seen_ns != 0 && current == first_seen_ns && flags & FLAG_DEAD == 0)
-        .then_some((index, slot))
+    (live_incarnation(slot)? == first_seen_ns).then_some((index, slot))
 }
 
 #[inline(always)]

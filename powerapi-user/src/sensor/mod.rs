@@ -270,8 +270,6 @@ pub struct Sensor {
     exits: RingBuf<MapData>,
     slots: bpf_sys::MappedArray<TaskSlot>,
     globals: bpf_sys::MappedArray<Globals>,
-    /// Start of the previous flush round (see `Globals::stale_before_ns`).
-    last_round_ns: u64,
     /// The drain epoch opened by the last flush round (`Globals::epoch`); a reading reports the
     /// one before it.
     epoch: u64,
@@ -685,7 +683,6 @@ impl Sensor {
             exits,
             slots,
             globals,
-            last_round_ns: 0,
             epoch: 0,
             pending_exits: Vec::new(),
             cpus_changed: false,
@@ -816,16 +813,11 @@ impl Sensor {
     /// Closes every online CPU's open slice. A CPU that went offline since the mask was read
     /// (ENXIO/ENODEV from the kernel) is dropped from this round, not an error.
     fn flush(&mut self) -> Result<(), SensorError> {
-        let round_start = monotonic_ns();
         self.epoch += 1;
         if let Some(globals) = self.globals.element(0) {
-            // SAFETY: aligned u64s inside the live mapping; the kernel only reads these fields.
-            unsafe {
-                std::ptr::write_volatile(&raw mut (*globals).stale_before_ns, self.last_round_ns);
-                std::ptr::write_volatile(&raw mut (*globals).epoch, self.epoch);
-            };
+            // SAFETY: an aligned u64 inside the live mapping; the kernel only reads this field.
+            unsafe { std::ptr::write_volatile(&raw mut (*globals).epoch, self.epoch) };
         }
-        self.last_round_ns = round_start;
         let prog = self
             .ebpf
             .program(FLUSH_PROGRAM)
@@ -944,18 +936,15 @@ impl Sensor {
 /// A CPU's mark at the end of epoch `closed`: a CPU that has moved past it (its flush ran)
 /// kept its figures at the move; one that has not (offline through the round) books nothing.
 fn cpu_mark(cpu: u32, slice: &CpuSlice, closed: u64) -> CpuMark {
-    if slice.epoch > closed {
-        CpuMark {
-            cpu,
-            booked_ns: slice.closed_booked_ns,
-            lost_ns: slice.closed_lost_ns,
-        }
+    let (booked_ns, lost_ns) = if slice.epoch > closed {
+        (slice.closed_booked_ns, slice.closed_lost_ns)
     } else {
-        CpuMark {
-            cpu,
-            booked_ns: slice.booked_ns,
-            lost_ns: slice.lost_ns,
-        }
+        (slice.booked_ns, slice.lost_ns)
+    };
+    CpuMark {
+        cpu,
+        booked_ns,
+        lost_ns,
     }
 }
 
